@@ -1,0 +1,123 @@
+//! Error codes carried in `error` messages and WebSocket close codes.
+//!
+//! Codes follow the catalogue of `docs/protocol.md`; each one says whether the
+//! condition is recoverable, that is whether retrying the same request later can
+//! succeed.
+
+use serde::{Deserialize, Serialize};
+
+/// The machine-readable reason of an `error` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// The token is missing, malformed, unknown or revoked.
+    AuthFailed,
+    /// The first message was not a valid `hello`, or a request came before it.
+    HandshakeRequired,
+    /// The credential is valid but may not do this.
+    Forbidden,
+    /// The text was not a JSON envelope, or a known type had invalid `data`.
+    InvalidMessage,
+    /// The envelope's `type` is not one the receiver knows.
+    UnknownType,
+    /// The named agent is not registered.
+    AgentNotFound,
+    /// The named agent is registered but not connected.
+    AgentOffline,
+    /// The named run does not exist.
+    RunNotFound,
+    /// The run is in a state that does not allow the request (e.g. cancel after it ended).
+    InvalidState,
+    /// A resource with that name already exists.
+    Conflict,
+    /// The agent's queue is at capacity.
+    QueueFull,
+    /// Too many requests; slow down.
+    RateLimit,
+    /// The command exceeded its timeout.
+    CommandTimeout,
+    /// The channel name is malformed or names nothing.
+    UnknownChannel,
+    /// The requested offset is no longer stored; the reply says where history resumes.
+    HistoryGap,
+    /// The hub failed internally; the request may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether retrying later can succeed.
+    pub fn recoverable(self) -> bool {
+        !matches!(
+            self,
+            Self::AuthFailed
+                | Self::HandshakeRequired
+                | Self::Forbidden
+                | Self::AgentNotFound
+                | Self::RunNotFound
+                | Self::InvalidState
+                | Self::Conflict
+                | Self::UnknownChannel
+        )
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthFailed => "AUTH_FAILED",
+            Self::HandshakeRequired => "HANDSHAKE_REQUIRED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::InvalidMessage => "INVALID_MESSAGE",
+            Self::UnknownType => "UNKNOWN_TYPE",
+            Self::AgentNotFound => "AGENT_NOT_FOUND",
+            Self::AgentOffline => "AGENT_OFFLINE",
+            Self::RunNotFound => "RUN_NOT_FOUND",
+            Self::InvalidState => "INVALID_STATE",
+            Self::Conflict => "CONFLICT",
+            Self::QueueFull => "QUEUE_FULL",
+            Self::RateLimit => "RATE_LIMIT",
+            Self::CommandTimeout => "COMMAND_TIMEOUT",
+            Self::UnknownChannel => "UNKNOWN_CHANNEL",
+            Self::HistoryGap => "HISTORY_GAP",
+            Self::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// WebSocket close codes the hub and agent use, beyond the standard ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseCode;
+
+impl CloseCode {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The hub is shutting down; reconnect (to it or another hub) with backoff.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message was larger than `max_message_bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The peer broke the protocol beyond what an `error` reply can handle
+    /// (e.g. a binary frame with a corrupt header from a client).
+    pub const PROTOCOL_ERROR: u16 = 4000;
+    /// Authentication failed; do not retry with the same credential.
+    pub const AUTH_FAILED: u16 = 4001;
+    /// No valid `hello` arrived within the handshake timeout.
+    pub const HANDSHAKE_TIMEOUT: u16 = 4002;
+    /// The connection's send queue overflowed because it did not read fast enough.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// Nothing was received within the heartbeat deadline.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4009;
+    /// A newer connection for the same agent replaced this one.
+    pub const REPLACED: u16 = 4010;
+    /// The credential behind this connection was revoked or its agent removed.
+    pub const REVOKED: u16 = 4011;
+
+    /// Whether a peer closed with `code` should stop reconnecting.
+    pub fn is_fatal(code: u16) -> bool {
+        matches!(code, Self::AUTH_FAILED | Self::REVOKED)
+    }
+}

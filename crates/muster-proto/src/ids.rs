@@ -1,0 +1,127 @@
+//! Identifier newtypes shared by every message.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_AGENT_NAME_LEN, MAX_REQUEST_ID_LEN};
+
+/// Identifier of one command execution (a run): a ULID such as `01JD3X…`.
+///
+/// ULIDs sort by creation time, which keeps listings and channel names stable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub ulid::Ulid);
+
+impl RunId {
+    /// A fresh id for a run created now.
+    pub fn generate() -> Self {
+        Self(ulid::Ulid::new())
+    }
+
+    /// The name of the channel that carries this run's status and output.
+    pub fn channel(&self) -> String {
+        format!("run:{}", self.0)
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = ulid::DecodeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(Self)
+    }
+}
+
+/// The unique name of an agent, such as `web-1`.
+///
+/// 1 to 64 characters from `[A-Za-z0-9._-]`, starting with a letter or digit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentName(String);
+
+impl AgentName {
+    /// Checks `name` against the naming rule.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidName> {
+        let name = name.into();
+        let valid_first = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+        let valid_rest = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if valid_first && valid_rest && name.len() <= MAX_AGENT_NAME_LEN {
+            Ok(Self(name))
+        } else {
+            Err(InvalidName(name))
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for AgentName {
+    type Error = InvalidName;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<AgentName> for String {
+    fn from(value: AgentName) -> Self {
+        value.0
+    }
+}
+
+impl FromStr for AgentName {
+    type Err = InvalidName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// A name that breaks the agent naming rule.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid agent name {0:?}: use 1-64 characters from [A-Za-z0-9._-], starting with a letter or digit"
+)]
+pub struct InvalidName(String);
+
+/// A request id chosen by the sender of a request and echoed in `re` on the reply.
+///
+/// Any string of 1 to 64 characters; clients usually count upwards.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// Whether the id respects the length limit.
+    pub fn is_valid(&self) -> bool {
+        !self.0.is_empty() && self.0.len() <= MAX_REQUEST_ID_LEN
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

@@ -1,0 +1,584 @@
+//! Every text message, grouped by direction.
+//!
+//! Each enum is adjacently tagged: the variant's name is the envelope's `type`
+//! and its payload is `data`. Replies use the same `type` vocabulary and name the
+//! request they answer in the envelope's `re`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codes::ErrorCode;
+use crate::ids::{AgentName, RunId};
+use crate::limits::Limits;
+use crate::types::{AgentInfo, CommandSpec, RunInfo, RunRequest, RunState};
+
+/// A message family that can travel in an [`Envelope`](crate::Envelope).
+pub trait Message: Serialize + serde::de::DeserializeOwned {
+    /// Every `type` this family knows, to tell an unknown type from invalid data.
+    const TYPES: &'static [&'static str];
+}
+
+/// Messages a client sends to the hub.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum ClientToHub {
+    /// First message on a connection: authenticate.
+    #[serde(rename = "hello")]
+    Hello(ClientHello),
+    /// Keep-alive; the hub answers `heartbeat.ack` with the same `seq`.
+    #[serde(rename = "heartbeat")]
+    Heartbeat(Heartbeat),
+    /// Answer to a hub heartbeat.
+    #[serde(rename = "heartbeat.ack")]
+    HeartbeatAck(Heartbeat),
+    /// List every registered agent; reply `agent.list`.
+    #[serde(rename = "agent.list")]
+    AgentList(Empty),
+    /// One agent; reply `agent.info`.
+    #[serde(rename = "agent.get")]
+    AgentGet(AgentRef),
+    /// Register an agent and mint its token; reply `agent.added`.
+    #[serde(rename = "agent.add")]
+    AgentAdd(AgentAdd),
+    /// Unregister an agent, revoke its token and close its connection; reply `agent.removed`.
+    #[serde(rename = "agent.remove")]
+    AgentRemove(AgentRef),
+    /// Create a run; reply `run.accepted` at once.
+    #[serde(rename = "run.create")]
+    RunCreate(RunCreate),
+    /// One run; reply `run.info`.
+    #[serde(rename = "run.get")]
+    RunGet(RunRef),
+    /// Recent runs, newest first; reply `run.list`.
+    #[serde(rename = "run.list")]
+    RunList(RunListQuery),
+    /// Cancel a run: dequeue it, or kill its process group; reply `ok`.
+    #[serde(rename = "run.cancel")]
+    RunCancel(RunRef),
+    /// Subscribe to a channel, optionally replaying a stream from `since`; reply `subscribed`.
+    #[serde(rename = "subscribe")]
+    Subscribe(Subscribe),
+    /// Stop receiving a channel; reply `ok`.
+    #[serde(rename = "unsubscribe")]
+    Unsubscribe(ChannelRef),
+}
+
+impl Message for ClientToHub {
+    const TYPES: &'static [&'static str] = &[
+        "hello",
+        "heartbeat",
+        "heartbeat.ack",
+        "agent.list",
+        "agent.get",
+        "agent.add",
+        "agent.remove",
+        "run.create",
+        "run.get",
+        "run.list",
+        "run.cancel",
+        "subscribe",
+        "unsubscribe",
+    ];
+}
+
+/// Messages the hub sends to a client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum HubToClient {
+    /// Handshake accepted: version, limits, heartbeat timing.
+    #[serde(rename = "connection.ack")]
+    ConnectionAck(ConnectionAck),
+    /// Keep-alive from the hub; answer `heartbeat.ack`.
+    #[serde(rename = "heartbeat")]
+    Heartbeat(Heartbeat),
+    /// Answer to a client heartbeat.
+    #[serde(rename = "heartbeat.ack")]
+    HeartbeatAck(Heartbeat),
+    /// Every agent: sent after `connection.ack`, and as the reply to `agent.list`.
+    #[serde(rename = "agent.list")]
+    AgentList(AgentList),
+    /// One agent.
+    #[serde(rename = "agent.info")]
+    AgentInfo(AgentEnvelope),
+    /// A newly registered agent and its token, shown this once.
+    #[serde(rename = "agent.added")]
+    AgentAdded(AgentAdded),
+    /// An agent was removed.
+    #[serde(rename = "agent.removed")]
+    AgentRemoved(AgentRef),
+    /// Event on `fleet`: an agent's presence or details changed.
+    #[serde(rename = "agent.status")]
+    AgentStatus(AgentEnvelope),
+    /// Reply to `run.create`.
+    #[serde(rename = "run.accepted")]
+    RunAccepted(RunAccepted),
+    /// One run.
+    #[serde(rename = "run.info")]
+    RunInfo(RunEnvelope),
+    /// Several runs.
+    #[serde(rename = "run.list")]
+    RunList(RunList),
+    /// Event on `run:<id>`: the run changed state.
+    #[serde(rename = "run.status")]
+    RunStatus(RunEnvelope),
+    /// Event on `run:<id>`: the run's position in its agent's queue changed.
+    #[serde(rename = "run.queue")]
+    RunQueue(RunQueue),
+    /// Reply to `subscribe`.
+    #[serde(rename = "subscribed")]
+    Subscribed(Subscribed),
+    /// Event on a stream channel: the replay requested by `subscribe` is complete;
+    /// what follows is live.
+    #[serde(rename = "stream.synced")]
+    StreamSynced(StreamSynced),
+    /// Generic success reply.
+    #[serde(rename = "ok")]
+    Ok(Empty),
+    /// A request failed, or a message could not be handled.
+    #[serde(rename = "error")]
+    Error(ErrorData),
+}
+
+impl Message for HubToClient {
+    const TYPES: &'static [&'static str] = &[
+        "connection.ack",
+        "heartbeat",
+        "heartbeat.ack",
+        "agent.list",
+        "agent.info",
+        "agent.added",
+        "agent.removed",
+        "agent.status",
+        "run.accepted",
+        "run.info",
+        "run.list",
+        "run.status",
+        "run.queue",
+        "subscribed",
+        "stream.synced",
+        "ok",
+        "error",
+    ];
+}
+
+/// Messages an agent sends to the hub (output travels in binary frames).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum AgentToHub {
+    /// First message on a connection: authenticate and describe the host.
+    #[serde(rename = "hello")]
+    Hello(AgentHello),
+    /// Keep-alive; the hub answers `heartbeat.ack`.
+    #[serde(rename = "heartbeat")]
+    Heartbeat(Heartbeat),
+    /// Answer to a hub heartbeat.
+    #[serde(rename = "heartbeat.ack")]
+    HeartbeatAck(Heartbeat),
+    /// The process of a run started.
+    #[serde(rename = "run.started")]
+    RunStarted(RunStarted),
+    /// A run ended; sent after its last output frame.
+    #[serde(rename = "run.exited")]
+    RunExited(RunExited),
+    /// The agent could not handle a hub message.
+    #[serde(rename = "error")]
+    Error(ErrorData),
+}
+
+impl Message for AgentToHub {
+    const TYPES: &'static [&'static str] = &[
+        "hello",
+        "heartbeat",
+        "heartbeat.ack",
+        "run.started",
+        "run.exited",
+        "error",
+    ];
+}
+
+/// Messages the hub sends to an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum HubToAgent {
+    /// Handshake accepted.
+    #[serde(rename = "connection.ack")]
+    ConnectionAck(ConnectionAck),
+    /// Keep-alive from the hub; answer `heartbeat.ack`.
+    #[serde(rename = "heartbeat")]
+    Heartbeat(Heartbeat),
+    /// Answer to an agent heartbeat.
+    #[serde(rename = "heartbeat.ack")]
+    HeartbeatAck(Heartbeat),
+    /// Start a run.
+    #[serde(rename = "run.start")]
+    RunStart(RunStart),
+    /// Kill a run's process group (SIGTERM, grace, SIGKILL).
+    #[serde(rename = "run.cancel")]
+    RunCancel(RunRef),
+    /// The hub could not handle an agent message.
+    #[serde(rename = "error")]
+    Error(ErrorData),
+}
+
+impl Message for HubToAgent {
+    const TYPES: &'static [&'static str] = &[
+        "connection.ack",
+        "heartbeat",
+        "heartbeat.ack",
+        "run.start",
+        "run.cancel",
+        "error",
+    ];
+}
+
+/// A payload with no fields: `{}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// `hello` from a client.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// API key.
+    pub token: String,
+    /// Free-form client name and version, for logs (`muster-cli/0.1.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+impl std::fmt::Debug for ClientHello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHello")
+            .field("token", &"<redacted>")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+/// `hello` from an agent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHello {
+    /// The agent's own token.
+    pub token: String,
+    /// The agent's name; if given it must match the token's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<AgentName>,
+    /// Host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// Operating system (`std::env::consts::OS` vocabulary).
+    #[serde(default)]
+    pub os: String,
+    /// CPU architecture (`std::env::consts::ARCH` vocabulary).
+    #[serde(default)]
+    pub arch: String,
+    /// Agent software version.
+    #[serde(default)]
+    pub version: String,
+    /// Labels from the agent's flags; they override registered labels with the same key.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Features the agent supports (`exec`, …).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// How many runs the agent executes at once (at least 1).
+    pub max_concurrency: u32,
+}
+
+impl std::fmt::Debug for AgentHello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHello")
+            .field("token", &"<redacted>")
+            .field("name", &self.name)
+            .field("hostname", &self.hostname)
+            .field("version", &self.version)
+            .field("max_concurrency", &self.max_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the authenticated peer is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// `client` or `agent`.
+    pub kind: String,
+    /// API key name, or agent name.
+    pub name: String,
+    /// Role of an API key (`admin`, `operator`, `viewer`); absent for agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// `connection.ack`: the handshake succeeded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionAck {
+    /// Protocol version (`1.0`).
+    pub protocol: String,
+    /// Hub software version.
+    pub hub_version: String,
+    /// Identifier of this connection, for logs.
+    pub connection_id: String,
+    /// Who the hub authenticated.
+    pub principal: Principal,
+    /// Interval at which each side sends `heartbeat`.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which the hub closes the connection.
+    pub heartbeat_deadline_ms: u64,
+    /// Limits in force.
+    pub limits: Limits,
+}
+
+/// `heartbeat` and `heartbeat.ack`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Sender's counter, echoed by the ack.
+    pub seq: u64,
+}
+
+/// A reference to an agent by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRef {
+    /// Agent name.
+    pub name: AgentName,
+}
+
+/// `agent.add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentAdd {
+    /// New agent's name.
+    pub name: AgentName,
+    /// Registered labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `agent.added`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentAdded {
+    /// The registered agent.
+    pub agent: AgentInfo,
+    /// Its token. The hub keeps only a hash; this is the only time it is shown.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AgentAdded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentAdded")
+            .field("agent", &self.agent)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A list of agents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentList {
+    /// Agents sorted by name.
+    pub agents: Vec<AgentInfo>,
+}
+
+/// One agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentEnvelope {
+    /// The agent.
+    pub agent: AgentInfo,
+}
+
+/// `run.create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunCreate {
+    /// What to run and where.
+    #[serde(flatten)]
+    pub request: RunRequest,
+    /// Subscribe this connection to `run:<id>` before the run is queued, so no
+    /// event or output is missed.
+    #[serde(default)]
+    pub subscribe: bool,
+}
+
+/// `run.accepted`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAccepted {
+    /// The run, in its current state.
+    pub run: RunInfo,
+    /// False when an idempotency key matched an earlier run, which is returned instead.
+    pub created: bool,
+}
+
+/// A reference to a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    /// Run id.
+    pub run: RunId,
+}
+
+/// `run.list` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunListQuery {
+    /// Only runs on this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentName>,
+    /// Only runs in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<RunState>,
+    /// At most this many (default 50, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnvelope {
+    /// The run.
+    pub run: RunInfo,
+}
+
+/// Several runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunInfo>,
+}
+
+/// `run.queue`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunQueue {
+    /// Run id.
+    pub run: RunId,
+    /// 1-based position in its agent's queue.
+    pub position: u32,
+}
+
+/// `subscribe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// Channel name (`fleet`, `run:<id>`).
+    pub channel: String,
+    /// For stream channels: replay from this sequence number (0 = from the start).
+    /// Absent: live only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+}
+
+/// A reference to a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRef {
+    /// Channel name.
+    pub channel: String,
+}
+
+/// `subscribed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// Channel name.
+    pub channel: String,
+    /// For `run:<id>`: the run as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+}
+
+/// `stream.synced`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSynced {
+    /// Channel name.
+    pub channel: String,
+    /// Sequence number of the next frame on the stream.
+    pub next_seq: u64,
+}
+
+/// `run.start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStart {
+    /// Run id.
+    pub run: RunId,
+    /// What to execute.
+    pub command: CommandSpec,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Timeout; the agent enforces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Time between SIGTERM and SIGKILL when killing the process group.
+    pub kill_grace_ms: u64,
+    /// Stop sending output past this many bytes (both streams together).
+    pub output_cap_bytes: u64,
+}
+
+/// `run.started`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStarted {
+    /// Run id.
+    pub run: RunId,
+    /// Process id, which is also the process group id.
+    pub pid: u32,
+}
+
+/// How a run ended, as the agent reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// The process exited or was killed by a signal nobody here sent.
+    Completed,
+    /// The process could not be started.
+    Failed,
+    /// The agent killed it on timeout.
+    TimedOut,
+    /// The agent killed it on `run.cancel`.
+    Cancelled,
+}
+
+impl RunOutcome {
+    /// The matching terminal run state.
+    pub fn state(self) -> RunState {
+        match self {
+            Self::Completed => RunState::Completed,
+            Self::Failed => RunState::Failed,
+            Self::TimedOut => RunState::TimedOut,
+            Self::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
+/// `run.exited`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunExited {
+    /// Run id.
+    pub run: RunId,
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Exit code, when the process exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that killed the process, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why it failed to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `error`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorData {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation, lowercase, without a trailing period.
+    pub message: String,
+    /// Whether retrying later can succeed.
+    pub recoverable: bool,
+}
+
+impl ErrorData {
+    /// An error with the code's own recoverability.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            recoverable: code.recoverable(),
+        }
+    }
+}
