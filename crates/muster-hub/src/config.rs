@@ -1,0 +1,141 @@
+//! Hub configuration: defaults, the TOML file format, and validation.
+//!
+//! The binary layers it: defaults, then the file (`--config`), then `MUSTER_…`
+//! environment variables and flags. [`HubConfig::validate`] runs before any
+//! port is bound.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use muster_proto::limits;
+use serde::Deserialize;
+
+/// Everything the hub can be told.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Directory holding `muster.db`.
+    pub data_dir: PathBuf,
+    /// Interval between heartbeats the hub sends.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a connection is closed.
+    pub heartbeat_deadline_ms: u64,
+    /// Time a new connection has to send `hello`.
+    pub handshake_timeout_ms: u64,
+    /// Largest accepted WebSocket message.
+    pub max_message_bytes: usize,
+    /// Output stored per run before it is marked truncated.
+    pub max_output_bytes_per_run: u64,
+    /// Waiting runs per agent before `QUEUE_FULL`.
+    pub max_queue_per_agent: usize,
+    /// Time between SIGTERM and SIGKILL when a run is cancelled or times out.
+    pub kill_grace_ms: u64,
+    /// Frames queued for one client before it is dropped as a slow consumer.
+    pub client_queue_frames: usize,
+    /// Most simultaneous connections, agents and clients together.
+    pub max_connections: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            data_dir: PathBuf::from("muster-data"),
+            heartbeat_interval_ms: limits::HEARTBEAT_INTERVAL_MS,
+            heartbeat_deadline_ms: limits::HEARTBEAT_DEADLINE_MS,
+            handshake_timeout_ms: limits::HANDSHAKE_TIMEOUT_MS,
+            max_message_bytes: limits::MAX_MESSAGE_BYTES,
+            max_output_bytes_per_run: 64 * 1024 * 1024,
+            max_queue_per_agent: 1000,
+            kill_grace_ms: 5_000,
+            // About 10 MiB of output frames; enough to ride out a replay.
+            client_queue_frames: 1024,
+            max_connections: 19_000,
+        }
+    }
+}
+
+impl HubConfig {
+    /// Reads a TOML file; unknown keys are errors.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Checks that the values make sense together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_interval_ms == 0 {
+            bail!("heartbeat_interval_ms must be positive");
+        }
+        if self.heartbeat_deadline_ms <= self.heartbeat_interval_ms {
+            bail!("heartbeat_deadline_ms must exceed heartbeat_interval_ms");
+        }
+        if self.max_message_bytes
+            < limits::MAX_OUTPUT_CHUNK_BYTES + limits::MAX_OUTPUT_HEADER_BYTES + 4
+        {
+            bail!("max_message_bytes must hold an output frame (at least 11268)");
+        }
+        if self.client_queue_frames == 0
+            || self.max_queue_per_agent == 0
+            || self.max_connections == 0
+        {
+            bail!("queue sizes and max_connections must be positive");
+        }
+        Ok(())
+    }
+
+    /// Heartbeat interval as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Heartbeat deadline as a duration.
+    pub fn heartbeat_deadline(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_deadline_ms)
+    }
+
+    /// Handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// The limits announced in `connection.ack`.
+    pub fn limits(&self) -> limits::Limits {
+        limits::Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_output_chunk_bytes: limits::MAX_OUTPUT_CHUNK_BYTES,
+            output_batch_ms: limits::OUTPUT_BATCH_MS,
+            max_output_bytes_per_run: self.max_output_bytes_per_run,
+            max_queue_per_agent: self.max_queue_per_agent,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_override_defaults_and_unknown_keys_fail() {
+        let config: HubConfig =
+            toml::from_str("heartbeat_interval_ms = 500\nheartbeat_deadline_ms = 1500").unwrap();
+        assert_eq!(config.heartbeat_interval_ms, 500);
+        assert_eq!(config.kill_grace_ms, 5_000);
+        config.validate().unwrap();
+        assert!(toml::from_str::<HubConfig>("heartbeat = 1").is_err());
+    }
+
+    #[test]
+    fn deadline_must_exceed_interval() {
+        let config = HubConfig {
+            heartbeat_deadline_ms: 10,
+            heartbeat_interval_ms: 10,
+            ..HubConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! The hub's core: agents, presence, runs and queues, independent of transport.
+//!
+//! WebSocket handlers decode a message, call a method here, and encode what it
+//! returns. The core reaches storage only through [`Store`] and other
+//! connections only through [`Broker`], the two seams a cluster fills with
+//! PostgreSQL and NATS.
+
+mod agents;
+mod error;
+mod presence;
+mod runs;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use muster_proto::{Envelope, HubToClient, RunId, UnixMillis};
+
+use crate::broker::{Broker, Delivery, Frame};
+use crate::config::HubConfig;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+pub use agents::ROLE_ADMIN;
+pub use error::ApiError;
+pub use presence::{ConnControl, Presence};
+pub use runs::ActiveRun;
+
+/// The channel every client joins on connect: agent presence.
+pub const FLEET_CHANNEL: &str = "fleet";
+
+/// The internal channel that carries hub → agent control messages.
+pub fn agent_inbox(name: &muster_proto::AgentName) -> String {
+    format!("agent-inbox:{name}")
+}
+
+/// Shared state of one hub process.
+pub struct Core {
+    /// Validated configuration.
+    pub config: HubConfig,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Fan-out.
+    pub broker: Arc<dyn Broker>,
+    /// Per-agent queues. A std mutex: held only for in-memory bookkeeping.
+    scheduler: Mutex<Scheduler>,
+    /// Connected agents. A std mutex for the same reason.
+    presence: Mutex<Presence>,
+    /// Runs not yet terminal, authoritative over their stored copy.
+    active: Mutex<HashMap<RunId, ActiveRun>>,
+}
+
+impl Core {
+    /// A core over `store` and `broker`.
+    pub fn new(config: HubConfig, store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Self {
+        let scheduler = Scheduler::new(config.max_queue_per_agent);
+        Self {
+            config,
+            store,
+            broker,
+            scheduler: Mutex::new(scheduler),
+            presence: Mutex::new(Presence::default()),
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Encodes `msg` once and publishes it on `channel`.
+    pub fn publish_event(&self, channel: &str, msg: HubToClient) {
+        let frame = Frame::text(Envelope::event(channel, msg).encode());
+        self.broker.publish(Delivery {
+            channel: Arc::from(channel),
+            seq: None,
+            frame,
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as UnixMillis)
+        .unwrap_or(0)
+}

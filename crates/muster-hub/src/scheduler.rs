@@ -1,0 +1,205 @@
+//! Per-agent run queues: priority order, FIFO within a priority, and a
+//! concurrency limit per agent.
+//!
+//! Plain data driven by method calls; it knows nothing of sockets or storage.
+//! The hub holds it behind a mutex and acts on what [`Scheduler::take_ready`]
+//! returns.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use muster_proto::{AgentName, RunId};
+
+/// Queue order key: higher priority first, then arrival order.
+type QueueKey = (Reverse<i32>, u64, RunId);
+
+#[derive(Debug, Default)]
+struct AgentQueue {
+    waiting: BTreeSet<QueueKey>,
+    keys: HashMap<RunId, QueueKey>,
+    active: HashSet<RunId>,
+    /// Concurrency limit while online; `None` while offline (nothing is dispatched).
+    limit: Option<u32>,
+}
+
+/// The queues of every agent.
+#[derive(Debug)]
+pub struct Scheduler {
+    agents: HashMap<AgentName, AgentQueue>,
+    arrivals: u64,
+    max_queue: usize,
+}
+
+/// The queue is at capacity.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("queue is full ({0} runs waiting)")]
+pub struct QueueFull(pub usize);
+
+impl Scheduler {
+    /// Empty queues holding at most `max_queue` waiting runs per agent.
+    pub fn new(max_queue: usize) -> Self {
+        Self {
+            agents: HashMap::new(),
+            arrivals: 0,
+            max_queue,
+        }
+    }
+
+    /// Adds a run to its agent's queue.
+    pub fn enqueue(
+        &mut self,
+        agent: &AgentName,
+        run: RunId,
+        priority: i32,
+    ) -> Result<(), QueueFull> {
+        let queue = self.agents.entry(agent.clone()).or_default();
+        if queue.waiting.len() >= self.max_queue {
+            return Err(QueueFull(queue.waiting.len()));
+        }
+        self.arrivals += 1;
+        let key = (Reverse(priority), self.arrivals, run);
+        queue.waiting.insert(key);
+        queue.keys.insert(run, key);
+        Ok(())
+    }
+
+    /// Marks an agent online with its concurrency limit (at least 1).
+    pub fn set_online(&mut self, agent: &AgentName, limit: u32) {
+        self.agents.entry(agent.clone()).or_default().limit = Some(limit.max(1));
+    }
+
+    /// Marks an agent offline and returns the runs it had in flight, which leave the queue.
+    pub fn set_offline(&mut self, agent: &AgentName) -> Vec<RunId> {
+        let Some(queue) = self.agents.get_mut(agent) else {
+            return Vec::new();
+        };
+        queue.limit = None;
+        queue.active.drain().collect()
+    }
+
+    /// Pops the runs that may start now, in order, and counts them as in flight.
+    pub fn take_ready(&mut self, agent: &AgentName) -> Vec<RunId> {
+        let Some(queue) = self.agents.get_mut(agent) else {
+            return Vec::new();
+        };
+        let Some(limit) = queue.limit else {
+            return Vec::new();
+        };
+        let mut ready = Vec::new();
+        while (queue.active.len() as u32) < limit {
+            let Some(key) = queue.waiting.pop_first() else {
+                break;
+            };
+            queue.keys.remove(&key.2);
+            queue.active.insert(key.2);
+            ready.push(key.2);
+        }
+        ready
+    }
+
+    /// A run in flight ended; its slot frees up.
+    pub fn finished(&mut self, agent: &AgentName, run: RunId) {
+        if let Some(queue) = self.agents.get_mut(agent) {
+            queue.active.remove(&run);
+        }
+    }
+
+    /// Removes a waiting run; false if it was not waiting.
+    pub fn dequeue(&mut self, agent: &AgentName, run: RunId) -> bool {
+        let Some(queue) = self.agents.get_mut(agent) else {
+            return false;
+        };
+        match queue.keys.remove(&run) {
+            Some(key) => queue.waiting.remove(&key),
+            None => false,
+        }
+    }
+
+    /// Waiting runs with their 1-based positions.
+    pub fn positions(&self, agent: &AgentName) -> Vec<(RunId, u32)> {
+        self.agents
+            .get(agent)
+            .map(|queue| {
+                queue
+                    .waiting
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| (key.2, i as u32 + 1))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs waiting and in flight for an agent.
+    pub fn counts(&self, agent: &AgentName) -> (u32, u32) {
+        self.agents
+            .get(agent)
+            .map(|q| (q.waiting.len() as u32, q.active.len() as u32))
+            .unwrap_or((0, 0))
+    }
+
+    /// Forgets an agent's queue entirely, returning its waiting runs.
+    pub fn remove_agent(&mut self, agent: &AgentName) -> Vec<RunId> {
+        self.agents
+            .remove(agent)
+            .map(|q| q.waiting.into_iter().map(|key| key.2).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> AgentName {
+        AgentName::new("a").unwrap()
+    }
+
+    #[test]
+    fn dispatches_by_priority_then_arrival_within_the_limit() {
+        let mut s = Scheduler::new(10);
+        let (low, high, mid, high2) = (
+            RunId::generate(),
+            RunId::generate(),
+            RunId::generate(),
+            RunId::generate(),
+        );
+        s.enqueue(&agent(), low, -5).unwrap();
+        s.enqueue(&agent(), high, 10).unwrap();
+        s.enqueue(&agent(), mid, 0).unwrap();
+        s.enqueue(&agent(), high2, 10).unwrap();
+        assert!(
+            s.take_ready(&agent()).is_empty(),
+            "offline agents get nothing"
+        );
+        s.set_online(&agent(), 1);
+        assert_eq!(s.take_ready(&agent()), vec![high]);
+        assert!(s.take_ready(&agent()).is_empty(), "limit reached");
+        assert_eq!(s.positions(&agent()), vec![(high2, 1), (mid, 2), (low, 3)]);
+        s.finished(&agent(), high);
+        assert_eq!(s.take_ready(&agent()), vec![high2]);
+        s.finished(&agent(), high2);
+        assert_eq!(s.take_ready(&agent()), vec![mid]);
+    }
+
+    #[test]
+    fn queue_capacity_is_enforced() {
+        let mut s = Scheduler::new(1);
+        s.enqueue(&agent(), RunId::generate(), 0).unwrap();
+        assert_eq!(s.enqueue(&agent(), RunId::generate(), 0), Err(QueueFull(1)));
+    }
+
+    #[test]
+    fn dequeue_and_offline_release_runs() {
+        let mut s = Scheduler::new(10);
+        let (a, b) = (RunId::generate(), RunId::generate());
+        s.enqueue(&agent(), a, 0).unwrap();
+        s.enqueue(&agent(), b, 0).unwrap();
+        assert!(s.dequeue(&agent(), b));
+        assert!(!s.dequeue(&agent(), b));
+        s.set_online(&agent(), 2);
+        assert_eq!(s.take_ready(&agent()), vec![a]);
+        assert_eq!(s.set_offline(&agent()), vec![a]);
+        assert_eq!(s.counts(&agent()), (0, 0));
+    }
+}

@@ -1,0 +1,376 @@
+//! The SQLite implementation of [`Store`], embedded in the data dir.
+//!
+//! WAL mode with `synchronous = NORMAL`: a committed write survives a crash of
+//! the hub process (the case `kill -9` tests), and may lose the last
+//! transactions only on power loss.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use bytes::Bytes;
+use muster_proto::messages::RunListQuery;
+use muster_proto::{AgentName, OutputStream, RunId, RunInfo, UnixMillis};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{AgentFacts, AgentRecord, ApiKeyRecord, Store, StoreError, StoredChunk};
+
+/// Connections in the pool; SQLite serializes writers anyway, readers share.
+const POOL_SIZE: u32 = 4;
+
+/// A [`Store`] backed by one SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `muster.db` in `data_dir` and applies migrations.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let path = data_dir.join("muster.db");
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .context("applying database migrations")?;
+        Ok(Self { pool })
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+fn stream_code(stream: OutputStream) -> i64 {
+    match stream {
+        OutputStream::Stdout => 1,
+        OutputStream::Stderr => 2,
+    }
+}
+
+fn stream_from_code(code: i64) -> OutputStream {
+    if code == 2 {
+        OutputStream::Stderr
+    } else {
+        OutputStream::Stdout
+    }
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<AgentRecord> {
+    let name: String = row.try_get("name")?;
+    let labels: String = row.try_get("labels")?;
+    let facts: Option<String> = row.try_get("facts")?;
+    let last_seen: Option<i64> = row.try_get("last_seen_ms")?;
+    Ok(AgentRecord {
+        name: AgentName::new(name)?,
+        labels: serde_json::from_str(&labels).context("agent labels")?,
+        key_id: row.try_get("key_id")?,
+        secret_hash: row.try_get("secret_hash")?,
+        facts: facts
+            .map(|f| serde_json::from_str::<AgentFacts>(&f))
+            .transpose()
+            .context("agent facts")?,
+        last_seen_ms: last_seen.map(|t| t as u64),
+    })
+}
+
+fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RunInfo> {
+    let doc: String = row.try_get("doc")?;
+    serde_json::from_str(&doc).context("decoding stored run")
+}
+
+const AGENT_COLUMNS: &str = "name, labels, key_id, secret_hash, facts, last_seen_ms";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn api_key_count(&self) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord, now: UnixMillis) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, name, role, secret_hash, created_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&key.key_id)
+        .bind(&key.name)
+        .bind(&key.role)
+        .bind(&key.secret_hash)
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_key(&self, key_id: &str) -> anyhow::Result<Option<ApiKeyRecord>> {
+        let row =
+            sqlx::query("SELECT key_id, name, role, secret_hash FROM api_keys WHERE key_id = ?")
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(ApiKeyRecord {
+                key_id: row.try_get("key_id")?,
+                name: row.try_get("name")?,
+                role: row.try_get("role")?,
+                secret_hash: row.try_get("secret_hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_api_keys_named(&self, name: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM api_keys WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_agent(&self, agent: &AgentRecord, now: UnixMillis) -> Result<(), StoreError> {
+        let labels = serde_json::to_string(&agent.labels).map_err(anyhow::Error::from)?;
+        sqlx::query(
+            "INSERT INTO agents (name, labels, key_id, secret_hash, created_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(agent.name.as_str())
+        .bind(labels)
+        .bind(&agent.key_id)
+        .bind(&agent.secret_hash)
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict
+            } else {
+                StoreError::Other(e.into())
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn set_agent_credential(
+        &self,
+        name: &AgentName,
+        key_id: &str,
+        secret_hash: &[u8],
+    ) -> anyhow::Result<()> {
+        sqlx::query("UPDATE agents SET key_id = ?, secret_hash = ? WHERE name = ?")
+            .bind(key_id)
+            .bind(secret_hash)
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn agent(&self, name: &AgentName) -> anyhow::Result<Option<AgentRecord>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?");
+        let row = sqlx::query(&sql)
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn agent_by_key(&self, key_id: &str) -> anyhow::Result<Option<AgentRecord>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE key_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn agents(&self) -> anyhow::Result<Vec<AgentRecord>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn record_agent_seen(
+        &self,
+        name: &AgentName,
+        facts: Option<&AgentFacts>,
+        now: UnixMillis,
+    ) -> anyhow::Result<()> {
+        let facts = facts.map(serde_json::to_string).transpose()?;
+        sqlx::query(
+            "UPDATE agents SET last_seen_ms = ?, facts = COALESCE(?, facts) WHERE name = ?",
+        )
+        .bind(now as i64)
+        .bind(facts)
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_agent(&self, name: &AgentName) -> anyhow::Result<bool> {
+        let done = sqlx::query("DELETE FROM agents WHERE name = ?")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_run(&self, run: &RunInfo) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(run).map_err(anyhow::Error::from)?;
+        sqlx::query(
+            "INSERT INTO runs (id, agent, state, created_ms, requested_by, idempotency_key, doc)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(run.id.to_string())
+        .bind(run.agent.as_str())
+        .bind(run.state.as_str())
+        .bind(run.created_ms as i64)
+        .bind(&run.requested_by)
+        .bind(&run.idempotency_key)
+        .bind(doc)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict
+            } else {
+                StoreError::Other(e.into())
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn update_run(&self, run: &RunInfo) -> anyhow::Result<()> {
+        let doc = serde_json::to_string(run)?;
+        sqlx::query("UPDATE runs SET state = ?, doc = ? WHERE id = ?")
+            .bind(run.state.as_str())
+            .bind(doc)
+            .bind(run.id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn run(&self, id: RunId) -> anyhow::Result<Option<RunInfo>> {
+        let row = sqlx::query("SELECT doc FROM runs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn run_by_idempotency_key(
+        &self,
+        requested_by: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<RunInfo>> {
+        let row =
+            sqlx::query("SELECT doc FROM runs WHERE requested_by = ? AND idempotency_key = ?")
+                .bind(requested_by)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn runs(&self, query: &RunListQuery) -> anyhow::Result<Vec<RunInfo>> {
+        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+        let rows = sqlx::query(
+            "SELECT doc FROM runs
+             WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR state = ?2)
+             ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(query.agent.as_ref().map(AgentName::as_str))
+        .bind(query.state.map(|s| s.as_str()))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn unfinished_runs(&self) -> anyhow::Result<Vec<RunInfo>> {
+        let rows = sqlx::query(
+            "SELECT doc FROM runs WHERE state IN ('queued', 'dispatched', 'running') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn append_output(&self, run: RunId, chunk: &StoredChunk) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO run_output (run_id, seq, stream, offset, data) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(run.to_string())
+        .bind(chunk.seq as i64)
+        .bind(stream_code(chunk.stream))
+        .bind(chunk.offset as i64)
+        .bind(&chunk.data[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn output_since(
+        &self,
+        run: RunId,
+        since: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<StoredChunk>> {
+        let rows = sqlx::query(
+            "SELECT seq, stream, offset, data FROM run_output
+             WHERE run_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(run.to_string())
+        .bind(since as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq")?;
+                let stream: i64 = row.try_get("stream")?;
+                let offset: i64 = row.try_get("offset")?;
+                let data: Vec<u8> = row.try_get("data")?;
+                Ok(StoredChunk {
+                    seq: seq as u64,
+                    stream: stream_from_code(stream),
+                    offset: offset as u64,
+                    data: Bytes::from(data),
+                })
+            })
+            .collect()
+    }
+
+    async fn output_bytes(&self, run: RunId) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM run_output WHERE run_id = ?",
+        )
+        .bind(run.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+}

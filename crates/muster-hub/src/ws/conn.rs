@@ -1,0 +1,183 @@
+//! What agent and client connections share: the writer half, the handshake
+//! read, liveness tracking and the mapping of read errors to close codes.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use muster_proto::messages::{ErrorData, Message as ProtoMessage};
+use muster_proto::{CloseCode, DecodeError, Envelope, ErrorCode, RequestId};
+use tokio::time::Instant;
+
+use crate::broker::Frame;
+
+/// Deliveries written before one flush, so a burst becomes few syscalls.
+pub(crate) const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// The sending half of a connection.
+pub(crate) struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+}
+
+/// The receiving half failed or ended.
+pub(crate) enum ReadEnd {
+    /// The peer closed or the socket broke.
+    Gone,
+    /// The peer sent a message over the size limit.
+    TooBig,
+}
+
+impl Writer {
+    pub(crate) fn new(sink: SplitSink<WebSocket, Message>) -> Self {
+        Self { sink }
+    }
+
+    /// Sends one envelope and flushes.
+    pub(crate) async fn send<M: ProtoMessage>(
+        &mut self,
+        env: &Envelope<M>,
+    ) -> Result<(), axum::Error> {
+        self.sink.send(Message::Text(env.encode().into())).await
+    }
+
+    /// Sends an `error` reply.
+    pub(crate) async fn send_error<M: ProtoMessage>(
+        &mut self,
+        re: Option<RequestId>,
+        error: ErrorData,
+        wrap: fn(ErrorData) -> M,
+    ) -> Result<(), axum::Error> {
+        self.send(&Envelope::reply(re, wrap(error))).await
+    }
+
+    /// Queues a frame without flushing.
+    pub(crate) async fn feed(&mut self, frame: Frame) -> Result<(), axum::Error> {
+        self.sink.feed(to_message(frame)).await
+    }
+
+    /// Flushes queued frames.
+    pub(crate) async fn flush(&mut self) -> Result<(), axum::Error> {
+        self.sink.flush().await
+    }
+
+    /// Sends a close frame; errors are moot at this point.
+    pub(crate) async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        let close = self.sink.send(Message::Close(Some(frame)));
+        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+    }
+}
+
+/// Converts a broker frame to a WebSocket message without copying.
+pub(crate) fn to_message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(bytes) => match Utf8Bytes::try_from(bytes) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
+        },
+        Frame::Binary(bytes) => Message::Binary(bytes),
+    }
+}
+
+/// Maps a read error to how the connection ends.
+pub(crate) fn read_error(err: axum::Error) -> ReadEnd {
+    let too_big = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+    if too_big {
+        ReadEnd::TooBig
+    } else {
+        ReadEnd::Gone
+    }
+}
+
+/// Waits for the first text message and decodes it, or explains why not.
+pub(crate) async fn read_hello<M: ProtoMessage>(
+    stream: &mut SplitStream<WebSocket>,
+    timeout: Duration,
+) -> Result<Envelope<M>, (u16, ErrorData)> {
+    let first = tokio::time::timeout(timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) => return Some(Ok(text)),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(_))) => return Some(Err(())),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await;
+    let handshake_required = |message: &str| {
+        (
+            CloseCode::PROTOCOL_ERROR,
+            ErrorData::new(ErrorCode::HandshakeRequired, message),
+        )
+    };
+    match first {
+        Err(_) => Err((
+            CloseCode::HANDSHAKE_TIMEOUT,
+            ErrorData::new(
+                ErrorCode::HandshakeRequired,
+                "no hello within the handshake timeout",
+            ),
+        )),
+        Ok(None) => Err((
+            CloseCode::NORMAL,
+            ErrorData::new(ErrorCode::HandshakeRequired, "closed before hello"),
+        )),
+        Ok(Some(Err(()))) => Err(handshake_required(
+            "the first message must be a hello text frame",
+        )),
+        Ok(Some(Ok(text))) => Envelope::<M>::decode(&text).map_err(|e| match e {
+            DecodeError::InvalidData { .. } => (
+                CloseCode::PROTOCOL_ERROR,
+                ErrorData::new(ErrorCode::InvalidMessage, e.to_string()),
+            ),
+            _ => handshake_required("the first message must be a hello"),
+        }),
+    }
+}
+
+/// Tracks when the peer was last heard from.
+pub(crate) struct Liveness {
+    last_heard: Instant,
+    deadline: Duration,
+    sent: u64,
+}
+
+impl Liveness {
+    pub(crate) fn new(deadline: Duration) -> Self {
+        Self {
+            last_heard: Instant::now(),
+            deadline,
+            sent: 0,
+        }
+    }
+
+    /// Something arrived.
+    pub(crate) fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// Whether the peer has been silent past the deadline.
+    pub(crate) fn expired(&self) -> bool {
+        self.last_heard.elapsed() > self.deadline
+    }
+
+    /// The next heartbeat sequence number.
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.sent += 1;
+        self.sent
+    }
+}
+
+/// A heartbeat ticker that does not fire immediately.
+pub(crate) fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}

@@ -1,0 +1,101 @@
+//! The only transport adapter: HTTP routes and the two WebSocket endpoints.
+//!
+//! Handlers decode, call the core, encode. Caps live here: a semaphore bounds
+//! concurrent connections, and the upgrade bounds message size and buffer sizes.
+
+mod agent;
+mod client;
+mod conn;
+mod requests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::core::Core;
+
+/// Bytes read from a socket at a time. Small on purpose: an idle connection's
+/// memory is dominated by its buffers, and output chunks are at most 10 KiB.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes buffered before a write is forced out.
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// What every route handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) core: Arc<Core>,
+    /// Bounds concurrent WebSocket connections: a semaphore, so a permit is
+    /// released whichever way the connection task ends.
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) next_conn_id: Arc<AtomicU64>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// Builds the router.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route(muster_proto::AGENT_WS_PATH, get(agent_ws))
+        .route(muster_proto::CLIENT_WS_PATH, get(client_ws))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    "ready".into_response()
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Agent,
+    Client,
+}
+
+async fn agent_ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    accept(state, upgrade, Endpoint::Agent)
+}
+
+async fn client_ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    accept(state, upgrade, Endpoint::Client)
+}
+
+fn accept(state: AppState, upgrade: WebSocketUpgrade, endpoint: Endpoint) -> Response {
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
+    };
+    let max = state.core.config.max_message_bytes;
+    let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let AppState {
+                core,
+                shutdown,
+                tracker,
+                ..
+            } = state;
+            tracker.track_future(async move {
+                let _permit = permit;
+                match endpoint {
+                    Endpoint::Agent => agent::serve(core, socket, conn_id, shutdown).await,
+                    Endpoint::Client => client::serve(core, socket, conn_id, shutdown).await,
+                }
+            })
+        })
+}

@@ -1,0 +1,322 @@
+//! A client session: decodes requests, calls the core, and filters deliveries
+//! of stream channels so each output frame reaches the client exactly once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use muster_proto::messages::{
+    AgentAdded, AgentEnvelope, AgentList, Empty, ErrorData, Principal, RunAccepted, RunCreate,
+    RunEnvelope, RunList, StreamSynced, Subscribe, Subscribed,
+};
+use muster_proto::{
+    ClientToHub, Envelope, ErrorCode, HubToClient, OutputFrame, OutputHeader, RunId,
+};
+
+use super::conn::Writer;
+use crate::broker::{Delivery, Frame, Subscriber, SubscriptionGuard};
+use crate::core::{ApiError, Core, FLEET_CHANNEL};
+
+/// Output chunks read from the store per query during a replay.
+const REPLAY_PAGE: u32 = 256;
+
+/// One subscription of this connection.
+pub(crate) struct ChannelSub {
+    _guard: SubscriptionGuard,
+    /// For `run:<id>`: the run.
+    run: Option<RunId>,
+    /// Next output sequence number the client should get; earlier ones are duplicates.
+    next_seq: Option<u64>,
+}
+
+/// The state of one authenticated client connection.
+pub(crate) struct Session {
+    core: Arc<Core>,
+    principal: Principal,
+    subscriber: Subscriber,
+    subs: HashMap<String, ChannelSub>,
+}
+
+impl Session {
+    pub(crate) fn new(core: Arc<Core>, principal: Principal, subscriber: Subscriber) -> Self {
+        Self {
+            core,
+            principal,
+            subscriber,
+            subs: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Subscribes to a channel for live events only.
+    pub(crate) fn subscribe_live(&mut self, channel: &str) {
+        if self.subs.contains_key(channel) {
+            return;
+        }
+        let guard = self.core.broker.subscribe(channel, self.subscriber.clone());
+        let run = channel.strip_prefix("run:").and_then(|id| id.parse().ok());
+        self.subs.insert(
+            channel.to_owned(),
+            ChannelSub {
+                _guard: guard,
+                run,
+                next_seq: None,
+            },
+        );
+    }
+
+    /// Decodes and answers one text frame. `Err` means the socket is gone.
+    pub(crate) async fn handle_text(
+        &mut self,
+        writer: &mut Writer,
+        text: &str,
+    ) -> Result<(), axum::Error> {
+        let env = match Envelope::<ClientToHub>::decode(text) {
+            Ok(env) => env,
+            Err(e) => {
+                let error = ErrorData::new(e.code(), e.to_string());
+                return writer
+                    .send_error(e.request_id(), error, HubToClient::Error)
+                    .await;
+            }
+        };
+        let re = env.id.clone();
+        let reply = match env.msg {
+            ClientToHub::Heartbeat(beat) => Ok(HubToClient::HeartbeatAck(beat)),
+            ClientToHub::HeartbeatAck(_) => return Ok(()),
+            ClientToHub::Subscribe(subscribe) => {
+                return self.subscribe(writer, re, subscribe).await;
+            }
+            other => self.request(other).await,
+        };
+        match reply {
+            Ok(msg) => writer.send(&Envelope::reply(re, msg)).await,
+            Err(e) => writer.send_error(re, e.to_data(), HubToClient::Error).await,
+        }
+    }
+
+    async fn request(&mut self, msg: ClientToHub) -> Result<HubToClient, ApiError> {
+        let core = self.core.clone();
+        Ok(match msg {
+            ClientToHub::Hello(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidMessage,
+                    "already authenticated",
+                ));
+            }
+            ClientToHub::AgentList(Empty {}) => HubToClient::AgentList(AgentList {
+                agents: core.agents().await?,
+            }),
+            ClientToHub::AgentGet(r) => HubToClient::AgentInfo(AgentEnvelope {
+                agent: core.agent(&r.name).await?,
+            }),
+            ClientToHub::AgentAdd(add) => {
+                self.require_admin()?;
+                let (agent, token) = core.add_agent(add.name, add.labels).await?;
+                HubToClient::AgentAdded(AgentAdded {
+                    agent,
+                    token: token.expose().to_owned(),
+                })
+            }
+            ClientToHub::AgentRemove(r) => {
+                self.require_admin()?;
+                core.remove_agent(&r.name).await?;
+                HubToClient::AgentRemoved(r)
+            }
+            ClientToHub::RunCreate(create) => self.create_run(create).await?,
+            ClientToHub::RunGet(r) => HubToClient::RunInfo(RunEnvelope {
+                run: core.run(r.run).await?,
+            }),
+            ClientToHub::RunList(q) => HubToClient::RunList(RunList {
+                runs: core.runs(&q).await?,
+            }),
+            ClientToHub::RunCancel(r) => {
+                core.cancel_run(r.run).await?;
+                HubToClient::Ok(Empty {})
+            }
+            ClientToHub::Unsubscribe(c) => {
+                self.subs.remove(&c.channel);
+                HubToClient::Ok(Empty {})
+            }
+            ClientToHub::Heartbeat(_)
+            | ClientToHub::HeartbeatAck(_)
+            | ClientToHub::Subscribe(_) => {
+                unreachable!("handled by handle_text")
+            }
+        })
+    }
+
+    async fn create_run(&mut self, create: RunCreate) -> Result<HubToClient, ApiError> {
+        let (run, created) = self
+            .core
+            .prepare_run(&self.principal, create.request)
+            .await?;
+        if create.subscribe {
+            self.subscribe_live(&run.id.channel());
+        }
+        if created {
+            self.core.enqueue_run(run.clone()).await?;
+        }
+        let run = self.core.run(run.id).await?;
+        Ok(HubToClient::RunAccepted(RunAccepted { run, created }))
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        match self.principal.role.as_deref() {
+            Some("admin") => Ok(()),
+            _ => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this needs an admin key",
+            )),
+        }
+    }
+
+    /// Subscribes, replays stored output from `since`, then marks the stream synced.
+    async fn subscribe(
+        &mut self,
+        writer: &mut Writer,
+        re: Option<muster_proto::RequestId>,
+        req: Subscribe,
+    ) -> Result<(), axum::Error> {
+        let run = match self.check_channel(&req.channel).await {
+            Ok(run) => run,
+            Err(e) => return writer.send_error(re, e.to_data(), HubToClient::Error).await,
+        };
+        self.subscribe_live(&req.channel);
+        let subscribed = Subscribed {
+            channel: req.channel.clone(),
+            run: run.clone(),
+        };
+        writer
+            .send(&Envelope::reply(re, HubToClient::Subscribed(subscribed)))
+            .await?;
+        let (Some(run), Some(since)) = (run, req.since) else {
+            return Ok(());
+        };
+        let next_seq = match self.replay(writer, run.id, since).await {
+            Ok(next) => next,
+            Err(e) => {
+                let error = ApiError::from(e).to_data();
+                return writer.send_error(None, error, HubToClient::Error).await;
+            }
+        };
+        if let Some(sub) = self.subs.get_mut(&req.channel) {
+            sub.next_seq = Some(next_seq);
+        }
+        let synced = StreamSynced {
+            channel: req.channel.clone(),
+            next_seq,
+        };
+        writer
+            .send(&Envelope::event(
+                req.channel,
+                HubToClient::StreamSynced(synced),
+            ))
+            .await
+    }
+
+    /// Which channels exist: `fleet` and `run:<id>` of an existing run.
+    async fn check_channel(
+        &self,
+        channel: &str,
+    ) -> Result<Option<muster_proto::RunInfo>, ApiError> {
+        if channel == FLEET_CHANNEL {
+            return Ok(None);
+        }
+        let unknown =
+            || ApiError::new(ErrorCode::UnknownChannel, format!("no channel {channel:?}"));
+        let id: RunId = channel
+            .strip_prefix("run:")
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(unknown)?;
+        match self.core.run(id).await {
+            Ok(run) => Ok(Some(run)),
+            Err(e) if e.code == ErrorCode::RunNotFound => Err(unknown()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends stored chunks with `seq >= since`; returns the next sequence number.
+    async fn replay(&self, writer: &mut Writer, run: RunId, since: u64) -> anyhow::Result<u64> {
+        let mut next = since;
+        loop {
+            let chunks = self.core.store.output_since(run, next, REPLAY_PAGE).await?;
+            for chunk in &chunks {
+                let header = OutputHeader {
+                    run,
+                    stream: chunk.stream,
+                    seq: chunk.seq,
+                    offset: chunk.offset,
+                };
+                writer
+                    .feed(Frame::Binary(OutputFrame::encode(&header, &chunk.data)))
+                    .await?;
+                next = chunk.seq + 1;
+            }
+            writer.flush().await?;
+            if chunks.len() < REPLAY_PAGE as usize {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Forwards one delivery, dropping duplicates and filling gaps from the store.
+    pub(crate) async fn deliver(
+        &mut self,
+        writer: &mut Writer,
+        delivery: Delivery,
+    ) -> Result<(), axum::Error> {
+        let Some(seq) = delivery.seq else {
+            return writer.feed(delivery.frame).await;
+        };
+        let Some(sub) = self.subs.get_mut(&*delivery.channel) else {
+            return Ok(());
+        };
+        let expected = sub.next_seq.unwrap_or(seq);
+        if seq < expected {
+            return Ok(());
+        }
+        sub.next_seq = Some(seq + 1);
+        if seq > expected
+            && let Some(run) = sub.run
+        {
+            self.fill_gap(writer, run, expected, seq).await?;
+        }
+        writer.feed(delivery.frame).await
+    }
+
+    async fn fill_gap(
+        &self,
+        writer: &mut Writer,
+        run: RunId,
+        from: u64,
+        until: u64,
+    ) -> Result<(), axum::Error> {
+        let chunks = match self
+            .core
+            .store
+            .output_since(run, from, (until - from).min(u32::MAX as u64) as u32)
+            .await
+        {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                tracing::error!(run = %run, error = %format!("{e:#}"), "gap fill failed");
+                return Ok(());
+            }
+        };
+        for chunk in chunks.into_iter().filter(|c| c.seq < until) {
+            let header = OutputHeader {
+                run,
+                stream: chunk.stream,
+                seq: chunk.seq,
+                offset: chunk.offset,
+            };
+            writer
+                .feed(Frame::Binary(OutputFrame::encode(&header, &chunk.data)))
+                .await?;
+        }
+        Ok(())
+    }
+}
