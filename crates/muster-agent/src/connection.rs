@@ -1,0 +1,247 @@
+//! One live connection to the hub, after its handshake.
+//!
+//! A single task runs one `select!` over inbound frames, the agent's outgoing
+//! channel, the heartbeat tick, the heartbeat deadline and shutdown, and hands
+//! each message kind to a small method. This module is also the one place where
+//! close codes and hub errors are mapped to how a connection [`Ended`].
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use futures_util::{SinkExt, StreamExt};
+use muster_proto::messages::{ConnectionAck, ErrorData, Heartbeat};
+use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::handshake::Ws;
+use crate::runs::Runs;
+use crate::sink::Outgoing;
+
+/// Shortest heartbeat interval honoured, whatever the hub announces.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long a closing handshake may take before the socket is just dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection (or an attempt at one) ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// `shutdown` was cancelled; the socket is still open for the closing handshake.
+    Shutdown,
+    /// The connection failed or dropped; try again after a backoff delay.
+    Lost(anyhow::Error),
+    /// The hub refused this agent for good (bad or revoked token).
+    Rejected(anyhow::Error),
+}
+
+impl Ended {
+    pub(crate) fn lost(reason: &'static str) -> Self {
+        Self::Lost(anyhow!(reason))
+    }
+}
+
+/// Serves a connection whose handshake `ack` completed, until it ends.
+pub(crate) async fn serve(
+    ws: &mut Ws,
+    ack: &ConnectionAck,
+    runs: &mut Runs,
+    outgoing_rx: &mut mpsc::Receiver<Outgoing>,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let interval = Duration::from_millis(ack.heartbeat_interval_ms).max(MIN_HEARTBEAT_INTERVAL);
+    let deadline = Duration::from_millis(ack.heartbeat_deadline_ms).max(interval);
+    let mut ticker = interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut conn = Connection {
+        ws,
+        runs,
+        deadline,
+        last_heard: Instant::now(),
+        heartbeat_seq: 0,
+    };
+    loop {
+        let step = tokio::select! {
+            () = shutdown.cancelled() => return Ended::Shutdown,
+            frame = conn.ws.next() => conn.on_frame(frame).await,
+            Some(outgoing) = outgoing_rx.recv() => conn.send(encode(outgoing)).await,
+            _ = ticker.tick() => conn.send_heartbeat().await,
+            () = sleep_until(conn.last_heard + deadline) => conn.on_silence().await,
+        };
+        if let Err(ended) = step {
+            return ended;
+        }
+    }
+}
+
+/// The state of one served connection.
+struct Connection<'a> {
+    ws: &'a mut Ws,
+    runs: &'a mut Runs,
+    /// Silence after which the hub is presumed gone; also bounds each send.
+    deadline: Duration,
+    last_heard: Instant,
+    heartbeat_seq: u64,
+}
+
+impl Connection<'_> {
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), Ended> {
+        let message = match frame {
+            None => return Err(Ended::lost("the hub hung up")),
+            Some(Err(e)) => {
+                return Err(Ended::Lost(
+                    anyhow::Error::new(e).context("reading from the hub"),
+                ));
+            }
+            Some(Ok(message)) => message,
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) => self.on_text(&text).await,
+            Message::Close(frame) => Err(closed(frame)),
+            Message::Binary(_) => {
+                tracing::warn!("ignoring a binary frame from the hub");
+                Ok(())
+            }
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Ended> {
+        match Envelope::<HubToAgent>::decode(text) {
+            Ok(envelope) => self.on_message(envelope).await,
+            Err(e) => {
+                tracing::warn!("cannot handle a message from the hub: {e}");
+                let error = AgentToHub::Error(ErrorData::new(e.code(), e.to_string()));
+                self.send_text(Envelope::reply(e.request_id(), error)).await
+            }
+        }
+    }
+
+    async fn on_message(&mut self, envelope: Envelope<HubToAgent>) -> Result<(), Ended> {
+        match envelope.msg {
+            HubToAgent::Heartbeat(heartbeat) => {
+                let ack = AgentToHub::HeartbeatAck(heartbeat);
+                self.send_text(Envelope::reply(envelope.id, ack)).await
+            }
+            HubToAgent::HeartbeatAck(_) | HubToAgent::ConnectionAck(_) => Ok(()),
+            HubToAgent::RunStart(start) => {
+                tracing::debug!(run = %start.run, "starting run");
+                self.runs.start(start);
+                Ok(())
+            }
+            HubToAgent::RunCancel(run) => {
+                if !self.runs.cancel(run.run) {
+                    tracing::debug!(run = %run.run, "run.cancel for a run not in flight");
+                }
+                Ok(())
+            }
+            HubToAgent::Error(error) => match rejection(&error) {
+                Some(ended) => Err(ended),
+                None => {
+                    tracing::warn!("hub reported {}: {}", error.code, error.message);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    async fn send_heartbeat(&mut self) -> Result<(), Ended> {
+        let heartbeat = AgentToHub::Heartbeat(Heartbeat {
+            seq: self.heartbeat_seq,
+        });
+        self.heartbeat_seq += 1;
+        self.send_text(Envelope::plain(heartbeat)).await
+    }
+
+    async fn on_silence(&mut self) -> Result<(), Ended> {
+        let reason = format!("heard nothing from the hub for {:?}", self.deadline);
+        close(self.ws, CloseCode::HEARTBEAT_TIMEOUT, "heartbeat timeout").await;
+        Err(Ended::Lost(anyhow!(reason)))
+    }
+
+    async fn send_text(&mut self, envelope: Envelope<AgentToHub>) -> Result<(), Ended> {
+        self.send(Message::text(envelope.encode())).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), Ended> {
+        send(self.ws, message, self.deadline).await
+    }
+}
+
+/// The WebSocket message for something a run produced.
+pub(crate) fn encode(outgoing: Outgoing) -> Message {
+    let text = |msg| Message::text(Envelope::plain(msg).encode());
+    match outgoing {
+        Outgoing::Started(started) => text(AgentToHub::RunStarted(started)),
+        Outgoing::Output(frame) => {
+            Message::Binary(OutputFrame::encode(&frame.header, &frame.payload))
+        }
+        Outgoing::Exited(exited) => text(AgentToHub::RunExited(exited)),
+    }
+}
+
+/// Sends one message, giving up after `limit` so a stuck socket cannot stall the agent.
+pub(crate) async fn send(ws: &mut Ws, message: Message, limit: Duration) -> Result<(), Ended> {
+    match timeout(limit, ws.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ended::Lost(
+            anyhow::Error::new(e).context("sending to the hub"),
+        )),
+        Err(_) => Err(Ended::Lost(anyhow!(
+            "sending to the hub took longer than {limit:?}"
+        ))),
+    }
+}
+
+/// Closes the socket with `code`, waiting a bounded time for the hub's reply.
+pub(crate) async fn close(ws: &mut Ws, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    let closing = async {
+        if ws.close(Some(frame)).await.is_ok() {
+            // The hub's close frame completes the handshake; its TCP close may lag.
+            while let Some(Ok(message)) = ws.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = timeout(CLOSE_TIMEOUT, closing).await;
+}
+
+/// How a close frame from the hub ends the connection.
+pub(crate) fn closed(frame: Option<CloseFrame>) -> Ended {
+    let Some(frame) = frame else {
+        return Ended::lost("the hub closed the connection");
+    };
+    let code = u16::from(frame.code);
+    let reason = if frame.reason.is_empty() {
+        format!("close code {code}")
+    } else {
+        format!("{} (close code {code})", frame.reason.as_str())
+    };
+    match code {
+        CloseCode::AUTH_FAILED => {
+            Ended::Rejected(anyhow!("hub rejected the agent token: {reason}"))
+        }
+        CloseCode::REVOKED => Ended::Rejected(anyhow!("hub revoked the agent token: {reason}")),
+        _ => Ended::Lost(anyhow!("the hub closed the connection: {reason}")),
+    }
+}
+
+/// The fatal ending an `error` from the hub means, if it means one.
+pub(crate) fn rejection(error: &ErrorData) -> Option<Ended> {
+    (error.code == ErrorCode::AuthFailed)
+        .then(|| Ended::Rejected(anyhow!("hub rejected the agent token: {}", error.message)))
+}

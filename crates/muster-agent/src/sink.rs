@@ -1,0 +1,332 @@
+//! Output batching: turns a run's raw pipe reads into numbered output frames.
+//!
+//! A [`RunSink`] is the executor's handle; it forwards events over a small
+//! bounded channel to the run's `Batcher`, which owns all numbering state:
+//!
+//! - a chunk holds at most [`MAX_OUTPUT_CHUNK_BYTES`]; a full chunk is sent at
+//!   once, a partial one [`OUTPUT_BATCH_MS`] after its first unsent byte;
+//! - `seq` counts chunks of the run over both streams, from 0, without gaps;
+//!   `offset` is the byte offset of the chunk within its own stream;
+//! - output past the run's `output_cap_bytes` (both streams together) is
+//!   discarded here, so the executor keeps reading and the process never blocks.
+//!
+//! Every send awaits channel capacity, so a slow hub connection pushes back all
+//! the way to the pipe readers instead of growing a buffer.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use muster_proto::limits::{MAX_OUTPUT_CHUNK_BYTES, OUTPUT_BATCH_MS};
+use muster_proto::messages::{RunExited, RunStarted};
+use muster_proto::{OutputFrame, OutputHeader, OutputStream, RunId};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+/// Events queued between a run's sink and its batcher. Each holds at most one
+/// pipe read, so a few are enough to keep the reader busy while the batcher
+/// sends, and little memory is held per run.
+const SINK_EVENTS_CAPACITY: usize = 8;
+
+/// A message a run produces for the hub, in the order it must be sent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outgoing {
+    /// The run's process started.
+    Started(RunStarted),
+    /// One chunk of output, sent as a binary frame.
+    Output(OutputFrame),
+    /// The run ended; always the run's last message.
+    Exited(RunExited),
+}
+
+/// What a sink tells its batcher.
+#[derive(Debug)]
+enum SinkEvent {
+    Started(u32),
+    Output(OutputStream, Bytes),
+}
+
+/// An executor's handle for reporting one run; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RunSink {
+    /// Bounded: awaiting capacity is the backpressure on the pipe readers.
+    events_tx: mpsc::Sender<SinkEvent>,
+}
+
+impl RunSink {
+    /// A sink for `run` whose batcher runs on its own task and delivers to the
+    /// returned receiver, which holds up to `capacity` messages.
+    ///
+    /// Meant for tests and tools that drive an [`Executor`](crate::Executor)
+    /// directly. The receiver yields `None` once every clone of the sink is
+    /// dropped and all output is delivered; `run.exited` is not included.
+    pub fn channel(
+        run: RunId,
+        output_cap_bytes: u64,
+        capacity: usize,
+    ) -> (Self, mpsc::Receiver<Outgoing>) {
+        let (outgoing_tx, outgoing_rx) = mpsc::channel(capacity);
+        let (sink, batcher) = Self::new(run, output_cap_bytes, outgoing_tx);
+        tokio::spawn(batcher.run());
+        (sink, outgoing_rx)
+    }
+
+    /// A sink for `run` and the batcher that must be driven for it to make progress.
+    pub(crate) fn new(
+        run: RunId,
+        output_cap_bytes: u64,
+        outgoing_tx: mpsc::Sender<Outgoing>,
+    ) -> (Self, Batcher) {
+        let (events_tx, events_rx) = mpsc::channel(SINK_EVENTS_CAPACITY);
+        let batcher = Batcher {
+            run,
+            events_rx,
+            outgoing_tx,
+            stdout: StreamBuffer::default(),
+            stderr: StreamBuffer::default(),
+            next_seq: 0,
+            remaining_cap: output_cap_bytes,
+        };
+        (Self { events_tx }, batcher)
+    }
+
+    /// Reports that the run's process started with `pid`; call it before any output.
+    pub async fn started(&self, pid: u32) {
+        self.send(SinkEvent::Started(pid)).await;
+    }
+
+    /// Reports output read from `stream`; waits while the connection is backed up.
+    pub async fn output(&self, stream: OutputStream, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            let bytes = Bytes::copy_from_slice(bytes);
+            self.send(SinkEvent::Output(stream, bytes)).await;
+        }
+    }
+
+    async fn send(&self, event: SinkEvent) {
+        // The batcher only goes away when the agent stops; output is moot then.
+        let _ = self.events_tx.send(event).await;
+    }
+}
+
+/// Output of one stream that has not been sent yet.
+#[derive(Debug, Default)]
+struct StreamBuffer {
+    /// Unsent bytes; always shorter than one chunk between events.
+    pending: BytesMut,
+    /// Offset within the stream of `pending`'s first byte.
+    offset: u64,
+    /// When `pending` must be sent even though it is not a full chunk.
+    flush_at: Option<Instant>,
+}
+
+impl StreamBuffer {
+    /// Takes up to one chunk from the front, with its stream offset.
+    fn take_chunk(&mut self) -> (u64, Bytes) {
+        let len = self.pending.len().min(MAX_OUTPUT_CHUNK_BYTES);
+        let offset = self.offset;
+        self.offset += len as u64;
+        (offset, self.pending.split_to(len).freeze())
+    }
+}
+
+/// Owns the numbering and timing of one run's output frames.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    run: RunId,
+    events_rx: mpsc::Receiver<SinkEvent>,
+    outgoing_tx: mpsc::Sender<Outgoing>,
+    stdout: StreamBuffer,
+    stderr: StreamBuffer,
+    next_seq: u64,
+    /// Output bytes still allowed before the cap; the rest is discarded.
+    remaining_cap: u64,
+}
+
+impl Batcher {
+    /// Batches until every sink is dropped, then sends what is left.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let flush_at = self.next_flush();
+            tokio::select! {
+                event = self.events_rx.recv() => match event {
+                    Some(event) => self.handle(event).await,
+                    None => break,
+                },
+                () = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    self.flush_due().await;
+                }
+            }
+        }
+        self.flush_all(OutputStream::Stdout).await;
+        self.flush_all(OutputStream::Stderr).await;
+    }
+
+    async fn handle(&mut self, event: SinkEvent) {
+        match event {
+            SinkEvent::Started(pid) => {
+                let started = RunStarted { run: self.run, pid };
+                self.deliver(Outgoing::Started(started)).await;
+            }
+            SinkEvent::Output(stream, bytes) => self.append(stream, bytes).await,
+        }
+    }
+
+    /// Buffers what the cap allows and sends every full chunk.
+    async fn append(&mut self, stream: OutputStream, mut bytes: Bytes) {
+        let allowed = bytes
+            .len()
+            .min(usize::try_from(self.remaining_cap).unwrap_or(usize::MAX));
+        bytes.truncate(allowed);
+        self.remaining_cap -= allowed as u64;
+        if bytes.is_empty() {
+            return;
+        }
+        self.buffer(stream).pending.extend_from_slice(&bytes);
+        let mut sent_full = false;
+        while self.buffer(stream).pending.len() >= MAX_OUTPUT_CHUNK_BYTES {
+            self.send_chunk(stream).await;
+            sent_full = true;
+        }
+        let buffer = self.buffer(stream);
+        if buffer.pending.is_empty() {
+            buffer.flush_at = None;
+        } else if sent_full || buffer.flush_at.is_none() {
+            // What is left after a full chunk came in with this very read.
+            buffer.flush_at = Some(Instant::now() + Duration::from_millis(OUTPUT_BATCH_MS));
+        }
+    }
+
+    fn next_flush(&self) -> Option<Instant> {
+        match (self.stdout.flush_at, self.stderr.flush_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn flush_due(&mut self) {
+        let now = Instant::now();
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            if self.buffer(stream).flush_at.is_some_and(|at| at <= now) {
+                self.flush_all(stream).await;
+            }
+        }
+    }
+
+    async fn flush_all(&mut self, stream: OutputStream) {
+        while !self.buffer(stream).pending.is_empty() {
+            self.send_chunk(stream).await;
+        }
+        self.buffer(stream).flush_at = None;
+    }
+
+    async fn send_chunk(&mut self, stream: OutputStream) {
+        let (offset, payload) = self.buffer(stream).take_chunk();
+        let header = OutputHeader {
+            run: self.run,
+            stream,
+            seq: self.next_seq,
+            offset,
+        };
+        self.next_seq += 1;
+        self.deliver(Outgoing::Output(OutputFrame { header, payload }))
+            .await;
+    }
+
+    async fn deliver(&self, outgoing: Outgoing) {
+        // Fails only when the agent is stopping and nobody reads any more.
+        let _ = self.outgoing_tx.send(outgoing).await;
+    }
+
+    fn buffer(&mut self, stream: OutputStream) -> &mut StreamBuffer {
+        match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(received: Vec<Outgoing>) -> Vec<OutputFrame> {
+        received
+            .into_iter()
+            .filter_map(|out| match out {
+                Outgoing::Output(frame) => Some(frame),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<Outgoing>) -> Vec<Outgoing> {
+        let mut received = Vec::new();
+        while let Some(out) = rx.recv().await {
+            received.push(out);
+        }
+        received
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_chunk_waits_for_the_batch_window() {
+        let (sink, mut rx) = RunSink::channel(RunId::generate(), u64::MAX, 16);
+        let begin = Instant::now();
+        sink.output(OutputStream::Stdout, b"hello").await;
+        let Some(Outgoing::Output(frame)) = rx.recv().await else {
+            panic!("expected an output frame");
+        };
+        assert_eq!(begin.elapsed(), Duration::from_millis(OUTPUT_BATCH_MS));
+        assert_eq!(&frame.payload[..], b"hello");
+        assert_eq!((frame.header.seq, frame.header.offset), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_chunks_go_at_once_and_seq_spans_both_streams() {
+        let (sink, rx) = RunSink::channel(RunId::generate(), u64::MAX, 16);
+        sink.started(7).await;
+        sink.output(OutputStream::Stdout, &[1; MAX_OUTPUT_CHUNK_BYTES + 5])
+            .await;
+        sink.output(OutputStream::Stderr, b"err").await;
+        sink.output(OutputStream::Stdout, b"more").await;
+        drop(sink);
+        let received = collect(rx).await;
+        assert!(matches!(
+            received[0],
+            Outgoing::Started(RunStarted { pid: 7, .. })
+        ));
+        let frames = frames(received);
+        let seen: Vec<_> = frames
+            .iter()
+            .map(|f| {
+                (
+                    f.header.stream,
+                    f.header.seq,
+                    f.header.offset,
+                    f.payload.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (OutputStream::Stdout, 0, 0, MAX_OUTPUT_CHUNK_BYTES),
+                (OutputStream::Stdout, 1, MAX_OUTPUT_CHUNK_BYTES as u64, 9),
+                (OutputStream::Stderr, 2, 0, 3),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_past_the_cap_is_discarded() {
+        let (sink, rx) = RunSink::channel(RunId::generate(), 15_000, 16);
+        sink.output(OutputStream::Stdout, &[1; 10_000]).await;
+        sink.output(OutputStream::Stderr, &[2; 10_000]).await;
+        sink.output(OutputStream::Stdout, &[3; 10]).await;
+        drop(sink);
+        let total: usize = frames(collect(rx).await)
+            .iter()
+            .map(|f| f.payload.len())
+            .sum();
+        assert_eq!(total, 15_000);
+    }
+}
