@@ -1,0 +1,113 @@
+//! Typed helpers over [`Client::request`]: one method per request the hub
+//! serves to clients, each checking that the reply has the expected type.
+
+use std::collections::BTreeMap;
+
+use muster_proto::messages::{
+    AgentAdd, AgentAdded, AgentRef, Empty, RunAccepted, RunCreate, RunListQuery, RunRef, Subscribe,
+    Subscribed,
+};
+use muster_proto::types::RunRequest;
+use muster_proto::{AgentInfo, AgentName, ClientToHub, HubToClient, RunId, RunInfo};
+
+use crate::client::Client;
+use crate::error::ClientError;
+
+/// Sends a request and destructures the reply, or reports an unexpected reply type.
+macro_rules! expect_reply {
+    ($client:expr, $request:expr, $expected:literal, $pattern:pat => $value:expr) => {
+        match $client.request($request).await? {
+            $pattern => Ok($value),
+            other => Err(unexpected($expected, &other)),
+        }
+    };
+}
+
+impl Client {
+    /// Every registered agent, sorted by name.
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>, ClientError> {
+        expect_reply!(self, ClientToHub::AgentList(Empty {}), "agent.list",
+            HubToClient::AgentList(list) => list.agents)
+    }
+
+    /// One agent.
+    pub async fn agent(&self, name: &AgentName) -> Result<AgentInfo, ClientError> {
+        let request = ClientToHub::AgentGet(AgentRef { name: name.clone() });
+        expect_reply!(self, request, "agent.info", HubToClient::AgentInfo(info) => info.agent)
+    }
+
+    /// Registers an agent; the reply holds its token, which the hub never shows again.
+    pub async fn add_agent(
+        &self,
+        name: AgentName,
+        labels: BTreeMap<String, String>,
+    ) -> Result<AgentAdded, ClientError> {
+        let request = ClientToHub::AgentAdd(AgentAdd { name, labels });
+        expect_reply!(self, request, "agent.added", HubToClient::AgentAdded(added) => added)
+    }
+
+    /// Unregisters an agent, revokes its token and disconnects it.
+    pub async fn remove_agent(&self, name: &AgentName) -> Result<(), ClientError> {
+        let request = ClientToHub::AgentRemove(AgentRef { name: name.clone() });
+        expect_reply!(self, request, "agent.removed", HubToClient::AgentRemoved(_) => ())
+    }
+
+    /// Creates a run. With `subscribe`, this connection receives every event
+    /// and output frame of the run from its very start.
+    pub async fn create_run(
+        &self,
+        request: RunRequest,
+        subscribe: bool,
+    ) -> Result<RunAccepted, ClientError> {
+        let request = ClientToHub::RunCreate(RunCreate { request, subscribe });
+        expect_reply!(self, request, "run.accepted", HubToClient::RunAccepted(accepted) => accepted)
+    }
+
+    /// One run.
+    pub async fn run_info(&self, id: RunId) -> Result<RunInfo, ClientError> {
+        let request = ClientToHub::RunGet(RunRef { run: id });
+        expect_reply!(self, request, "run.info", HubToClient::RunInfo(info) => info.run)
+    }
+
+    /// Recent runs, newest first.
+    pub async fn runs(&self, query: RunListQuery) -> Result<Vec<RunInfo>, ClientError> {
+        expect_reply!(self, ClientToHub::RunList(query), "run.list",
+            HubToClient::RunList(list) => list.runs)
+    }
+
+    /// Cancels a run: dequeues it, or kills its process group.
+    pub async fn cancel_run(&self, id: RunId) -> Result<(), ClientError> {
+        let request = ClientToHub::RunCancel(RunRef { run: id });
+        expect_reply!(self, request, "ok", HubToClient::Ok(_) => ())
+    }
+
+    /// Subscribes to `channel` (`fleet`, `run:<id>`). With `since`, the hub
+    /// replays stored output from that sequence number, then sends
+    /// `stream.synced`, then live frames.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+    ) -> Result<Subscribed, ClientError> {
+        let request = ClientToHub::Subscribe(Subscribe {
+            channel: channel.to_owned(),
+            since,
+        });
+        expect_reply!(self, request, "subscribed", HubToClient::Subscribed(subscribed) => subscribed)
+    }
+}
+
+fn unexpected(expected: &str, got: &HubToClient) -> ClientError {
+    ClientError::Protocol(format!(
+        "expected a {expected} reply, got {}",
+        type_name(got)
+    ))
+}
+
+/// The wire `type` of a message, for error messages.
+pub(crate) fn type_name(msg: &HubToClient) -> String {
+    serde_json::to_value(msg)
+        .ok()
+        .and_then(|value| value.get("type")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "an unknown message".to_owned())
+}

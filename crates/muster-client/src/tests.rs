@@ -1,0 +1,321 @@
+//! Unit tests: URL building and error mapping, then the connection task driven
+//! by a scripted fake hub on a real socket (the lead's integration tests use a
+//! real hub).
+
+use std::io;
+
+use futures_util::{SinkExt, StreamExt};
+use muster_proto::frame::OutputHeader;
+use muster_proto::limits::Limits;
+use muster_proto::messages::{AgentList, ConnectionAck, Empty, ErrorData, Heartbeat, Principal};
+use muster_proto::{ClientToHub, CloseCode, Envelope, ErrorCode, HubToClient, OutputFrame, RunId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use crate::error::io_cause;
+use crate::handshake::{ack_from_text, close_error};
+use crate::task::reply_result;
+use crate::{Client, ClientError, Event, ws_url};
+
+#[test]
+fn http_base_urls_become_ws_endpoint_urls() {
+    let url = |base| ws_url(base, "/ws/client").unwrap();
+    assert_eq!(
+        url("http://127.0.0.1:7070"),
+        "ws://127.0.0.1:7070/ws/client"
+    );
+    assert_eq!(url("http://hub:7070/"), "ws://hub:7070/ws/client");
+    assert_eq!(url("ws://hub:7070"), "ws://hub:7070/ws/client");
+    assert_eq!(url("HTTP://hub/prefix/"), "ws://hub/prefix/ws/client");
+}
+
+#[test]
+fn tls_and_malformed_urls_are_refused_clearly() {
+    let err = ws_url("https://hub", "/ws/client").unwrap_err();
+    assert!(matches!(err, ClientError::Connect(_)));
+    assert!(
+        err.to_string().contains("TLS is not supported yet"),
+        "{err}"
+    );
+    assert!(ws_url("wss://hub", "/x").is_err());
+    for bad in [
+        "hub:7070",
+        "ftp://hub",
+        "http://",
+        "http:///x",
+        "http://hub?a=1",
+    ] {
+        let err = ws_url(bad, "/ws/client").unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid hub URL"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn io_errors_are_short_and_lowercase() {
+    let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+    assert_eq!(io_cause(&refused), "connection refused");
+    let os = io::Error::other("Name or service not known (os error -2)");
+    assert_eq!(io_cause(&os), "name or service not known");
+}
+
+#[test]
+fn auth_failures_become_auth_errors() {
+    let error = Envelope::plain(HubToClient::Error(ErrorData::new(
+        ErrorCode::AuthFailed,
+        "invalid token",
+    )));
+    let err = ack_from_text(&error.encode()).unwrap_err();
+    assert_eq!(err.to_string(), "authentication failed: invalid token");
+
+    let frame = CloseFrame {
+        code: CloseCode::AUTH_FAILED.into(),
+        reason: "".into(),
+    };
+    assert!(matches!(close_error(Some(&frame)), ClientError::Auth(_)));
+    let frame = CloseFrame {
+        code: 1001.into(),
+        reason: "bye".into(),
+    };
+    assert!(matches!(close_error(Some(&frame)), ClientError::Closed(r) if r.contains("1001: bye")));
+}
+
+#[test]
+fn error_replies_become_hub_errors() {
+    let data = ErrorData::new(ErrorCode::AgentNotFound, "agent \"x\" not found");
+    let err = reply_result(HubToClient::Error(data)).unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AgentNotFound));
+    assert_eq!(err.to_string(), "agent \"x\" not found");
+    assert!(reply_result(HubToClient::Ok(Empty {})).is_ok());
+}
+
+type HubSide = WebSocketStream<TcpStream>;
+
+/// Starts a one-connection fake hub running `script`, returning its base URL.
+async fn fake_hub<F, Fut>(script: F) -> String
+where
+    F: FnOnce(HubSide) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        script(tokio_tungstenite::accept_async(tcp).await.unwrap()).await;
+    });
+    format!("http://{addr}")
+}
+
+fn ack(heartbeat_interval_ms: u64, heartbeat_deadline_ms: u64) -> ConnectionAck {
+    ConnectionAck {
+        protocol: "1.0".into(),
+        hub_version: "test".into(),
+        connection_id: "c1".into(),
+        principal: Principal {
+            kind: "client".into(),
+            name: "admin".into(),
+            role: None,
+        },
+        heartbeat_interval_ms,
+        heartbeat_deadline_ms,
+        limits: Limits {
+            max_message_bytes: 1 << 20,
+            max_output_chunk_bytes: 10 << 10,
+            output_batch_ms: 50,
+            max_output_bytes_per_run: 1 << 20,
+            max_queue_per_agent: 100,
+        },
+    }
+}
+
+async fn recv(hub: &mut HubSide) -> Envelope<ClientToHub> {
+    loop {
+        match hub.next().await.unwrap().unwrap() {
+            Message::Text(text) => return Envelope::decode(&text).unwrap(),
+            Message::Close(_) => panic!("client closed"),
+            _ => {}
+        }
+    }
+}
+
+async fn send(hub: &mut HubSide, envelope: Envelope<HubToClient>) {
+    hub.send(Message::text(envelope.encode())).await.unwrap();
+}
+
+/// Reads the hello and acknowledges it with the given heartbeat timing.
+async fn accept_hello(hub: &mut HubSide, interval_ms: u64, deadline_ms: u64) -> String {
+    let hello = recv(hub).await;
+    let ClientToHub::Hello(hello) = hello.msg else {
+        panic!("expected hello")
+    };
+    assert_eq!(hello.client.as_deref(), Some(crate::CLIENT_NAME));
+    send(
+        hub,
+        Envelope::plain(HubToClient::ConnectionAck(ack(interval_ms, deadline_ms))),
+    )
+    .await;
+    hello.token
+}
+
+async fn close_code(hub: &mut HubSide) -> Option<u16> {
+    while let Some(Ok(message)) = hub.next().await {
+        if let Message::Close(frame) = message {
+            return frame.map(|f| f.code.into());
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn requests_get_their_replies_and_events_flow() {
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let url = fake_hub(|mut hub| async move {
+        assert_eq!(accept_hello(&mut hub, 30_000, 60_000).await, "tok");
+        send(
+            &mut hub,
+            Envelope::plain(HubToClient::AgentList(AgentList { agents: vec![] })),
+        )
+        .await;
+        let request = recv(&mut hub).await;
+        assert!(matches!(request.msg, ClientToHub::AgentList(_)));
+        let reply = HubToClient::AgentList(AgentList { agents: vec![] });
+        send(&mut hub, Envelope::reply(request.id, reply)).await;
+        let request = recv(&mut hub).await;
+        let error = ErrorData::new(ErrorCode::RunNotFound, "run not found");
+        send(
+            &mut hub,
+            Envelope::reply(request.id, HubToClient::Error(error)),
+        )
+        .await;
+        let header = OutputHeader {
+            run: RunId::generate(),
+            stream: muster_proto::OutputStream::Stdout,
+            seq: 0,
+            offset: 0,
+        };
+        hub.send(Message::Binary(OutputFrame::encode(&header, b"\xffhi")))
+            .await
+            .unwrap();
+        code_tx.send(close_code(&mut hub).await).unwrap();
+    })
+    .await;
+    let (client, mut events) = Client::connect(&url, "tok").await.unwrap();
+    assert_eq!(client.ack().connection_id, "c1");
+    assert!(
+        matches!(events.recv().await, Some(Event::Message(e)) if matches!(e.msg, HubToClient::AgentList(_)))
+    );
+    assert!(client.agents().await.unwrap().is_empty());
+    let err = client.run_info(RunId::generate()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RunNotFound));
+    let Some(Event::Output(frame)) = events.recv().await else {
+        panic!("expected output")
+    };
+    assert_eq!(&frame.payload[..], b"\xffhi");
+    client.close().await;
+    assert_eq!(code_rx.await.unwrap(), Some(CloseCode::NORMAL));
+}
+
+#[tokio::test]
+async fn bad_token_fails_fast_with_auth_error() {
+    let url = fake_hub(|mut hub| async move {
+        recv(&mut hub).await;
+        let error = ErrorData::new(ErrorCode::AuthFailed, "invalid token");
+        send(&mut hub, Envelope::plain(HubToClient::Error(error))).await;
+        let frame = CloseFrame {
+            code: CloseCode::AUTH_FAILED.into(),
+            reason: "".into(),
+        };
+        let _ = hub.close(Some(frame)).await;
+    })
+    .await;
+    let err = Client::connect(&url, "bad").await.unwrap_err();
+    assert_eq!(err.to_string(), "authentication failed: invalid token");
+}
+
+#[tokio::test]
+async fn hub_close_fails_pending_requests_and_ends_events() {
+    let url = fake_hub(|mut hub| async move {
+        accept_hello(&mut hub, 30_000, 60_000).await;
+        recv(&mut hub).await;
+        let frame = CloseFrame {
+            code: CloseCode::GOING_AWAY.into(),
+            reason: "shutting down".into(),
+        };
+        let _ = hub.close(Some(frame)).await;
+        while hub.next().await.is_some() {}
+    })
+    .await;
+    let (client, mut events) = Client::connect(&url, "tok").await.unwrap();
+    let err = client.agents().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Closed(ref r) if r == "shutting down"),
+        "{err}"
+    );
+    let Some(Event::Closed { code, .. }) = events.recv().await else {
+        panic!("expected closed")
+    };
+    assert_eq!(code, Some(CloseCode::GOING_AWAY));
+    assert!(matches!(client.agents().await, Err(ClientError::Closed(_))));
+}
+
+#[tokio::test]
+async fn heartbeats_are_answered_and_silence_closes() {
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let url = fake_hub(|mut hub| async move {
+        accept_hello(&mut hub, 50, 300).await;
+        send(
+            &mut hub,
+            Envelope::plain(HubToClient::Heartbeat(Heartbeat { seq: 7 })),
+        )
+        .await;
+        let mut answered = false;
+        let mut sent = false;
+        while !(answered && sent) {
+            match recv(&mut hub).await.msg {
+                ClientToHub::HeartbeatAck(Heartbeat { seq: 7 }) => answered = true,
+                ClientToHub::Heartbeat(_) => sent = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        code_tx.send(close_code(&mut hub).await).unwrap();
+    })
+    .await;
+    let (_client, mut events) = Client::connect(&url, "tok").await.unwrap();
+    let Some(Event::Closed { code, .. }) = events.recv().await else {
+        panic!("expected closed")
+    };
+    assert_eq!(code, Some(CloseCode::HEARTBEAT_TIMEOUT));
+    assert_eq!(code_rx.await.unwrap(), Some(CloseCode::HEARTBEAT_TIMEOUT));
+}
+
+#[tokio::test]
+async fn refused_connection_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let url = format!("http://{addr}");
+    let err = Client::connect(&url, "tok").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("cannot reach hub at {url}: connection refused")
+    );
+}
+
+#[tokio::test]
+async fn dropping_every_handle_closes_normally() {
+    let (code_tx, code_rx) = tokio::sync::oneshot::channel();
+    let url = fake_hub(|mut hub| async move {
+        accept_hello(&mut hub, 30_000, 60_000).await;
+        code_tx.send(close_code(&mut hub).await).unwrap();
+    })
+    .await;
+    let (client, _events) = Client::connect(&url, "tok").await.unwrap();
+    let clone = client.clone();
+    drop(client);
+    drop(clone);
+    assert_eq!(code_rx.await.unwrap(), Some(CloseCode::NORMAL));
+}
