@@ -1,1 +1,116 @@
-fn main() {}
+//! The `muster` binary: the hub, the agent and the command line in one.
+//!
+//! `main` parses the command line, installs tracing (to stderr, so stdout stays
+//! clean for command output), builds the tokio runtime and turns the outcome of
+//! the subcommand into the process exit code. The long-running subcommands live
+//! in `serve`; the client subcommands live in `cli`.
+
+mod cli;
+mod serve;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a long-running subcommand that failed.
+const EXIT_SERVE_FAILED: u8 = 1;
+
+/// How long pending tasks get to finish once the subcommand has returned.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Command a fleet of agents from one hub.
+#[derive(Debug, Parser)]
+#[command(name = "muster", version)]
+struct Cli {
+    /// Print machine-readable JSON wherever a table or record is printed.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a hub, a local agent named "local" and the dashboard, for development.
+    Dev(serve::DevArgs),
+    /// Start a hub.
+    Hub(serve::HubArgs),
+    /// Start an agent that dials a hub and runs commands for it.
+    Agent(serve::AgentArgs),
+    /// List, register, inspect and remove agents.
+    #[command(subcommand)]
+    Agents(cli::agents::AgentsCommand),
+    /// Run a command on an agent, stream its output and exit with its exit code.
+    Run(cli::run::RunArgs),
+    /// List, inspect, replay and cancel runs.
+    #[command(subcommand)]
+    Runs(cli::runs::RunsCommand),
+}
+
+impl Command {
+    /// Whether this is a long-running subcommand rather than a client command.
+    fn is_server(&self) -> bool {
+        matches!(self, Self::Dev(_) | Self::Hub(_) | Self::Agent(_))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(if cli.command.is_server() {
+        "info"
+    } else {
+        "warn"
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("muster: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_SERVE_FAILED);
+        }
+    };
+    let code = runtime.block_on(dispatch(cli));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    code
+}
+
+/// Logs go to stderr, filtered by `MUSTER_LOG`, else `RUST_LOG`, else `default`.
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_env("MUSTER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let json = cli.json;
+    let (result, failure_code) = match cli.command {
+        Command::Dev(args) => (serve::dev(args).await, EXIT_SERVE_FAILED),
+        Command::Hub(args) => (serve::hub(args).await, EXIT_SERVE_FAILED),
+        Command::Agent(args) => (serve::agent(args).await, EXIT_SERVE_FAILED),
+        Command::Agents(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Run(args) => (cli::run::run(args).await, cli::EXIT_ERROR),
+        Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("muster: {err:#}");
+        ExitCode::from(failure_code)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

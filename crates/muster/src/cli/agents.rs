@@ -1,0 +1,247 @@
+//! `muster agents list | add | show | rm`: the agent registry.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use muster_proto::{AgentInfo, AgentName, AgentStatus};
+
+use super::output::{self, Table};
+use super::{HubConn, agent_error, parse};
+
+/// The `muster agents` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AgentsCommand {
+    /// List every registered agent with its status.
+    List(ListArgs),
+    /// Register an agent and print its token, which is shown only this once.
+    Add(AddArgs),
+    /// Show one agent.
+    Show(NameArgs),
+    /// Unregister an agent, revoke its token and disconnect it.
+    Rm(NameArgs),
+}
+
+/// Arguments of `muster agents list`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    conn: HubConn,
+}
+
+/// Arguments of `muster agents add`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AddArgs {
+    #[command(flatten)]
+    conn: HubConn,
+    /// The new agent's name.
+    name: AgentName,
+    /// A label to register, as KEY=VALUE; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse::key_value)]
+    labels: Vec<(String, String)>,
+}
+
+/// Arguments of the subcommands that name one agent.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NameArgs {
+    #[command(flatten)]
+    conn: HubConn,
+    /// The agent's name.
+    name: AgentName,
+}
+
+impl AgentsCommand {
+    /// Runs the subcommand.
+    pub(crate) async fn run(self, json: bool) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::List(args) => list(args, json).await?,
+            Self::Add(args) => add(args, json).await?,
+            Self::Show(args) => show(args, json).await?,
+            Self::Rm(args) => remove(args, json).await?,
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let agents = client.agents().await?;
+    client.close().await;
+    if json {
+        return output::print_json(&agents);
+    }
+    output::print(&agent_table(&agents, output::now_ms()))
+}
+
+async fn add(args: AddArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    let added = client.add_agent(args.name.clone(), labels).await?;
+    client.close().await;
+    if json {
+        let record = serde_json::json!({ "name": added.agent.name, "token": added.token });
+        return output::print_json(&record);
+    }
+    output::print(&format!("{}\n", added.token))?;
+    eprintln!(
+        "agent {:?} added; its token is shown only this once. Start the agent with:\n  \
+         muster agent --hub {} --token {} --name {}",
+        args.name.as_str(),
+        args.conn.hub,
+        added.token,
+        args.name,
+    );
+    Ok(())
+}
+
+async fn show(args: NameArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let agent = client
+        .agent(&args.name)
+        .await
+        .map_err(agent_error(&args.name))?;
+    client.close().await;
+    if json {
+        return output::print_json(&agent);
+    }
+    output::print(&agent_fields(&agent, output::now_ms()))
+}
+
+async fn remove(args: NameArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    client
+        .remove_agent(&args.name)
+        .await
+        .map_err(agent_error(&args.name))?;
+    client.close().await;
+    if json {
+        return output::print_json(&serde_json::json!({ "name": args.name }));
+    }
+    output::print(&format!("removed agent {:?}\n", args.name.as_str()))
+}
+
+fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
+    let headers = [
+        "NAME",
+        "STATUS",
+        "LAST SEEN",
+        "HOSTNAME",
+        "OS/ARCH",
+        "VERSION",
+        "LABELS",
+    ];
+    let mut table = Table::new(&headers);
+    for agent in agents {
+        table.push(vec![
+            agent.name.to_string(),
+            status(agent.status).to_owned(),
+            output::or_dash(agent.last_seen_ms.map(|ms| output::ago(now_ms, ms))),
+            output::or_dash(agent.hostname.as_deref()),
+            os_arch(agent),
+            output::or_dash(agent.version.as_deref()),
+            labels(&agent.labels),
+        ]);
+    }
+    table.render()
+}
+
+fn agent_fields(agent: &AgentInfo, now_ms: u64) -> String {
+    let time = |ms: Option<u64>| output::or_dash(ms.map(|ms| output::timestamp(now_ms, ms)));
+    output::fields(&[
+        ("name", agent.name.to_string()),
+        ("status", status(agent.status).to_owned()),
+        ("last_seen", time(agent.last_seen_ms)),
+        ("connected_since", time(agent.connected_since_ms)),
+        ("hostname", output::or_dash(agent.hostname.as_deref())),
+        ("os/arch", os_arch(agent)),
+        ("version", output::or_dash(agent.version.as_deref())),
+        ("labels", labels(&agent.labels)),
+        ("max_concurrency", output::or_dash(agent.max_concurrency)),
+        ("running", agent.running.to_string()),
+        ("queued", agent.queued.to_string()),
+    ])
+}
+
+fn status(status: AgentStatus) -> &'static str {
+    match status {
+        AgentStatus::Online => "online",
+        AgentStatus::Offline => "offline",
+    }
+}
+
+fn os_arch(agent: &AgentInfo) -> String {
+    match (&agent.os, &agent.arch) {
+        (None, None) => "-".to_owned(),
+        (os, arch) => format!(
+            "{}/{}",
+            os.as_deref().unwrap_or("?"),
+            arch.as_deref().unwrap_or("?")
+        ),
+    }
+}
+
+fn labels(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str) -> AgentInfo {
+        AgentInfo {
+            name: AgentName::new(name).unwrap(),
+            status: AgentStatus::Online,
+            labels: BTreeMap::from([("role".into(), "web".into()), ("env".into(), "prod".into())]),
+            hostname: Some("host-1".into()),
+            os: Some("linux".into()),
+            arch: Some("x86_64".into()),
+            version: Some("0.1.0".into()),
+            last_seen_ms: Some(7_000),
+            connected_since_ms: None,
+            max_concurrency: Some(4),
+            running: 0,
+            queued: 0,
+        }
+    }
+
+    #[test]
+    fn agent_table_has_one_row_per_agent() {
+        let text = agent_table(&[agent("web-1")], 10_000);
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .starts_with("NAME   STATUS  LAST SEEN  HOSTNAME")
+        );
+        let row = lines.next().unwrap();
+        for cell in [
+            "web-1",
+            "online",
+            "3s ago",
+            "host-1",
+            "linux/x86_64",
+            "0.1.0",
+            "env=prod,role=web",
+        ] {
+            assert!(row.contains(cell), "{row:?} lacks {cell}");
+        }
+    }
+
+    #[test]
+    fn missing_details_show_as_dashes() {
+        let mut bare = agent("db");
+        bare.os = None;
+        bare.arch = None;
+        bare.labels.clear();
+        assert_eq!(os_arch(&bare), "-");
+        assert_eq!(labels(&bare.labels), "-");
+    }
+}

@@ -1,0 +1,83 @@
+//! The client subcommands: `agents`, `run` and `runs`.
+//!
+//! Each talks to a hub through `muster-client`. This module owns what they
+//! share: the `--hub`/`--token` arguments, connecting, and turning hub errors
+//! about a named agent or run into one plain line for stderr. Every failure
+//! surfaces as an error that `main` prints as `muster: <reason>` and maps to
+//! [`EXIT_ERROR`].
+
+pub(crate) mod agents;
+pub(crate) mod exit;
+pub(crate) mod output;
+pub(crate) mod parse;
+pub(crate) mod run;
+pub(crate) mod runs;
+pub(crate) mod stream;
+
+use std::fmt;
+use std::str::FromStr;
+
+use muster_client::{Client, ClientError, Event};
+use muster_proto::{AgentName, ErrorCode, RunId};
+use tokio::sync::mpsc;
+
+/// Exit code when the hub cannot be reached, rejects us, or refuses the request.
+pub(crate) const EXIT_ERROR: u8 = 255;
+
+/// How to reach the hub, shared by every client subcommand.
+#[derive(Debug, clap::Args)]
+pub(crate) struct HubConn {
+    /// Hub base URL, such as http://127.0.0.1:7070.
+    #[arg(long, env = "MUSTER_HUB", value_name = "URL")]
+    pub(crate) hub: String,
+    /// API token.
+    #[arg(
+        long,
+        env = "MUSTER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) token: Token,
+}
+
+impl HubConn {
+    /// Connects and authenticates.
+    pub(crate) async fn connect(&self) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
+        Client::connect(&self.hub, &self.token.0).await
+    }
+}
+
+/// A secret from the command line; `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl FromStr for Token {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Rewrites "not found" and "offline" errors so they name `agent`.
+pub(crate) fn agent_error(agent: &AgentName) -> impl FnOnce(ClientError) -> anyhow::Error {
+    move |err| match err.code() {
+        Some(ErrorCode::AgentNotFound) => anyhow::anyhow!("agent {:?} not found", agent.as_str()),
+        Some(ErrorCode::AgentOffline) => anyhow::anyhow!("agent {:?} is offline", agent.as_str()),
+        _ => err.into(),
+    }
+}
+
+/// Rewrites "not found" errors so they name `run`.
+pub(crate) fn run_error(run: RunId) -> impl FnOnce(ClientError) -> anyhow::Error {
+    move |err| match err.code() {
+        Some(ErrorCode::RunNotFound) => anyhow::anyhow!("run {run} not found"),
+        _ => err.into(),
+    }
+}

@@ -1,0 +1,172 @@
+//! Terminal rendering for the client subcommands: aligned tables, key/value
+//! records, JSON, and human times.
+//!
+//! Everything goes to stdout through [`print`], which treats a closed pipe
+//! (`muster runs list | head -1`) as the reader being done rather than an error.
+
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// Columns are separated by this many spaces.
+const COLUMN_GAP: usize = 2;
+
+/// Writes `text` to stdout; a closed pipe is not an error.
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+            Err(err).context("writing to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Prints `value` as pretty JSON followed by a newline.
+pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    print(&format!("{text}\n"))
+}
+
+/// A table with a header row, printed with left-aligned columns.
+pub(crate) struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headers.
+    pub(crate) fn new(headers: &[&str]) -> Self {
+        Self {
+            rows: vec![headers.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    /// Adds a row; it should have one cell per header.
+    pub(crate) fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    /// The table as text, one line per row, the last column unpadded.
+    pub(crate) fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 < row.len() {
+                    line.push_str(&format!("{cell:<width$}", width = widths[c] + COLUMN_GAP));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Renders `key: value` lines with the values aligned.
+pub(crate) fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0) + COLUMN_GAP;
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{:<width$}{value}\n", format!("{key}:")))
+        .collect()
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long before `now_ms` the instant `then_ms` was, coarsely: `3s ago`, `5m ago`.
+pub(crate) fn ago(now_ms: u64, then_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(then_ms) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+/// An absolute UTC time with the relative one: `2025-01-02T03:04:05Z (3s ago)`.
+pub(crate) fn timestamp(now_ms: u64, then_ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(then_ms);
+    format!(
+        "{} ({})",
+        humantime::format_rfc3339_seconds(at),
+        ago(now_ms, then_ms)
+    )
+}
+
+/// An optional value, or `-`.
+pub(crate) fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// Shortens `text` to at most `max` characters, ending with `…` when cut.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let mut table = Table::new(&["NAME", "STATUS"]);
+        table.push(vec!["web-1".into(), "online".into()]);
+        table.push(vec!["db".into(), "offline".into()]);
+        assert_eq!(
+            table.render(),
+            "NAME   STATUS\nweb-1  online\ndb     offline\n"
+        );
+    }
+
+    #[test]
+    fn fields_align_values() {
+        let text = fields(&[("id", "1".into()), ("state", "running".into())]);
+        assert_eq!(text, "id:     1\nstate:  running\n");
+    }
+
+    #[test]
+    fn relative_times_are_coarse() {
+        assert_eq!(ago(10_000, 7_000), "3s ago");
+        assert_eq!(ago(1_000_000, 700_000), "5m ago");
+        assert_eq!(ago(2 * 3_600_000, 0), "2h ago");
+        assert_eq!(ago(3 * 86_400_000, 0), "3d ago");
+        assert_eq!(ago(0, 5_000), "0s ago");
+    }
+
+    #[test]
+    fn long_text_is_truncated() {
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abc", 4), "abc");
+    }
+}

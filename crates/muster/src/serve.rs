@@ -1,0 +1,237 @@
+//! The long-running subcommands: `muster dev`, `muster hub` and `muster agent`.
+//!
+//! Each parses its flags, layers configuration (defaults, then the TOML file,
+//! then `MUSTER_…` variables and flags, which clap merges), wires signals to one
+//! cancellation token, and hands over to the hub or agent library. Lines meant
+//! for people and scripts (`MUSTER_HUB=…`, `MUSTER_TOKEN=…`) go to stdout;
+//! logs go to stderr.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use muster_agent::AgentOptions;
+use muster_hub::{Hub, HubConfig};
+use muster_proto::AgentName;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the agent `muster dev` runs in-process.
+const DEV_AGENT: &str = "local";
+/// How long `muster dev` waits for its own agent before giving up.
+const DEV_AGENT_READY: Duration = Duration::from_secs(15);
+
+/// Flags shared by `muster dev` and `muster hub` that tune the hub.
+#[derive(Debug, clap::Args)]
+pub(crate) struct HubTuning {
+    /// Interval between heartbeats (e.g. 30s).
+    #[arg(long, env = "MUSTER_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub(crate) heartbeat_interval: Option<Duration>,
+    /// Silence after which a connection is considered dead (e.g. 60s).
+    #[arg(long, env = "MUSTER_HEARTBEAT_DEADLINE", value_parser = humantime::parse_duration)]
+    pub(crate) heartbeat_deadline: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when a run is cancelled or times out.
+    #[arg(long, env = "MUSTER_KILL_GRACE", value_parser = humantime::parse_duration)]
+    pub(crate) kill_grace: Option<Duration>,
+    /// Output stored per run before it is marked truncated, in bytes.
+    #[arg(long, env = "MUSTER_MAX_OUTPUT_BYTES")]
+    pub(crate) max_output_bytes: Option<u64>,
+}
+
+impl HubTuning {
+    fn apply(&self, config: &mut HubConfig) {
+        if let Some(d) = self.heartbeat_interval {
+            config.heartbeat_interval_ms = d.as_millis() as u64;
+        }
+        if let Some(d) = self.heartbeat_deadline {
+            config.heartbeat_deadline_ms = d.as_millis() as u64;
+        }
+        if let Some(d) = self.kill_grace {
+            config.kill_grace_ms = d.as_millis() as u64;
+        }
+        if let Some(n) = self.max_output_bytes {
+            config.max_output_bytes_per_run = n;
+        }
+    }
+}
+
+/// Arguments of `muster dev`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:7070")]
+    pub(crate) listen: String,
+    /// Directory for the database and state.
+    #[arg(long, env = "MUSTER_DATA_DIR", default_value = ".muster-dev")]
+    pub(crate) data_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) tuning: HubTuning,
+}
+
+/// Arguments of `muster hub`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct HubArgs {
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "MUSTER_LISTEN")]
+    pub(crate) listen: Option<String>,
+    /// Directory for the database [default: muster-data].
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// TOML configuration file; flags and MUSTER_… variables override it.
+    #[arg(long, env = "MUSTER_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tuning: HubTuning,
+}
+
+/// Arguments of `muster agent`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AgentArgs {
+    /// Hub base URL (http://host:port).
+    #[arg(long, env = "MUSTER_HUB")]
+    pub(crate) hub: String,
+    /// The agent's token, as printed by `muster agents add`.
+    #[arg(long, env = "MUSTER_AGENT_TOKEN", hide_env_values = true)]
+    pub(crate) token: String,
+    /// The agent's name; must match the token's agent.
+    #[arg(long, env = "MUSTER_AGENT_NAME")]
+    pub(crate) name: Option<AgentName>,
+    /// A label, k=v; repeatable. Overrides a registered label with the same key.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub(crate) labels: Vec<(String, String)>,
+    /// Directory for the agent's state.
+    #[arg(long, env = "MUSTER_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// How many runs execute at once.
+    #[arg(long, env = "MUSTER_MAX_CONCURRENCY", default_value_t = 4)]
+    pub(crate) max_concurrency: u32,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected k=v, got {s:?}")),
+    }
+}
+
+/// Runs `muster dev`: a hub, an in-process agent named `local`, until Ctrl-C.
+pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let mut config = HubConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        ..HubConfig::default()
+    };
+    args.tuning.apply(&mut config);
+    let hub = Hub::open(config).await?.hub;
+    let admin_token = hub.mint_admin_key("dev", true).await?;
+    let local = AgentName::new(DEV_AGENT)?;
+    let agent_token = hub.agent_token(&local).await?;
+    let (listener, url) = bind(&hub.config().listen).await?;
+    let shutdown = shutdown_on_signal();
+    let server = tokio::spawn({
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        async move { hub.serve(listener, shutdown).await }
+    });
+    let agent_options = AgentOptions {
+        hub_url: url.clone(),
+        token: agent_token.expose().to_owned(),
+        name: Some(local.clone()),
+        labels: BTreeMap::from([("env".to_owned(), "dev".to_owned())]),
+        max_concurrency: 4,
+        kill_grace: Duration::from_millis(hub.config().kill_grace_ms),
+    };
+    let agent = tokio::spawn(muster_agent::run(agent_options, shutdown.clone()));
+    tokio::time::timeout(DEV_AGENT_READY, hub.wait_online(&local))
+        .await
+        .context("the local agent did not come online")?;
+    println!("MUSTER_HUB={url}");
+    println!("MUSTER_TOKEN={}", admin_token.expose());
+    println!(
+        "# agent \"{DEV_AGENT}\" is online. In another terminal: export the two lines above, then: muster run {DEV_AGENT} -- uname -a"
+    );
+    std::io::stdout().flush()?;
+    let served = server.await.context("hub task panicked")?;
+    if let Ok(Err(e)) = agent.await {
+        tracing::warn!(error = %format!("{e:#}"), "local agent stopped with an error");
+    }
+    served.map(|()| ExitCode::SUCCESS)
+}
+
+/// Runs `muster hub` until SIGINT or SIGTERM.
+pub(crate) async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => HubConfig::from_file(path)?,
+        None => HubConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    args.tuning.apply(&mut config);
+    let opened = Hub::open(config).await?;
+    let (listener, url) = bind(&opened.hub.config().listen).await?;
+    println!("MUSTER_HUB={url}");
+    if let Some(token) = &opened.initial_admin_token {
+        println!("MUSTER_TOKEN={}", token.expose());
+        println!("# this admin token is shown only once; store it now");
+    }
+    std::io::stdout().flush()?;
+    tracing::info!(%url, data_dir = %opened.hub.config().data_dir.display(), "hub listening");
+    opened.hub.serve(listener, shutdown_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `muster agent` until SIGINT or SIGTERM, or until the hub rejects its token.
+pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.state_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state dir {}", dir.display()))?;
+    }
+    let options = AgentOptions {
+        hub_url: args.hub,
+        token: args.token,
+        name: args.name,
+        labels: args.labels.into_iter().collect(),
+        max_concurrency: args.max_concurrency.max(1),
+        kill_grace: Duration::from_secs(5),
+    };
+    muster_agent::run(options, shutdown_on_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    Ok((listener, format!("http://{addr}")))
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
