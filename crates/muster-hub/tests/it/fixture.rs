@@ -1,0 +1,90 @@
+//! `TestHub`: a hub on a free loopback port with a temporary data dir,
+//! shut down when dropped, plus helpers to start agents and clients.
+
+use std::time::Duration;
+
+use muster_agent::AgentOptions;
+use muster_client::{Client, Event};
+use muster_hub::{Hub, HubConfig};
+use muster_proto::AgentName;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for anything before failing.
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
+
+pub(crate) struct TestHub {
+    pub(crate) hub: Hub,
+    pub(crate) url: String,
+    pub(crate) admin_token: String,
+    shutdown: CancellationToken,
+    _data: tempfile::TempDir,
+}
+
+impl TestHub {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub(crate) async fn start_with(tune: impl FnOnce(&mut HubConfig)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = HubConfig {
+            data_dir: data.path().to_owned(),
+            ..HubConfig::default()
+        };
+        tune(&mut config);
+        let opened = Hub::open(config).await.unwrap();
+        let admin_token = opened.initial_admin_token.unwrap().expose().to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let hub = opened.hub;
+        tokio::spawn({
+            let (hub, shutdown) = (hub.clone(), shutdown.clone());
+            async move { hub.serve(listener, shutdown).await.unwrap() }
+        });
+        Self {
+            hub,
+            url,
+            admin_token,
+            shutdown,
+            _data: data,
+        }
+    }
+
+    /// Starts an in-process agent and waits until the hub sees it online.
+    pub(crate) async fn agent(&self, name: &str, max_concurrency: u32) -> CancellationToken {
+        let name = AgentName::new(name).unwrap();
+        let token = self.hub.agent_token(&name).await.unwrap();
+        let options = AgentOptions {
+            hub_url: self.url.clone(),
+            token: token.expose().to_owned(),
+            name: Some(name.clone()),
+            labels: Default::default(),
+            max_concurrency,
+            kill_grace: Duration::from_secs(2),
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(muster_agent::run(options, stop.clone()));
+        tokio::time::timeout(WAIT, self.hub.wait_online(&name))
+            .await
+            .expect("agent online");
+        stop
+    }
+
+    pub(crate) async fn client(&self) -> (Client, mpsc::Receiver<Event>) {
+        Client::connect(&self.url, &self.admin_token)
+            .await
+            .expect("client connects")
+    }
+
+    pub(crate) fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.url.replacen("http://", "ws://", 1))
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

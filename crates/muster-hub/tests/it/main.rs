@@ -1,0 +1,7 @@
+//! Integration tests of the hub library: a real hub on 127.0.0.1:0, real
+//! in-process agents running real processes, driven through the client crate
+//! or a raw WebSocket where the test is about the wire itself.
+
+mod fixture;
+mod protocol;
+mod queueing;

@@ -1,0 +1,136 @@
+//! Bad input on the wire: each gets its documented error or close code, and
+//! other connections carry on.
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use muster_proto::{CloseCode, ErrorCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::fixture::{TestHub, WAIT};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw_client(hub: &TestHub, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/client"))
+        .await
+        .unwrap();
+    let hello = json!({"type": "hello", "data": {"token": token}});
+    ws.send(Message::text(hello.to_string())).await.unwrap();
+    ws
+}
+
+/// The next text message that is not a heartbeat or event.
+async fn next_json(ws: &mut Ws) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await.expect("socket open").expect("read") {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] != "heartbeat" && value["channel"].is_null() {
+                        return value;
+                    }
+                }
+                Message::Close(frame) => panic!("closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("a reply")
+}
+
+async fn close_code(ws: &mut Ws) -> u16 {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return 1006,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("a close")
+}
+
+#[tokio::test]
+async fn malformed_unknown_and_oversized_messages_get_their_codes() {
+    let hub = TestHub::start().await;
+    let (bystander, _events) = hub.client().await;
+    let mut ws = raw_client(&hub, &hub.admin_token).await;
+    assert_eq!(next_json(&mut ws).await["type"], "connection.ack");
+    assert_eq!(next_json(&mut ws).await["type"], "agent.list");
+
+    ws.send(Message::text("{not json")).await.unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["data"]["code"], ErrorCode::InvalidMessage.as_str());
+    assert_eq!(reply["data"]["recoverable"], true);
+
+    ws.send(Message::text(r#"{"type":"no.such","id":"q1","data":{}}"#))
+        .await
+        .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["data"]["code"], ErrorCode::UnknownType.as_str());
+    assert_eq!(reply["re"], "q1");
+
+    ws.send(Message::text(
+        r#"{"type":"run.get","id":"q2","data":{"run":"nope"}}"#,
+    ))
+    .await
+    .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["data"]["code"], ErrorCode::InvalidMessage.as_str());
+    assert_eq!(reply["re"], "q2");
+
+    // Still usable after three bad messages.
+    ws.send(Message::text(
+        r#"{"type":"agent.list","id":"q3","data":{}}"#,
+    ))
+    .await
+    .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["type"], "agent.list");
+    assert_eq!(reply["re"], "q3");
+
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let _ = ws.send(Message::text(huge)).await;
+    assert_eq!(close_code(&mut ws).await, CloseCode::MESSAGE_TOO_BIG);
+
+    // The other client never noticed.
+    assert!(bystander.agents().await.is_ok());
+}
+
+#[tokio::test]
+async fn bad_token_gets_auth_failed_then_close_4001() {
+    let hub = TestHub::start().await;
+    let mut ws = raw_client(&hub, "mst_aaaaaaaaaaaa_wrong").await;
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["data"]["code"], ErrorCode::AuthFailed.as_str());
+    assert_eq!(reply["data"]["recoverable"], false);
+    assert_eq!(close_code(&mut ws).await, CloseCode::AUTH_FAILED);
+}
+
+#[tokio::test]
+async fn a_request_before_hello_is_refused() {
+    let hub = TestHub::start().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/client"))
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"agent.list","id":"1","data":{}}"#))
+        .await
+        .unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(reply["data"]["code"], ErrorCode::HandshakeRequired.as_str());
+    assert_eq!(close_code(&mut ws).await, CloseCode::PROTOCOL_ERROR);
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_the_handshake_timeout() {
+    let hub = TestHub::start_with(|c| c.handshake_timeout_ms = 300).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/agent"))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::HANDSHAKE_TIMEOUT);
+}

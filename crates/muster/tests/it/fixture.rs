@@ -1,0 +1,242 @@
+//! Test fixtures: real `muster` processes on loopback, stopped on drop.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Longest a fixture waits for a readiness line or a state.
+pub(crate) const READY: Duration = Duration::from_secs(30);
+
+/// The `muster` binary under test.
+pub(crate) fn muster_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_muster")
+}
+
+/// A `muster` server process (`dev`, `hub` or `agent`), SIGTERMed on drop.
+pub(crate) struct Server {
+    child: Child,
+    /// `MUSTER_HUB=` value, once printed.
+    pub(crate) hub: String,
+    /// `MUSTER_TOKEN=` value, once printed.
+    pub(crate) token: Option<String>,
+}
+
+impl Server {
+    /// Starts `muster dev` on a free port and waits until its local agent is online.
+    pub(crate) fn dev(data_dir: &Path) -> Self {
+        let mut cmd = Command::new(muster_bin());
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        cmd.args(["--kill-grace", "2s"]);
+        Self::start(cmd, &["MUSTER_HUB=", "MUSTER_TOKEN="])
+    }
+
+    /// Starts `muster hub` on a free port; `expect_token` on a fresh data dir.
+    pub(crate) fn hub(data_dir: &Path, expect_token: bool) -> Self {
+        let mut cmd = Command::new(muster_bin());
+        cmd.args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        let wanted: &[&str] = if expect_token {
+            &["MUSTER_HUB=", "MUSTER_TOKEN="]
+        } else {
+            &["MUSTER_HUB="]
+        };
+        Self::start(cmd, wanted)
+    }
+
+    /// Starts `muster agent` (it prints nothing to wait for; callers wait for it online).
+    pub(crate) fn agent(hub: &str, token: &str, name: &str, extra: &[&str]) -> Self {
+        let child = Command::new(muster_bin())
+            .args(["agent", "--hub", hub, "--token", token, "--name", name])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn muster agent");
+        Self {
+            child,
+            hub: hub.to_owned(),
+            token: None,
+        }
+    }
+
+    fn start(mut cmd: Command, wanted: &[&str]) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn muster");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Self {
+            child,
+            hub: String::new(),
+            token: None,
+        };
+        let deadline = Instant::now() + READY;
+        let mut seen = Vec::new();
+        while !wanted
+            .iter()
+            .all(|w| seen.iter().any(|l: &String| l.starts_with(w)))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no readiness lines; got {seen:?}"));
+            if let Some(hub) = line.strip_prefix("MUSTER_HUB=") {
+                server.hub = hub.to_owned();
+            }
+            if let Some(token) = line.strip_prefix("MUSTER_TOKEN=") {
+                server.token = Some(token.to_owned());
+            }
+            seen.push(line);
+        }
+        server
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub(crate) fn stop(mut self) -> ExitStatus {
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        self.child.wait().expect("wait")
+    }
+
+    /// A client command against this server, with its token.
+    pub(crate) fn cli(&self, token: &str) -> Cli {
+        Cli {
+            hub: self.hub.clone(),
+            token: token.to_owned(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(self.pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs client subcommands of `muster` against one hub.
+#[derive(Clone)]
+pub(crate) struct Cli {
+    pub(crate) hub: String,
+    pub(crate) token: String,
+}
+
+impl Cli {
+    /// A `muster` command with `MUSTER_HUB` and `MUSTER_TOKEN` set.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(muster_bin());
+        cmd.args(args)
+            .env("MUSTER_HUB", &self.hub)
+            .env("MUSTER_TOKEN", &self.token)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs to completion and returns its output.
+    pub(crate) fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run muster")
+    }
+
+    /// Runs a command that prints JSON and parses it; panics on failure.
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "muster {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("muster {args:?}: bad json: {e}"))
+    }
+
+    /// Polls `muster agents show NAME --json` until its status is `status`.
+    pub(crate) fn wait_agent(&self, name: &str, status: &str) {
+        self.wait_until(&format!("agent {name} {status}"), || {
+            let out = self.output(&["agents", "show", name, "--json"]);
+            out.status.success()
+                && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["status"] == status)
+        });
+    }
+
+    /// Polls `runs list` until one run matches `pred`; returns it.
+    pub(crate) fn wait_run(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        self.wait_until(what, || {
+            let runs = self.json(&["runs", "list", "--json"]);
+            found = runs
+                .as_array()
+                .and_then(|a| a.iter().find(|r| pred(r)).cloned());
+            found.is_some()
+        });
+        found.expect("found")
+    }
+
+    fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + READY;
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Whether a process runs (exists and is not a zombie awaiting its reaper).
+pub(crate) fn alive(pid: i32) -> bool {
+    proc_stat(&format!("/proc/{pid}/stat")).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// Whether any live (non-zombie) process is in process group `pgid`.
+pub(crate) fn group_alive(pgid: i32) -> bool {
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| proc_stat(&format!("{}/stat", e.path().display())))
+        .any(|(state, group)| group == pgid && state != 'Z')
+}
+
+/// State and process group from `/proc/PID/stat`.
+fn proc_stat(path: &str) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// A fresh temporary directory.
+pub(crate) fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// A path inside `dir`.
+pub(crate) fn path_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
