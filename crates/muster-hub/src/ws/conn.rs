@@ -133,10 +133,9 @@ pub(crate) async fn read_hello<M: ProtoMessage>(
             "the first message must be a hello text frame",
         )),
         Ok(Some(Ok(text))) => Envelope::<M>::decode(&text).map_err(|e| match e {
-            DecodeError::InvalidData { .. } => (
-                CloseCode::PROTOCOL_ERROR,
-                ErrorData::new(ErrorCode::InvalidMessage, e.to_string()),
-            ),
+            DecodeError::InvalidData { .. } => {
+                handshake_required(&format!("the first message must be a valid hello: {e}"))
+            }
             _ => handshake_required("the first message must be a hello"),
         }),
     }

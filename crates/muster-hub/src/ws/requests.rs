@@ -268,11 +268,12 @@ impl Session {
         writer: &mut Writer,
         delivery: Delivery,
     ) -> Result<(), axum::Error> {
-        let Some(seq) = delivery.seq else {
-            return writer.feed(delivery.frame).await;
-        };
+        // Deliveries queued before an unsubscribe are dropped here.
         let Some(sub) = self.subs.get_mut(&*delivery.channel) else {
             return Ok(());
+        };
+        let Some(seq) = delivery.seq else {
+            return writer.feed(delivery.frame).await;
         };
         let expected = sub.next_seq.unwrap_or(seq);
         if seq < expected {
