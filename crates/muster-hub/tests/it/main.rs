@@ -3,5 +3,6 @@
 //! or a raw WebSocket where the test is about the wire itself.
 
 mod fixture;
+mod fleet;
 mod protocol;
 mod queueing;

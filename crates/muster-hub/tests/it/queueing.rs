@@ -93,3 +93,40 @@ async fn queued_runs_start_in_priority_order_and_clients_see_positions() {
     );
     assert_eq!(high, &vec![1], "high went straight to the front: {high:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_returns_the_first_run_and_queued_runs_cancel_at_once() {
+    let hub = TestHub::start().await;
+    let _agent = hub.agent("solo", 1).await;
+    let (client, _events) = hub.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let blocker = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+
+    let mut request = shell("solo", blocker, 0);
+    request.idempotency_key = Some("deploy-42".into());
+    let first = client.create_run(request.clone(), false).await.unwrap();
+    let again = client.create_run(request, false).await.unwrap();
+    assert!(first.created);
+    assert!(!again.created);
+    assert_eq!(first.run.id, again.run.id);
+
+    let waiting = client
+        .create_run(shell("solo", "true".into(), 0), false)
+        .await
+        .unwrap()
+        .run;
+    assert_eq!(waiting.state, RunState::Queued);
+    assert_eq!(
+        client.run_info(waiting.id).await.unwrap().queue_position,
+        Some(1)
+    );
+    client.cancel_run(waiting.id).await.unwrap();
+    assert_eq!(
+        client.run_info(waiting.id).await.unwrap().state,
+        RunState::Cancelled
+    );
+    let again = client.cancel_run(waiting.id).await.unwrap_err();
+    assert_eq!(again.code(), Some(muster_proto::ErrorCode::InvalidState));
+    std::fs::write(&gate, b"").unwrap();
+}

@@ -200,3 +200,30 @@ fn separate_hub_and_agent_keep_history_across_a_hub_restart() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 }
+
+#[test]
+fn killing_the_agent_mid_command_ends_the_run_lost() {
+    let dir = tempdir();
+    let hub = Server::hub(&path_in(&dir, "hub"), true);
+    let cli = hub.cli(hub.token.as_deref().unwrap());
+    let added = cli.json(&["agents", "add", "doomed", "--json"]);
+    let agent = Server::agent(&hub.hub, added["token"].as_str().unwrap(), "doomed", &[]);
+    cli.wait_agent("doomed", "online");
+
+    let out = cli.output(&["run", "doomed", "--detach", "--", "sleep", "60"]);
+    assert_eq!(out.status.code(), Some(0));
+    let run = cli.wait_run("sleep running", |r| r["state"] == "running");
+    let pgid = run["pid"].as_i64().unwrap() as i32;
+
+    kill(agent.pid(), Signal::SIGKILL).unwrap();
+    let lost = cli.wait_run("the run lost", |r| {
+        r["id"] == run["id"] && r["state"] == "lost"
+    });
+    assert!(
+        lost["error"].as_str().is_some_and(|e| e.contains("agent")),
+        "{lost}"
+    );
+    cli.wait_agent("doomed", "offline");
+    // The orphaned sleep is outside anyone's control once its agent is gone.
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+}
