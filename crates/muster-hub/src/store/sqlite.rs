@@ -73,8 +73,12 @@ fn stream_from_code(code: i64) -> OutputStream {
     }
 }
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+/// A unique-constraint violation is a conflict callers handle; anything else is not.
+fn conflict_or_other(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Other(err.into()),
+    }
 }
 
 fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<AgentRecord> {
@@ -162,13 +166,7 @@ impl Store for SqliteStore {
         .bind(now as i64)
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict
-            } else {
-                StoreError::Other(e.into())
-            }
-        })?;
+        .map_err(conflict_or_other)?;
         Ok(())
     }
 
@@ -252,13 +250,7 @@ impl Store for SqliteStore {
         .bind(doc)
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict
-            } else {
-                StoreError::Other(e.into())
-            }
-        })?;
+        .map_err(conflict_or_other)?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use muster_proto::{
 use super::conn::Writer;
 use crate::broker::{Delivery, Frame, Subscriber, SubscriptionGuard};
 use crate::core::{ApiError, Core, FLEET_CHANNEL};
+use crate::store::StoredChunk;
 
 /// Output chunks read from the store per query during a replay.
 const REPLAY_PAGE: u32 = 256;
@@ -244,15 +245,7 @@ impl Session {
         loop {
             let chunks = self.core.store.output_since(run, next, REPLAY_PAGE).await?;
             for chunk in &chunks {
-                let header = OutputHeader {
-                    run,
-                    stream: chunk.stream,
-                    seq: chunk.seq,
-                    offset: chunk.offset,
-                };
-                writer
-                    .feed(Frame::Binary(OutputFrame::encode(&header, &chunk.data)))
-                    .await?;
+                writer.feed(stored_frame(run, chunk)).await?;
                 next = chunk.seq + 1;
             }
             writer.flush().await?;
@@ -307,17 +300,20 @@ impl Session {
                 return Ok(());
             }
         };
-        for chunk in chunks.into_iter().filter(|c| c.seq < until) {
-            let header = OutputHeader {
-                run,
-                stream: chunk.stream,
-                seq: chunk.seq,
-                offset: chunk.offset,
-            };
-            writer
-                .feed(Frame::Binary(OutputFrame::encode(&header, &chunk.data)))
-                .await?;
+        for chunk in chunks.iter().filter(|c| c.seq < until) {
+            writer.feed(stored_frame(run, chunk)).await?;
         }
         Ok(())
     }
+}
+
+/// Re-frames a stored chunk exactly as the agent sent it.
+fn stored_frame(run: RunId, chunk: &StoredChunk) -> Frame {
+    let header = OutputHeader {
+        run,
+        stream: chunk.stream,
+        seq: chunk.seq,
+        offset: chunk.offset,
+    };
+    Frame::Binary(OutputFrame::encode(&header, &chunk.data))
 }

@@ -6,3 +6,4 @@ mod fixture;
 mod fleet;
 mod protocol;
 mod queueing;
+mod replay;
