@@ -40,8 +40,10 @@ pub(crate) async fn drive(
     let (sink, batcher) = RunSink::new(run, start.output_cap_bytes, outgoing_tx.clone());
     // The batcher ends once the sink is dropped, which `execute` does on return,
     // so the exit report is queued after the last output frame.
-    let (mut exited, ()) = tokio::join!(executor.execute(start, sink, cancel), batcher.run());
+    let (mut exited, truncated) =
+        tokio::join!(executor.execute(start, sink, cancel), batcher.run());
     exited.run = run;
+    exited.output_truncated |= truncated;
     // A send error means the agent is stopping and nobody reads any more.
     let _ = outgoing_tx.send(Outgoing::Exited(exited)).await;
 }

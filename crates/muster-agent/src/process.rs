@@ -213,6 +213,7 @@ fn exited(start: &RunStart, outcome: RunOutcome) -> RunExited {
         exit_code: None,
         signal: None,
         error: None,
+        output_truncated: false,
     }
 }
 

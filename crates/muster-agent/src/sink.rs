@@ -85,6 +85,7 @@ impl RunSink {
             stderr: StreamBuffer::default(),
             next_seq: 0,
             remaining_cap: output_cap_bytes,
+            truncated: false,
         };
         (Self { events_tx }, batcher)
     }
@@ -140,11 +141,14 @@ pub(crate) struct Batcher {
     next_seq: u64,
     /// Output bytes still allowed before the cap; the rest is discarded.
     remaining_cap: u64,
+    /// Whether anything was discarded at the cap.
+    truncated: bool,
 }
 
 impl Batcher {
     /// Batches until every sink is dropped, then sends what is left.
-    pub(crate) async fn run(mut self) {
+    /// Returns whether output past the cap was discarded.
+    pub(crate) async fn run(mut self) -> bool {
         loop {
             let flush_at = self.next_flush();
             tokio::select! {
@@ -159,6 +163,7 @@ impl Batcher {
         }
         self.flush_all(OutputStream::Stdout).await;
         self.flush_all(OutputStream::Stderr).await;
+        self.truncated
     }
 
     async fn handle(&mut self, event: SinkEvent) {
@@ -176,6 +181,7 @@ impl Batcher {
         let allowed = bytes
             .len()
             .min(usize::try_from(self.remaining_cap).unwrap_or(usize::MAX));
+        self.truncated |= allowed < bytes.len();
         bytes.truncate(allowed);
         self.remaining_cap -= allowed as u64;
         if bytes.is_empty() {

@@ -559,6 +559,9 @@ pub struct RunExited {
     /// Why it failed to start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the agent discarded output past `output_cap_bytes`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_truncated: bool,
 }
 
 /// `error`.

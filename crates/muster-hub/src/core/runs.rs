@@ -203,6 +203,7 @@ impl Core {
                 run.exit_code = exited.exit_code;
                 run.signal = exited.signal;
                 run.error = exited.error.clone();
+                run.output_truncated |= exited.output_truncated;
                 run.finished_ms = Some(now_ms());
             })
             .await;

@@ -75,3 +75,50 @@ async fn late_subscriber_gets_every_chunk_once_in_order() {
         "each seq once, in order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_cap_is_dropped_and_the_run_marked_truncated() {
+    let hub = TestHub::start_with(|c| c.max_output_bytes_per_run = 100_000).await;
+    let _agent = hub.agent("chatty", 1).await;
+    let (client, mut events) = hub.client().await;
+    let request = RunRequest {
+        agent: AgentName::new("chatty").unwrap(),
+        command: CommandSpec::Argv(vec![
+            "head".into(),
+            "-c".into(),
+            "300000".into(),
+            "/dev/zero".into(),
+        ]),
+        env: BTreeMap::new(),
+        cwd: None,
+        timeout_ms: None,
+        priority: 0,
+        idempotency_key: None,
+    };
+    let id = client.create_run(request, true).await.unwrap().run.id;
+    let mut received = 0;
+    let finished = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("events open") {
+                Event::Output(frame) => received += frame.payload.len(),
+                Event::Message(env) => match env.msg {
+                    HubToClient::RunStatus(s) if s.run.state.is_terminal() => return s.run,
+                    _ => {}
+                },
+                Event::Closed { reason, .. } => panic!("closed: {reason}"),
+            }
+        }
+    })
+    .await
+    .expect("the run completes");
+    assert_eq!(finished.id, id);
+    assert_eq!(finished.state, RunState::Completed);
+    assert_eq!(
+        finished.exit_code,
+        Some(0),
+        "the command itself was not stopped"
+    );
+    assert!(finished.output_truncated);
+    assert_eq!(finished.output_bytes, 100_000);
+    assert_eq!(received, 100_000);
+}
