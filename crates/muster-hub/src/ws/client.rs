@@ -15,6 +15,9 @@ use super::requests::Session;
 use crate::broker::{Delivery, Subscriber};
 use crate::core::{Core, FLEET_CHANNEL};
 
+/// Close reason sent with 4008.
+const SLOW_CONSUMER_REASON: &str = "send queue overflow: read faster and resume";
+
 /// Serves one client WebSocket until it closes or the hub shuts down.
 pub(crate) async fn serve(
     core: Arc<Core>,
@@ -48,7 +51,7 @@ pub(crate) async fn serve(
     let (code, reason) = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break (CloseCode::GOING_AWAY, "hub shutting down"),
-            _ = overflow.cancelled() => break (CloseCode::SLOW_CONSUMER, "send queue overflow: read faster and resume"),
+            _ = overflow.cancelled() => break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON),
             frame = stream.next() => {
                 liveness.heard();
                 match frame {
@@ -72,8 +75,15 @@ pub(crate) async fn serve(
                 }
             }
             Some(delivery) = rx.recv() => {
-                if deliver_batch(&mut session, &mut writer, delivery, &mut rx).await.is_err() {
-                    return;
+                // A client that stops reading blocks this write; the overflow
+                // token is what gets the connection out of it.
+                tokio::select! {
+                    sent = deliver_batch(&mut session, &mut writer, delivery, &mut rx) => {
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    _ = overflow.cancelled() => break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON),
                 }
             }
             _ = ticker.tick() => {

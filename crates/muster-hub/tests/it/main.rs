@@ -7,3 +7,4 @@ mod fleet;
 mod protocol;
 mod queueing;
 mod replay;
+mod slow;

@@ -134,3 +134,36 @@ async fn silent_connection_is_closed_after_the_handshake_timeout() {
         .unwrap();
     assert_eq!(close_code(&mut ws).await, CloseCode::HANDSHAKE_TIMEOUT);
 }
+
+#[tokio::test]
+async fn a_peer_that_goes_silent_is_closed_after_the_heartbeat_deadline() {
+    let hub = TestHub::start_with(|c| {
+        c.heartbeat_interval_ms = 100;
+        c.heartbeat_deadline_ms = 400;
+    })
+    .await;
+    let mut ws = raw_client(&hub, &hub.admin_token).await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["data"]["heartbeat_deadline_ms"], 400);
+    // Read (so the socket stays healthy) but never answer or send a heartbeat.
+    let mut heartbeats = 0;
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if text.contains(r#""type":"heartbeat""#) => {
+                    heartbeats += 1
+                }
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(_)) => {}
+                other => panic!("unexpected end: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed by the hub");
+    assert_eq!(code, CloseCode::HEARTBEAT_TIMEOUT);
+    assert!(
+        heartbeats >= 2,
+        "the hub sent heartbeats first ({heartbeats})"
+    );
+}
