@@ -43,6 +43,9 @@ pub struct Delivery {
     pub seq: Option<u64>,
     /// The frame itself.
     pub frame: Frame,
+    /// Nothing more will be published on this channel (a run's terminal status);
+    /// subscribers can let go of it once they forwarded this frame.
+    pub last: bool,
 }
 
 /// A connection's inbox, registered with [`Broker::subscribe`].
@@ -162,6 +165,7 @@ mod tests {
             channel: Arc::from(channel),
             seq: Some(n.into()),
             frame: Frame::Binary(Bytes::from(vec![n])),
+            last: false,
         }
     }
 

@@ -130,6 +130,12 @@ impl Hub {
             tracker: tracker.clone(),
         };
         let app = ws::router(state);
+        // Events are small and latency-bound; never let Nagle hold them back.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

@@ -66,11 +66,17 @@ impl Core {
 
     /// Encodes `msg` once and publishes it on `channel`.
     pub fn publish_event(&self, channel: &str, msg: HubToClient) {
+        self.publish(channel, msg, false);
+    }
+
+    /// Publishes `msg`; `last` says the channel carries nothing after it.
+    fn publish(&self, channel: &str, msg: HubToClient, last: bool) {
         let frame = Frame::text(Envelope::event(channel, msg).encode());
         self.broker.publish(Delivery {
             channel: Arc::from(channel),
             seq: None,
             frame,
+            last,
         });
     }
 }

@@ -192,6 +192,7 @@ impl Core {
             channel: header.run.channel().into(),
             seq: Some(header.seq),
             frame: Frame::Binary(raw),
+            last: false,
         });
     }
 
@@ -320,6 +321,7 @@ impl Core {
             channel: inbox.into(),
             seq: None,
             frame: Frame::text(Envelope::plain(msg).encode()),
+            last: false,
         });
     }
 
@@ -344,10 +346,8 @@ impl Core {
         if let Err(e) = self.store.update_run(&run).await {
             tracing::error!(run = %id, error = %format!("{e:#}"), "persisting run failed");
         }
-        self.publish_event(
-            &id.channel(),
-            HubToClient::RunStatus(RunEnvelope { run: run.clone() }),
-        );
+        let status = HubToClient::RunStatus(RunEnvelope { run: run.clone() });
+        self.publish(&id.channel(), status, run.state.is_terminal());
         Some(run)
     }
 

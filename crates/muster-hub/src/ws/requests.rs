@@ -193,28 +193,45 @@ impl Session {
         writer
             .send(&Envelope::reply(re, HubToClient::Subscribed(subscribed)))
             .await?;
-        let (Some(run), Some(since)) = (run, req.since) else {
-            return Ok(());
+        let ended = run.as_ref().is_some_and(|r| r.state.is_terminal());
+        let sent = match (run, req.since) {
+            (Some(run), Some(since)) => {
+                self.replay_and_sync(writer, &req.channel, run.id, since)
+                    .await
+            }
+            _ => Ok(()),
         };
-        let next_seq = match self.replay(writer, run.id, since).await {
+        if ended {
+            // Nothing will be published on an ended run's channel any more.
+            self.subs.remove(&req.channel);
+        }
+        sent
+    }
+
+    /// Replays stored output from `since`, then sends `stream.synced`.
+    async fn replay_and_sync(
+        &mut self,
+        writer: &mut Writer,
+        channel: &str,
+        run: RunId,
+        since: u64,
+    ) -> Result<(), axum::Error> {
+        let next_seq = match self.replay(writer, run, since).await {
             Ok(next) => next,
             Err(e) => {
                 let error = ApiError::from(e).to_data();
                 return writer.send_error(None, error, HubToClient::Error).await;
             }
         };
-        if let Some(sub) = self.subs.get_mut(&req.channel) {
+        if let Some(sub) = self.subs.get_mut(channel) {
             sub.next_seq = Some(next_seq);
         }
         let synced = StreamSynced {
-            channel: req.channel.clone(),
+            channel: channel.to_owned(),
             next_seq,
         };
         writer
-            .send(&Envelope::event(
-                req.channel,
-                HubToClient::StreamSynced(synced),
-            ))
+            .send(&Envelope::event(channel, HubToClient::StreamSynced(synced)))
             .await
     }
 
@@ -266,6 +283,11 @@ impl Session {
             return Ok(());
         };
         let Some(seq) = delivery.seq else {
+            if delivery.last {
+                // The run ended: free the subscription instead of keeping it for
+                // the life of the connection.
+                self.subs.remove(&*delivery.channel);
+            }
             return writer.feed(delivery.frame).await;
         };
         let expected = sub.next_seq.unwrap_or(seq);
