@@ -1,0 +1,269 @@
+//! The round-trip scenario: client → hub → agent → hub → client.
+//!
+//! One sample is the time from sending `run.create` (with `subscribe`) to
+//! reading the run's terminal `run.status` on the event stream. Two modes run
+//! on one client connection, one after the other:
+//! - **fixed rate** — open loop: request `i` is sent at `start + i / rate`
+//!   whatever happened to earlier ones, with at most `concurrency` in flight; a
+//!   send due while the cap is reached is skipped and counted;
+//! - **max** — closed loop: `concurrency` workers each send the next request as
+//!   soon as their previous one finished.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use muster_client::{Client, ClientError, RunRequest};
+use muster_proto::types::CommandSpec;
+use muster_proto::{AgentName, RunState};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::report::{ModeKind, ModeReport};
+use crate::sim::NOOP_PROGRAM;
+use crate::stats::LatencySummary;
+use crate::waiters::Waiters;
+
+/// Longest wait for one run's terminal status after `run.accepted`.
+const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the round-trip scenario does.
+#[derive(Clone, Debug)]
+pub(crate) struct RoundtripPlan {
+    /// Fixed rates to run, in requests per second, in order.
+    pub(crate) rates: Vec<u32>,
+    /// Length of each fixed-rate mode.
+    pub(crate) duration: Duration,
+    /// Length of the max mode; zero skips it.
+    pub(crate) max_duration: Duration,
+    /// Most runs in flight at once.
+    pub(crate) concurrency: usize,
+}
+
+impl RoundtripPlan {
+    /// Total scheduled time of every mode.
+    pub(crate) fn budget(&self) -> Duration {
+        self.duration * self.rates.len() as u32 + self.max_duration
+    }
+}
+
+/// Runs every mode of `plan` against `agent` on a fresh connection.
+///
+/// A connection that closes half-way ends the scenario: the current mode
+/// reports it as an error and later modes are skipped.
+pub(crate) async fn run(
+    hub_url: &str,
+    token: &str,
+    agent: &AgentName,
+    plan: &RoundtripPlan,
+) -> anyhow::Result<Vec<ModeReport>> {
+    let (client, events) = Client::connect(hub_url, token)
+        .await
+        .context("connecting the round-trip client")?;
+    let (waiters, drain) = Waiters::spawn(events);
+    let bench = Arc::new(Bench {
+        client: client.clone(),
+        waiters,
+        request: noop_request(agent),
+    });
+    let mut reports = Vec::new();
+    for &rate in &plan.rates {
+        reports.push(
+            bench
+                .fixed_rate(rate, plan.duration, plan.concurrency)
+                .await,
+        );
+        if bench.waiters.closed().is_some() {
+            break;
+        }
+    }
+    if !plan.max_duration.is_zero() && bench.waiters.closed().is_none() {
+        reports.push(bench.closed_loop(plan.max_duration, plan.concurrency).await);
+    }
+    client.close().await;
+    drain.abort();
+    Ok(reports)
+}
+
+fn noop_request(agent: &AgentName) -> RunRequest {
+    RunRequest {
+        agent: agent.clone(),
+        command: CommandSpec::Argv(vec![NOOP_PROGRAM.to_owned()]),
+        env: BTreeMap::new(),
+        cwd: None,
+        timeout_ms: None,
+        priority: 0,
+        idempotency_key: None,
+    }
+}
+
+/// What every round trip shares.
+struct Bench {
+    client: Client,
+    waiters: Waiters,
+    request: RunRequest,
+}
+
+impl Bench {
+    async fn fixed_rate(self: &Arc<Self>, rate: u32, duration: Duration, cap: usize) -> ModeReport {
+        let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
+        let permits = Arc::new(Semaphore::new(cap));
+        let tally = Arc::new(Tally::default());
+        let mut tasks = JoinSet::new();
+        let (mut sent, mut skipped) = (0, 0);
+        let start = Instant::now();
+        for i in 0..total {
+            sleep_until(start + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    sent += 1;
+                    tasks.spawn(self.clone().recorded(tally.clone(), permit));
+                }
+                Err(_) => skipped += 1,
+            }
+            while tasks.try_join_next().is_some() {}
+            if self.waiters.closed().is_some() {
+                break;
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        let mut report = tally.report(ModeKind::Rate, cap, duration, start, sent);
+        report.target_rate = Some(rate);
+        report.skipped = skipped;
+        report
+    }
+
+    async fn closed_loop(self: &Arc<Self>, duration: Duration, concurrency: usize) -> ModeReport {
+        let tally = Arc::new(Tally::default());
+        let sent = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let end = start + duration;
+        let mut workers = JoinSet::new();
+        for _ in 0..concurrency {
+            let (bench, tally, sent) = (self.clone(), tally.clone(), sent.clone());
+            workers.spawn(async move {
+                while Instant::now() < end {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let failed = tally.record(bench.round_trip().await);
+                    if failed && bench.waiters.closed().is_some() {
+                        break;
+                    }
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+        let sent = sent.load(Ordering::Relaxed);
+        tally.report(ModeKind::Max, concurrency, duration, start, sent)
+    }
+
+    /// One round trip, holding `permit` until it is over.
+    async fn recorded(self: Arc<Self>, tally: Arc<Tally>, permit: OwnedSemaphorePermit) {
+        tally.record(self.round_trip().await);
+        drop(permit);
+    }
+
+    /// Creates a run and waits for its terminal status; the latency, or why it failed.
+    async fn round_trip(&self) -> Result<Duration, String> {
+        let sent = Instant::now();
+        let accepted = self
+            .client
+            .create_run(self.request.clone(), true)
+            .await
+            .map_err(|e| error_kind(&e))?;
+        let run = accepted.run.id;
+        let finish = match timeout(RUN_TIMEOUT, self.waiters.claim(run)).await {
+            Ok(Ok(finish)) => finish,
+            Ok(Err(_)) => return Err(closed_kind(&self.waiters)),
+            Err(_) => {
+                self.waiters.forget(run);
+                return Err(format!("no terminal status within {RUN_TIMEOUT:?}"));
+            }
+        };
+        match finish.state {
+            RunState::Completed => Ok(finish.at.saturating_duration_since(sent)),
+            other => Err(format!("run ended {other}")),
+        }
+    }
+}
+
+/// A short, groupable description of a failed request.
+fn error_kind(error: &ClientError) -> String {
+    match error {
+        ClientError::Hub(data) => data.code.to_string(),
+        ClientError::Closed(reason) => format!("connection closed: {reason}"),
+        other => other.to_string(),
+    }
+}
+
+fn closed_kind(waiters: &Waiters) -> String {
+    let reason = waiters.closed();
+    format!(
+        "connection closed: {}",
+        reason.as_deref().unwrap_or("unknown reason")
+    )
+}
+
+/// Outcomes of one mode, shared by its tasks.
+#[derive(Default)]
+struct Tally {
+    /// A std `Mutex`: held only to push a sample, never across an `.await`.
+    inner: Mutex<TallyInner>,
+}
+
+#[derive(Default)]
+struct TallyInner {
+    latencies: Vec<Duration>,
+    errors: BTreeMap<String, u64>,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    /// Records one outcome; true if it was an error.
+    fn record(&self, outcome: Result<Duration, String>) -> bool {
+        let mut inner = self.inner.lock().expect("tally lock poisoned");
+        inner.last_done = Some(Instant::now());
+        match outcome {
+            Ok(latency) => {
+                inner.latencies.push(latency);
+                false
+            }
+            Err(kind) => {
+                if !inner.errors.contains_key(&kind) {
+                    tracing::warn!("round trip failed: {kind}");
+                }
+                *inner.errors.entry(kind).or_default() += 1;
+                true
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        kind: ModeKind,
+        concurrency: usize,
+        duration: Duration,
+        start: Instant,
+        sent: u64,
+    ) -> ModeReport {
+        let inner = std::mem::take(&mut *self.inner.lock().expect("tally lock poisoned"));
+        let elapsed = inner.last_done.unwrap_or_else(Instant::now) - start;
+        let completed = inner.latencies.len() as u64;
+        ModeReport {
+            kind,
+            target_rate: None,
+            concurrency,
+            duration_s: duration.as_secs_f64(),
+            elapsed_s: elapsed.as_secs_f64(),
+            sent,
+            skipped: 0,
+            completed,
+            errors: inner.errors.values().sum(),
+            error_kinds: inner.errors,
+            throughput_per_s: completed as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+            latency_ms: LatencySummary::of(inner.latencies),
+        }
+    }
+}
