@@ -11,6 +11,9 @@ use anyhow::{Context as _, bail};
 use muster_proto::limits;
 use serde::Deserialize;
 
+/// Smallest accepted `client_queue_frames`: two full output batches.
+pub const MIN_CLIENT_QUEUE_FRAMES: usize = 256;
+
 /// Everything the hub can be told.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -79,10 +82,12 @@ impl HubConfig {
         {
             bail!("max_message_bytes must hold an output frame (at least 11268)");
         }
-        if self.client_queue_frames == 0
-            || self.max_queue_per_agent == 0
-            || self.max_connections == 0
-        {
+        if self.client_queue_frames < MIN_CLIENT_QUEUE_FRAMES {
+            // Output is published in batches; a queue smaller than a few batches
+            // would drop readers that keep up.
+            bail!("client_queue_frames must be at least {MIN_CLIENT_QUEUE_FRAMES}");
+        }
+        if self.max_queue_per_agent == 0 || self.max_connections == 0 {
             bail!("queue sizes and max_connections must be positive");
         }
         Ok(())

@@ -154,46 +154,52 @@ impl Core {
         .await;
     }
 
-    /// Stores and forwards one output frame; `raw` is forwarded unchanged.
-    pub async fn run_output(&self, agent: &AgentName, raw: Bytes, frame: OutputFrame) {
+    /// Stores a batch of output frames in one transaction, then forwards each
+    /// one unchanged (`raw`), in order. Duplicates and output past the cap are dropped.
+    pub async fn run_output(&self, agent: &AgentName, frames: Vec<(Bytes, OutputFrame)>) {
+        let accepted: Vec<_> = frames
+            .into_iter()
+            .filter(|(_, frame)| self.accept_output(agent, frame))
+            .collect();
+        if accepted.is_empty() {
+            return;
+        }
+        let chunks: Vec<_> = accepted
+            .iter()
+            .map(|(_, frame)| (frame.header.run, stored_chunk(frame)))
+            .collect();
+        if let Err(e) = self.store.append_output(&chunks).await {
+            tracing::error!(agent = %agent, error = %format!("{e:#}"), "storing output failed");
+            return;
+        }
+        for (raw, frame) in accepted {
+            self.broker.publish(Delivery {
+                channel: frame.header.run.channel().into(),
+                seq: Some(frame.header.seq),
+                frame: Frame::Binary(raw),
+                last: false,
+            });
+        }
+    }
+
+    /// Whether a frame is new for an active run of `agent` and fits under the cap.
+    fn accept_output(&self, agent: &AgentName, frame: &OutputFrame) -> bool {
         let header = &frame.header;
-        let cap = self.config.max_output_bytes_per_run;
-        let accepted = {
-            let mut active = self.active.lock().expect("active lock poisoned");
-            match active.get_mut(&header.run) {
-                Some(run) if &run.info.agent == agent && header.seq >= run.next_seq => {
-                    run.next_seq = header.seq + 1;
-                    let len = frame.payload.len() as u64;
-                    if run.info.output_bytes + len > cap {
-                        run.info.output_truncated = true;
-                        false
-                    } else {
-                        run.info.output_bytes += len;
-                        true
-                    }
-                }
-                _ => false,
-            }
+        let mut active = self.active.lock().expect("active lock poisoned");
+        let Some(run) = active.get_mut(&header.run) else {
+            return false;
         };
-        if !accepted {
-            return;
+        if &run.info.agent != agent || header.seq < run.next_seq {
+            return false;
         }
-        let chunk = StoredChunk {
-            seq: header.seq,
-            stream: header.stream,
-            offset: header.offset,
-            data: frame.payload.clone(),
-        };
-        if let Err(e) = self.store.append_output(header.run, &chunk).await {
-            tracing::error!(run = %header.run, error = %format!("{e:#}"), "storing output failed");
-            return;
+        run.next_seq = header.seq + 1;
+        let len = frame.payload.len() as u64;
+        if run.info.output_bytes + len > self.config.max_output_bytes_per_run {
+            run.info.output_truncated = true;
+            return false;
         }
-        self.broker.publish(Delivery {
-            channel: header.run.channel().into(),
-            seq: Some(header.seq),
-            frame: Frame::Binary(raw),
-            last: false,
-        });
+        run.info.output_bytes += len;
+        true
     }
 
     /// The agent reports that a run ended.
@@ -374,6 +380,15 @@ impl Core {
     /// The live copy of a stored run, if it is active.
     fn current(&self, stored: RunInfo) -> RunInfo {
         self.active_get(stored.id).unwrap_or(stored)
+    }
+}
+
+fn stored_chunk(frame: &OutputFrame) -> StoredChunk {
+    StoredChunk {
+        seq: frame.header.seq,
+        stream: frame.header.stream,
+        offset: frame.header.offset,
+        data: frame.payload.clone(),
     }
 }
 

@@ -141,8 +141,9 @@ pub trait Store: Send + Sync + 'static {
     /// Runs not in a terminal state, oldest first.
     async fn unfinished_runs(&self) -> anyhow::Result<Vec<RunInfo>>;
 
-    /// Stores one output chunk; a chunk whose seq is already stored is ignored.
-    async fn append_output(&self, run: RunId, chunk: &StoredChunk) -> anyhow::Result<()>;
+    /// Stores output chunks in one transaction; a chunk whose seq is already
+    /// stored for its run is ignored.
+    async fn append_output(&self, chunks: &[(RunId, StoredChunk)]) -> anyhow::Result<()>;
     /// Chunks with `seq >= since`, in order, at most `limit`.
     async fn output_since(
         &self,

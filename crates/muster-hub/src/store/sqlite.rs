@@ -311,17 +311,21 @@ impl Store for SqliteStore {
         rows.iter().map(run_from_row).collect()
     }
 
-    async fn append_output(&self, run: RunId, chunk: &StoredChunk) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT OR IGNORE INTO run_output (run_id, seq, stream, offset, data) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(run.to_string())
-        .bind(chunk.seq as i64)
-        .bind(stream_code(chunk.stream))
-        .bind(chunk.offset as i64)
-        .bind(&chunk.data[..])
-        .execute(&self.pool)
-        .await?;
+    async fn append_output(&self, chunks: &[(RunId, StoredChunk)]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (run, chunk) in chunks {
+            sqlx::query(
+                "INSERT OR IGNORE INTO run_output (run_id, seq, stream, offset, data) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(run.to_string())
+            .bind(chunk.seq as i64)
+            .bind(stream_code(chunk.stream))
+            .bind(chunk.offset as i64)
+            .bind(&chunk.data[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
+use super::ingest::Ingest;
 use crate::broker::Subscriber;
 use crate::core::{ConnControl, Core, agent_inbox};
 use crate::store::AgentRecord;
@@ -62,6 +63,7 @@ pub(crate) async fn serve(
         core: core.clone(),
         name: name.clone(),
         writer,
+        ingest: Ingest::start(core.clone(), name.clone()),
     };
     let end = conn
         .run(&mut stream, rx, &control, &overflow, &shutdown, conn_id)
@@ -72,6 +74,8 @@ pub(crate) async fn serve(
     } else {
         tracing::info!(agent = %name, "agent disconnected");
     }
+    // Keep what the agent sent before it went away, then let go of its runs.
+    conn.ingest.barrier().await;
     core.agent_disconnected(&name, conn_id).await;
 }
 
@@ -111,6 +115,7 @@ struct AgentConn {
     core: Arc<Core>,
     name: AgentName,
     writer: Writer,
+    ingest: Ingest,
 }
 
 impl AgentConn {
@@ -204,7 +209,10 @@ impl AgentConn {
             AgentToHub::Heartbeat(beat) => return self.send(HubToAgent::HeartbeatAck(beat)).await,
             AgentToHub::HeartbeatAck(_) => {}
             AgentToHub::RunStarted(started) => self.core.run_started(&self.name, started).await,
-            AgentToHub::RunExited(exited) => self.core.run_exited(&self.name, exited).await,
+            AgentToHub::RunExited(exited) => {
+                self.ingest.barrier().await;
+                self.core.run_exited(&self.name, exited).await;
+            }
             AgentToHub::Error(error) => {
                 tracing::warn!(agent = %self.name, code = %error.code, message = %error.message, "agent reported an error")
             }
@@ -222,7 +230,7 @@ impl AgentConn {
     async fn on_binary(&mut self, bytes: Bytes) -> Result<(), axum::Error> {
         match OutputFrame::decode(bytes.clone()) {
             Ok(frame) => {
-                self.core.run_output(&self.name, bytes, frame).await;
+                self.ingest.push(bytes, frame).await;
                 Ok(())
             }
             Err(e) => {

@@ -6,6 +6,7 @@
 mod agent;
 mod client;
 mod conn;
+mod ingest;
 mod requests;
 
 use std::sync::Arc;

@@ -13,7 +13,7 @@ const TOTAL: usize = 20_000_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped_and_others_get_everything() {
-    let hub = TestHub::start_with(|c| c.client_queue_frames = 64).await;
+    let hub = TestHub::start_with(|c| c.client_queue_frames = 256).await;
     let _agent = hub.agent("firehose", 1).await;
 
     // The slow client creates the run, reads the reply, then stops reading.
