@@ -1,41 +1,34 @@
 //! The agent's lifetime: connect, serve, back off, reconnect, and stop.
 //!
-//! Runs belong to the agent, not to a connection. Every run queues its
-//! messages on one bounded outgoing channel; a live connection forwards them
-//! to the hub. While there is no connection (backoff delay, dialling) the
-//! messages are read and dropped, so pipe readers never block for long: this
-//! version has no spool, and output or `run.exited` produced while disconnected
-//! is lost (the hub reports such runs on its side). On shutdown every run is
-//! cancelled and given a bounded grace to report before the socket is closed
-//! with 1000; runs still going after that are killed with their process groups.
+//! Runs belong to the agent, not to a connection, and so does the spool their
+//! messages wait in. While there is no connection (backoff delay, dialling)
+//! nothing is sent and nothing is dropped: the spool fills, and once it is full
+//! the runs' pipe readers wait. Every `hello` reports the runs the agent knows
+//! (see [`Runs::report`]); after its `connection.ack` the connection re-sends
+//! the whole unacknowledged spool, and the runs an earlier agent process left
+//! behind are settled. On shutdown every run is cancelled and given a bounded
+//! grace to report and be acknowledged before the socket is closed with 1000;
+//! runs still going after that are killed with their process groups.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use muster_proto::CloseCode;
+use muster_proto::backoff::Backoff;
 use muster_proto::messages::AgentHello;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::AgentOptions;
-use crate::backoff::Backoff;
-use crate::connection::{self, Ended, close, encode, send};
+use crate::connection::{self, Ended, Stop, close};
 use crate::executor::Executor;
-use crate::handshake::{self, Ws};
+use crate::handshake;
+use crate::ledger::Ledger;
 use crate::runs::Runs;
-use crate::sink::Outgoing;
-
-/// Messages queued from all runs to the connection. Each is at most one
-/// 10 KiB output chunk, so a full queue holds about 2.5 MiB; when it is full,
-/// the batchers and then the pipe readers wait, which slows noisy processes
-/// down instead of buffering without bound.
-const OUTGOING_CAPACITY: usize = 256;
+use crate::spool::Spool;
 
 /// Added to the kill grace when waiting for runs to stop at shutdown.
 const STOP_MARGIN: Duration = Duration::from_secs(2);
-
-/// How long each message may take to send while the agent is stopping.
-const STOP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the agent until `shutdown` fires or the hub rejects it.
 pub(crate) async fn run(
@@ -47,16 +40,25 @@ pub(crate) async fn run(
         options.max_concurrency >= 1,
         "max_concurrency must be at least 1"
     );
+    anyhow::ensure!(
+        options.spool_max_bytes >= 1,
+        "spool_max_bytes must be at least 1"
+    );
     let url = handshake::agent_ws_url(&options.hub_url)?;
-    let (outgoing_tx, outgoing_rx) = mpsc::channel(OUTGOING_CAPACITY);
+    let state_dir = options.state_dir.clone();
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(state_dir.as_deref()))
+        .await
+        .context("opening the run ledger panicked")??;
+    let spool = Arc::new(Spool::new(options.spool_max_bytes));
     let agent = Agent {
         hello: handshake::hello(&options),
         url,
-        runs: Runs::new(executor, outgoing_tx),
-        outgoing_rx,
-        shutdown,
+        runs: Runs::new(executor, spool, ledger),
+        stop: Stop {
+            shutdown,
+            grace: options.kill_grace + STOP_MARGIN,
+        },
         backoff: Backoff::new(),
-        stop_grace: options.kill_grace + STOP_MARGIN,
     };
     agent.run().await
 }
@@ -64,22 +66,26 @@ pub(crate) async fn run(
 /// Everything the agent keeps across connections.
 struct Agent {
     url: String,
+    /// The `hello` without its run report, which is fresh for every attempt.
     hello: AgentHello,
     runs: Runs,
-    outgoing_rx: mpsc::Receiver<Outgoing>,
-    shutdown: CancellationToken,
+    stop: Stop,
     backoff: Backoff,
-    /// How long runs get to report after being cancelled at shutdown.
-    stop_grace: Duration,
 }
 
 impl Agent {
     async fn run(mut self) -> anyhow::Result<()> {
+        let result = self.connect_until_stopped().await;
+        self.runs.close().await;
+        result
+    }
+
+    async fn connect_until_stopped(&mut self) -> anyhow::Result<()> {
         loop {
             match self.session().await {
                 Ended::Shutdown => return Ok(()),
                 Ended::Rejected(error) => {
-                    self.stop_runs(None).await;
+                    self.stop_runs_offline().await;
                     return Err(error);
                 }
                 Ended::Lost(error) => {
@@ -87,13 +93,12 @@ impl Agent {
                     tracing::warn!(
                         "disconnected from the hub: {error:#}; reconnecting in {delay:.1?}"
                     );
-                    let waited = idle(
-                        &mut self.outgoing_rx,
-                        &self.shutdown,
-                        tokio::time::sleep(delay),
-                    );
-                    if waited.await.is_none() {
-                        self.stop_runs(None).await;
+                    if self
+                        .unless_stopped(tokio::time::sleep(delay))
+                        .await
+                        .is_none()
+                    {
+                        self.stop_runs_offline().await;
                         return Ok(());
                     }
                 }
@@ -104,92 +109,52 @@ impl Agent {
     /// One connection from dialling to its end; on shutdown, also stops the runs
     /// and closes the socket.
     async fn session(&mut self) -> Ended {
-        let dialling = handshake::connect(&self.url, &self.hello);
-        let (mut ws, ack) = match idle(&mut self.outgoing_rx, &self.shutdown, dialling).await {
+        let hello = AgentHello {
+            runs: self.runs.report(),
+            ..self.hello.clone()
+        };
+        tracing::debug!(url = %self.url, runs = hello.runs.len(), "dialling the hub");
+        let dialling = handshake::connect(&self.url, &hello);
+        let (mut ws, ack) = match self.unless_stopped(dialling).await {
             None => {
-                self.stop_runs(None).await;
+                self.stop_runs_offline().await;
                 return Ended::Shutdown;
             }
             Some(Err(ended)) => return ended,
             Some(Ok(connected)) => connected,
         };
         self.backoff.reset();
+        self.runs.settle_orphans();
         tracing::info!("connected to hub as {}", ack.principal.name);
-        let ended = connection::serve(
-            &mut ws,
-            &ack,
-            &mut self.runs,
-            &mut self.outgoing_rx,
-            &self.shutdown,
-        )
-        .await;
+        let ended = connection::serve(&mut ws, &ack, &mut self.runs, &self.stop).await;
         if let Ended::Shutdown = ended {
-            self.stop_runs(Some(&mut ws)).await;
             close(&mut ws, CloseCode::NORMAL, "agent shutting down").await;
         }
         ended
     }
 
-    /// Cancels every run and forwards what they report to `ws` (or drops it),
-    /// for at most the stop grace; then kills what is left.
-    async fn stop_runs(&mut self, mut ws: Option<&mut Ws>) {
-        self.runs.cancel_all();
-        let deadline = tokio::time::sleep(self.stop_grace);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                joined = self.runs.join_next() => if joined.is_none() { break },
-                Some(outgoing) = self.outgoing_rx.recv() => forward(&mut ws, outgoing).await,
-                () = &mut deadline => {
-                    tracing::warn!("runs did not stop within {:?}; killing them", self.stop_grace);
-                    break;
-                }
-            }
-        }
-        self.runs.abort_all().await;
-        while let Ok(outgoing) = self.outgoing_rx.try_recv() {
-            forward(&mut ws, outgoing).await;
-        }
-    }
-}
-
-/// Awaits `future` while dropping outgoing messages, since no hub is there to
-/// take them; `None` if `shutdown` fires first.
-async fn idle<F: Future>(
-    outgoing_rx: &mut mpsc::Receiver<Outgoing>,
-    shutdown: &CancellationToken,
-    future: F,
-) -> Option<F::Output> {
-    tokio::pin!(future);
-    loop {
+    /// Awaits `future`; `None` if the agent is told to stop first.
+    async fn unless_stopped<F: Future>(&self, future: F) -> Option<F::Output> {
         tokio::select! {
             // A handshake that completed wins over a simultaneous shutdown, which
-            // then closes the connection properly.
+            // then stops the runs over the new connection.
             biased;
-            output = &mut future => return Some(output),
-            () = shutdown.cancelled() => return None,
-            Some(outgoing) = outgoing_rx.recv() => {
-                tracing::trace!("no hub connection; dropping {}", describe(&outgoing));
-            }
+            output = future => Some(output),
+            () = self.stop.shutdown.cancelled() => None,
         }
     }
-}
 
-/// Sends to the hub while stopping; after a failure, the rest is dropped.
-async fn forward(ws: &mut Option<&mut Ws>, outgoing: Outgoing) {
-    let Some(socket) = ws.as_deref_mut() else {
-        return;
-    };
-    if let Err(ended) = send(socket, encode(outgoing), STOP_SEND_TIMEOUT).await {
-        tracing::debug!("cannot report to the hub while stopping: {ended:?}");
-        *ws = None;
-    }
-}
-
-fn describe(outgoing: &Outgoing) -> String {
-    match outgoing {
-        Outgoing::Started(started) => format!("run.started of {}", started.run),
-        Outgoing::Output(frame) => format!("output of {}", frame.header.run),
-        Outgoing::Exited(exited) => format!("run.exited of {}", exited.run),
+    /// Cancels every run and waits, for at most the stop grace, for them to
+    /// end; with no hub to deliver to, their reports stay in the spool.
+    async fn stop_runs_offline(&mut self) {
+        self.runs.cancel_all();
+        let runs = &mut self.runs;
+        let joined = async { while runs.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.stop.grace, joined).await.is_err() {
+            tracing::warn!(
+                "runs did not stop within {:?}; killing them",
+                self.stop.grace
+            );
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! One live connection to the hub, after its handshake.
 //!
-//! A single task runs one `select!` over inbound frames, the agent's outgoing
-//! channel, the heartbeat tick, the heartbeat deadline and shutdown, and hands
-//! each message kind to a small method. This module is also the one place where
-//! close codes and hub errors are mapped to how a connection [`Ended`].
+//! A single task runs one `select!` over inbound frames, the spool, the
+//! heartbeat tick, the heartbeat deadline and shutdown, and hands each message
+//! kind to a small method. The connection reads the spool through its own
+//! cursor from the start, so everything unacknowledged is sent again, in order,
+//! before anything new. On shutdown it keeps serving while the cancelled runs
+//! report and the hub acknowledges, for at most the stop grace. This module is
+//! also the one place where close codes and hub errors are mapped to how a
+//! connection [`Ended`].
 
 use std::time::Duration;
 
@@ -11,7 +15,6 @@ use anyhow::anyhow;
 use futures_util::{SinkExt, StreamExt};
 use muster_proto::messages::{ConnectionAck, ErrorData, Heartbeat};
 use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handshake::Ws;
 use crate::runs::Runs;
 use crate::sink::Outgoing;
+use crate::spool::{Cursor, Spool};
 
 /// Shortest heartbeat interval honoured, whatever the hub announces.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
@@ -30,7 +34,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Why a connection (or an attempt at one) ended.
 #[derive(Debug)]
 pub(crate) enum Ended {
-    /// `shutdown` was cancelled; the socket is still open for the closing handshake.
+    /// `shutdown` was cancelled and the runs have reported (or their grace
+    /// ran out); the socket is still open for the closing handshake.
     Shutdown,
     /// The connection failed or dropped; try again after a backoff delay.
     Lost(anyhow::Error),
@@ -44,30 +49,42 @@ impl Ended {
     }
 }
 
+/// When and how the agent stops.
+#[derive(Clone, Debug)]
+pub(crate) struct Stop {
+    /// Cancelled when the agent must stop.
+    pub(crate) shutdown: CancellationToken,
+    /// How long cancelled runs get to report, and the hub to acknowledge.
+    pub(crate) grace: Duration,
+}
+
 /// Serves a connection whose handshake `ack` completed, until it ends.
-pub(crate) async fn serve(
-    ws: &mut Ws,
-    ack: &ConnectionAck,
-    runs: &mut Runs,
-    outgoing_rx: &mut mpsc::Receiver<Outgoing>,
-    shutdown: &CancellationToken,
-) -> Ended {
+pub(crate) async fn serve(ws: &mut Ws, ack: &ConnectionAck, runs: &mut Runs, stop: &Stop) -> Ended {
     let interval = Duration::from_millis(ack.heartbeat_interval_ms).max(MIN_HEARTBEAT_INTERVAL);
     let deadline = Duration::from_millis(ack.heartbeat_deadline_ms).max(interval);
     let mut ticker = interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let spool = runs.spool().clone();
+    let mut cursor = Cursor::default();
     let mut conn = Connection {
         ws,
         runs,
         deadline,
         last_heard: Instant::now(),
         heartbeat_seq: 0,
+        stop_by: None,
     };
     loop {
+        if conn.stopped(&spool) {
+            return Ended::Shutdown;
+        }
+        let stop_by = conn.stop_by.unwrap_or_else(Instant::now);
         let step = tokio::select! {
-            () = shutdown.cancelled() => return Ended::Shutdown,
+            () = stop.shutdown.cancelled(), if conn.stop_by.is_none() => conn.begin_stop(stop.grace),
+            () = sleep_until(stop_by), if conn.stop_by.is_some() => return conn.stop_expired(stop.grace),
+            Some(()) = conn.runs.join_next(), if conn.stop_by.is_some() => Ok(()),
             frame = conn.ws.next() => conn.on_frame(frame).await,
-            Some(outgoing) = outgoing_rx.recv() => conn.send(encode(outgoing)).await,
+            outgoing = spool.next(&mut cursor) => conn.send(encode(outgoing)).await,
             _ = ticker.tick() => conn.send_heartbeat().await,
             () = sleep_until(conn.last_heard + deadline) => conn.on_silence().await,
         };
@@ -85,6 +102,8 @@ struct Connection<'a> {
     deadline: Duration,
     last_heard: Instant,
     heartbeat_seq: u64,
+    /// Set once shutdown began: when the runs' grace to report runs out.
+    stop_by: Option<Instant>,
 }
 
 impl Connection<'_> {
@@ -132,9 +151,17 @@ impl Connection<'_> {
                 self.send_text(Envelope::reply(envelope.id, ack)).await
             }
             HubToAgent::HeartbeatAck(_) | HubToAgent::ConnectionAck(_) => Ok(()),
+            HubToAgent::RunStart(start) if self.stop_by.is_some() => {
+                tracing::debug!(run = %start.run, "ignoring run.start while stopping");
+                Ok(())
+            }
             HubToAgent::RunStart(start) => {
                 tracing::debug!(run = %start.run, "starting run");
                 self.runs.start(start);
+                Ok(())
+            }
+            HubToAgent::RunAck(ack) => {
+                self.runs.acked(&ack);
                 Ok(())
             }
             HubToAgent::RunCancel(run) => {
@@ -151,6 +178,24 @@ impl Connection<'_> {
                 }
             },
         }
+    }
+
+    /// Cancels every run; the connection stays up while they report.
+    fn begin_stop(&mut self, grace: Duration) -> Result<(), Ended> {
+        tracing::info!("stopping: cancelling runs and delivering their reports");
+        self.runs.cancel_all();
+        self.stop_by = Some(Instant::now() + grace);
+        Ok(())
+    }
+
+    /// Whether the agent is stopping and has nothing left to deliver.
+    fn stopped(&self, spool: &Spool) -> bool {
+        self.stop_by.is_some() && self.runs.is_idle() && spool.is_empty()
+    }
+
+    fn stop_expired(&self, grace: Duration) -> Ended {
+        tracing::warn!("runs did not stop and report within {grace:?}; giving up on them");
+        Ended::Shutdown
     }
 
     async fn send_heartbeat(&mut self) -> Result<(), Ended> {
@@ -177,7 +222,7 @@ impl Connection<'_> {
 }
 
 /// The WebSocket message for something a run produced.
-pub(crate) fn encode(outgoing: Outgoing) -> Message {
+fn encode(outgoing: Outgoing) -> Message {
     let text = |msg| Message::text(Envelope::plain(msg).encode());
     match outgoing {
         Outgoing::Started(started) => text(AgentToHub::RunStarted(started)),

@@ -40,7 +40,8 @@ pub(crate) fn agent_ws_url(hub_url: &str) -> anyhow::Result<String> {
     Ok(format!("ws://{rest}{AGENT_WS_PATH}"))
 }
 
-/// The `hello` this agent sends on every connection.
+/// The `hello` this agent sends on every connection, before its run report
+/// (which the agent fills in for each attempt).
 pub(crate) fn hello(options: &AgentOptions) -> AgentHello {
     let hostname = nix::unistd::gethostname()
         .map(|name| name.to_string_lossy().into_owned())
@@ -55,6 +56,7 @@ pub(crate) fn hello(options: &AgentOptions) -> AgentHello {
         labels: options.labels.clone(),
         capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
         max_concurrency: options.max_concurrency,
+        runs: Vec::new(),
     }
 }
 

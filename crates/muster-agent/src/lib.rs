@@ -1,23 +1,34 @@
 //! The Muster agent: dials the hub, executes the runs it is sent, streams their output.
 //!
 //! [`run`] is the whole agent: it connects to the hub's `/ws/agent` endpoint,
-//! says `hello`, waits for `connection.ack`, then serves heartbeats, `run.start`
-//! and `run.cancel` until the connection drops, when it reconnects on the
-//! [`Backoff`] schedule. It returns `Ok` when its shutdown token is cancelled
-//! and an error when the hub rejects the agent's token.
+//! says `hello` (with a report of the runs it knows), waits for
+//! `connection.ack`, then serves heartbeats, `run.start`, `run.cancel` and
+//! `run.ack` until the connection drops, when it reconnects on the [`Backoff`]
+//! schedule. It returns `Ok` when its shutdown token is cancelled and an error
+//! when the hub rejects the agent's token.
 //!
 //! Codemap:
-//! - `agent` — the reconnect loop and shutdown; owns the runs across connections;
+//! - `agent` — the reconnect loop, the `hello` run report, and shutdown;
 //! - `handshake` — URL, `hello`, `connection.ack`;
 //! - `connection` — one served connection (a single `select!`) and close codes;
-//! - `runs` — the table of runs in flight and their tasks;
+//! - `runs` — the runs in flight, their tasks, and what `run.start`/`run.ack` do;
+//! - `spool` — every per-run message, in order, until the hub acknowledges it;
+//! - `ledger` — the run ids this agent started, durable in the state dir;
 //! - [`executor`] — the [`Executor`] seam; [`process`] — the real one;
-//! - [`sink`] — output batching into numbered frames; [`backoff`] — the reconnect schedule.
+//! - [`sink`] — output batching into numbered frames; [`Backoff`] (from
+//!   `muster-proto`) — the reconnect schedule.
 //!
-//! Runs in flight when the connection drops keep running; what they produce
-//! while the agent is disconnected is dropped (a later version adds a spool).
+//! Invariants. Nothing a run produced is dropped while it is unacknowledged:
+//! runs outlive connections, their messages wait in the spool while the agent
+//! is disconnected, and a full spool slows the command down instead. A run id
+//! is executed at most once: its `started` record is fsynced before the
+//! process is spawned, and a `run.start` for a known id is never executed
+//! (across agent restarts only with a [`AgentOptions::state_dir`]). The spool
+//! is in memory: what an agent process had not delivered when it died is gone,
+//! and the hub learns of such runs as `unknown` from the next process's `hello`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,20 +36,31 @@ use muster_proto::AgentName;
 use tokio_util::sync::CancellationToken;
 
 mod agent;
-pub mod backoff;
 mod connection;
 pub mod executor;
 mod handshake;
+mod ledger;
 pub mod process;
 mod runs;
 pub mod sink;
+mod spool;
 
-pub use backoff::Backoff;
 pub use executor::Executor;
+pub use muster_proto::backoff::Backoff;
 pub use process::ProcessExecutor;
 pub use sink::{Outgoing, RunSink};
+pub use spool::SPOOL_MAX_BYTES;
+
+/// Runs an agent executes at once unless told otherwise.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
+
+/// Time between SIGTERM and SIGKILL unless told otherwise.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// How to reach the hub and how to present this agent.
+///
+/// Start from [`AgentOptions::new`] and override fields with struct update
+/// syntax: `AgentOptions { max_concurrency: 8, ..AgentOptions::new(url, token) }`.
 #[derive(Clone)]
 pub struct AgentOptions {
     /// Hub base URL (`http://`, `ws://`; `https://` and `wss://` are not supported
@@ -53,8 +75,35 @@ pub struct AgentOptions {
     /// How many runs this agent executes at once, announced in `hello` (at least 1).
     pub max_concurrency: u32,
     /// Default time between SIGTERM and SIGKILL; the hub's `kill_grace_ms` wins
-    /// for each run. At shutdown, runs get this long (plus a small margin) to stop.
+    /// for each run. At shutdown, runs get this long (plus a small margin) to
+    /// stop and have their reports acknowledged.
     pub kill_grace: Duration,
+    /// Bound on the spool of unacknowledged run messages, in payload bytes (at
+    /// least 1); when it is full, runs wait for the hub. [`SPOOL_MAX_BYTES`] by default.
+    pub spool_max_bytes: usize,
+    /// Directory for the run ledger (`runs.ledger`), created if missing. With
+    /// `None` the ledger is in memory, so a run is still executed at most once
+    /// per agent process, but not across restarts of the agent.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl AgentOptions {
+    /// Options for reaching `hub_url` with `token`, everything else at its
+    /// default: no name (the token's agent), no labels,
+    /// [`DEFAULT_MAX_CONCURRENCY`], [`DEFAULT_KILL_GRACE`], [`SPOOL_MAX_BYTES`],
+    /// and no state dir.
+    pub fn new(hub_url: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            hub_url: hub_url.into(),
+            token: token.into(),
+            name: None,
+            labels: BTreeMap::new(),
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            kill_grace: DEFAULT_KILL_GRACE,
+            spool_max_bytes: SPOOL_MAX_BYTES,
+            state_dir: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentOptions {
@@ -66,6 +115,8 @@ impl std::fmt::Debug for AgentOptions {
             .field("labels", &self.labels)
             .field("max_concurrency", &self.max_concurrency)
             .field("kill_grace", &self.kill_grace)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -94,14 +145,7 @@ mod tests {
 
     #[test]
     fn debug_masks_the_token() {
-        let options = AgentOptions {
-            hub_url: "http://hub:7070".into(),
-            token: "mst_secretsecret".into(),
-            name: None,
-            labels: BTreeMap::new(),
-            max_concurrency: 1,
-            kill_grace: Duration::from_secs(5),
-        };
+        let options = AgentOptions::new("http://hub:7070", "mst_secretsecret");
         let debug = format!("{options:?}");
         assert!(!debug.contains("secret"), "{debug}");
         assert!(debug.contains("<redacted>"), "{debug}");

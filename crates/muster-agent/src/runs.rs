@@ -1,64 +1,129 @@
-//! The runs in flight on this agent, which outlive any one hub connection.
+//! The runs on this agent, which outlive any one hub connection: the table of
+//! runs in flight, the spool of their messages and the ledger of started ids.
 //!
-//! Each `run.start` becomes a task that drives the executor and queues the
-//! run's messages on the agent's single outgoing channel. A run stays in the
-//! table while its task lives, so `run.cancel` can find it; the table entry is a
-//! guard the task drops on its way out, whether it finished or was aborted.
+//! Each `run.start` whose id the ledger does not know becomes a task that
+//! records the id durably, then drives the executor, whose messages go to the
+//! spool. A repeated id is not executed: in flight, it is ignored; otherwise
+//! a task spools a `failed` exit report for it. A run stays in the table while
+//! its task lives, so `run.cancel` can find it; the table entry is a guard the
+//! task drops on its way out, whether it finished or was aborted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use muster_proto::RunId;
-use muster_proto::messages::RunStart;
-use tokio::sync::mpsc;
+use muster_proto::messages::{RunAck, RunExited, RunOutcome, RunReport, RunReportStatus, RunStart};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{Executor, drive};
+use crate::ledger::Ledger;
 use crate::sink::Outgoing;
+use crate::spool::Spool;
+
+/// The exit report's error for a `run.start` whose id this agent started before.
+pub(crate) const ALREADY_STARTED: &str =
+    "run was already started once by this agent; it is not run again";
 
 /// Cancellation tokens of the runs in flight. A std `Mutex` is right here: it
 /// is held only for a map operation, never across an `.await`.
 type Table = Arc<Mutex<HashMap<RunId, CancellationToken>>>;
 
-/// Starts, cancels and stops runs.
+/// Starts, cancels, reports and stops runs.
 pub(crate) struct Runs {
     executor: Arc<dyn Executor>,
-    /// Shared by every run; the current connection (if any) drains it.
-    outgoing_tx: mpsc::Sender<Outgoing>,
+    /// Shared by every run; the current connection (if any) sends from it.
+    spool: Arc<Spool>,
+    ledger: Ledger,
     table: Table,
     /// Owning the tasks lets shutdown wait for them and abort the stragglers.
     tasks: JoinSet<()>,
 }
 
 impl Runs {
-    pub(crate) fn new(executor: Arc<dyn Executor>, outgoing_tx: mpsc::Sender<Outgoing>) -> Self {
+    pub(crate) fn new(executor: Arc<dyn Executor>, spool: Arc<Spool>, ledger: Ledger) -> Self {
         Self {
             executor,
-            outgoing_tx,
+            spool,
+            ledger,
             table: Table::default(),
             tasks: JoinSet::new(),
         }
     }
 
-    /// Starts a run, unless one with the same id is already in flight.
+    /// The spool every run appends to.
+    pub(crate) fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// Starts a run, unless its id is in flight (ignored) or was started
+    /// before (answered with a `failed` exit report, not executed).
     pub(crate) fn start(&mut self, start: RunStart) {
         self.reap();
         let run = start.run;
         let cancel = CancellationToken::new();
-        let entry = match Entry::insert(&self.table, run, cancel.clone()) {
-            Some(entry) => entry,
-            None => {
-                tracing::warn!(%run, "ignoring run.start for a run already in flight");
-                return;
-            }
+        let Some(entry) = Entry::insert(&self.table, run, cancel.clone()) else {
+            tracing::warn!(%run, "ignoring run.start for a run already in flight");
+            return;
         };
-        let executor = self.executor.clone();
-        let outgoing_tx = self.outgoing_tx.clone();
+        if !self.ledger.claim(run) {
+            drop(entry);
+            tracing::warn!(%run, "refusing run.start for a run this agent started before");
+            let spool = self.spool.clone();
+            let refusal = failed(run, ALREADY_STARTED.to_owned());
+            self.tasks.spawn(async move { spool.push(refusal).await });
+            return;
+        }
+        let execution = execute(
+            self.executor.clone(),
+            start,
+            cancel,
+            self.spool.clone(),
+            self.ledger.clone(),
+        );
         self.tasks.spawn(async move {
-            drive(executor, start, cancel, outgoing_tx).await;
+            execution.await;
             drop(entry);
         });
+    }
+
+    /// Applies a `run.ack`: drops what it covers from the spool, and settles
+    /// the run in the ledger once its exit report is stored.
+    pub(crate) fn acked(&self, ack: &RunAck) {
+        if self.spool.ack(ack) {
+            self.ledger.settle(ack.run);
+        }
+    }
+
+    /// What `hello` reports: runs in flight, runs whose exit report is not
+    /// acknowledged, and runs an earlier agent process left behind.
+    pub(crate) fn report(&self) -> Vec<RunReport> {
+        let running = self.running();
+        let finished: Vec<_> = self
+            .spool
+            .finished_runs()
+            .into_iter()
+            .filter(|run| !running.contains(run))
+            .collect();
+        let unknown = self.ledger.orphans();
+        [
+            (running, RunReportStatus::Running),
+            (finished, RunReportStatus::Finished),
+            (unknown, RunReportStatus::Unknown),
+        ]
+        .into_iter()
+        .flat_map(|(runs, status)| runs.into_iter().map(move |run| RunReport { run, status }))
+        .collect()
+    }
+
+    /// Settles the runs reported `unknown`, once the hub acknowledged the hello.
+    pub(crate) fn settle_orphans(&self) {
+        self.ledger.settle_orphans();
+    }
+
+    /// Whether no run task is left.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.tasks.is_empty()
     }
 
     /// Cancels a run in flight; false when no such run is running here.
@@ -81,11 +146,17 @@ impl Runs {
         Some(())
     }
 
-    /// Aborts every run task and waits until they are gone; dropping an
-    /// execution kills its process group.
-    pub(crate) async fn abort_all(&mut self) {
+    /// Aborts every run task and waits until they are gone (dropping an
+    /// execution kills its process group), then for the ledger's writes.
+    pub(crate) async fn close(&mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
+        self.ledger.flush().await;
+    }
+
+    fn running(&self) -> Vec<RunId> {
+        let table = self.table.lock().expect("run table lock poisoned");
+        table.keys().copied().collect()
     }
 
     /// Collects finished tasks so the set does not grow without bound.
@@ -94,6 +165,38 @@ impl Runs {
             log_panic(joined);
         }
     }
+}
+
+/// Records `start` in the ledger, then executes it; a run that cannot be
+/// recorded is reported `failed` and never spawned.
+async fn execute(
+    executor: Arc<dyn Executor>,
+    start: RunStart,
+    cancel: CancellationToken,
+    spool: Arc<Spool>,
+    ledger: Ledger,
+) {
+    let run = start.run;
+    match ledger.record_started(run).await {
+        Ok(()) => drive(executor, start, cancel, spool).await,
+        Err(e) => {
+            tracing::error!(%run, "cannot record the run in the ledger: {e:#}");
+            let error = format!("the agent cannot record the run in its ledger: {e:#}");
+            spool.push(failed(run, error)).await;
+        }
+    }
+}
+
+/// The exit report of a run that was not executed.
+fn failed(run: RunId, error: String) -> Outgoing {
+    Outgoing::Exited(RunExited {
+        run,
+        outcome: RunOutcome::Failed,
+        exit_code: None,
+        signal: None,
+        error: Some(error),
+        output_truncated: false,
+    })
 }
 
 fn log_panic(joined: Result<(), tokio::task::JoinError>) {

@@ -10,9 +10,11 @@
 //! - output past the run's `output_cap_bytes` (both streams together) is
 //!   discarded here, so the executor keeps reading and the process never blocks.
 //!
-//! Every send awaits channel capacity, so a slow hub connection pushes back all
-//! the way to the pipe readers instead of growing a buffer.
+//! Frames go to the agent's spool (or, for [`RunSink::channel`], to a channel).
+//! Every delivery awaits room there, so a hub that is slow or away pushes back
+//! all the way to the pipe readers instead of growing a buffer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +23,8 @@ use muster_proto::messages::{RunExited, RunStarted};
 use muster_proto::{OutputFrame, OutputHeader, OutputStream, RunId};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
+
+use crate::spool::Spool;
 
 /// Events queued between a run's sink and its batcher. Each holds at most one
 /// pipe read, so a few are enough to keep the reader busy while the batcher
@@ -36,6 +40,28 @@ pub enum Outgoing {
     Output(OutputFrame),
     /// The run ended; always the run's last message.
     Exited(RunExited),
+}
+
+/// Where a batcher delivers a run's messages.
+#[derive(Clone, Debug)]
+pub(crate) enum Outlet {
+    /// The agent's spool, which the hub connection reads.
+    Spool(Arc<Spool>),
+    /// A plain channel, for [`RunSink::channel`].
+    Channel(mpsc::Sender<Outgoing>),
+}
+
+impl Outlet {
+    /// Delivers `outgoing`, waiting for room.
+    pub(crate) async fn deliver(&self, outgoing: Outgoing) {
+        match self {
+            Self::Spool(spool) => spool.push(outgoing).await,
+            // Fails only when the receiver is gone, and nobody reads any more.
+            Self::Channel(outgoing_tx) => {
+                let _ = outgoing_tx.send(outgoing).await;
+            }
+        }
+    }
 }
 
 /// What a sink tells its batcher.
@@ -65,22 +91,18 @@ impl RunSink {
         capacity: usize,
     ) -> (Self, mpsc::Receiver<Outgoing>) {
         let (outgoing_tx, outgoing_rx) = mpsc::channel(capacity);
-        let (sink, batcher) = Self::new(run, output_cap_bytes, outgoing_tx);
+        let (sink, batcher) = Self::new(run, output_cap_bytes, Outlet::Channel(outgoing_tx));
         tokio::spawn(batcher.run());
         (sink, outgoing_rx)
     }
 
     /// A sink for `run` and the batcher that must be driven for it to make progress.
-    pub(crate) fn new(
-        run: RunId,
-        output_cap_bytes: u64,
-        outgoing_tx: mpsc::Sender<Outgoing>,
-    ) -> (Self, Batcher) {
+    pub(crate) fn new(run: RunId, output_cap_bytes: u64, outlet: Outlet) -> (Self, Batcher) {
         let (events_tx, events_rx) = mpsc::channel(SINK_EVENTS_CAPACITY);
         let batcher = Batcher {
             run,
             events_rx,
-            outgoing_tx,
+            outlet,
             stdout: StreamBuffer::default(),
             stderr: StreamBuffer::default(),
             next_seq: 0,
@@ -95,7 +117,7 @@ impl RunSink {
         self.send(SinkEvent::Started(pid)).await;
     }
 
-    /// Reports output read from `stream`; waits while the connection is backed up.
+    /// Reports output read from `stream`; waits while the spool is full.
     pub async fn output(&self, stream: OutputStream, bytes: &[u8]) {
         if !bytes.is_empty() {
             let bytes = Bytes::copy_from_slice(bytes);
@@ -135,7 +157,7 @@ impl StreamBuffer {
 pub(crate) struct Batcher {
     run: RunId,
     events_rx: mpsc::Receiver<SinkEvent>,
-    outgoing_tx: mpsc::Sender<Outgoing>,
+    outlet: Outlet,
     stdout: StreamBuffer,
     stderr: StreamBuffer,
     next_seq: u64,
@@ -239,8 +261,7 @@ impl Batcher {
     }
 
     async fn deliver(&self, outgoing: Outgoing) {
-        // Fails only when the agent is stopping and nobody reads any more.
-        let _ = self.outgoing_tx.send(outgoing).await;
+        self.outlet.deliver(outgoing).await;
     }
 
     fn buffer(&mut self, stream: OutputStream) -> &mut StreamBuffer {

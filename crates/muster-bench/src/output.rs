@@ -107,6 +107,7 @@ fn output_request(agent: &AgentName, bytes: u64) -> RunRequest {
         timeout_ms: None,
         priority: 0,
         idempotency_key: None,
+        ttl_ms: None,
     }
 }
 

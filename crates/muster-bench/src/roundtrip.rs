@@ -97,6 +97,7 @@ fn noop_request(agent: &AgentName) -> RunRequest {
         timeout_ms: None,
         priority: 0,
         idempotency_key: None,
+        ttl_ms: None,
     }
 }
 

@@ -56,12 +56,11 @@ impl SimAgent {
     ) -> anyhow::Result<Self> {
         let token = register(control, name).await?;
         let options = AgentOptions {
-            hub_url: hub_url.to_owned(),
-            token,
             name: Some(name.clone()),
             labels: sim_labels(),
             max_concurrency: SIM_MAX_CONCURRENCY,
             kill_grace: KILL_GRACE,
+            ..AgentOptions::new(hub_url.to_owned(), token)
         };
         let shutdown = CancellationToken::new();
         let run = muster_agent::run_with_executor(options, Arc::new(executor), shutdown.clone());

@@ -19,25 +19,34 @@
 //! # }
 //! ```
 //!
-//! This version does not reconnect: when the socket drops, pending requests
-//! fail with [`ClientError::Closed`], the receiver yields [`Event::Closed`], and
-//! the caller decides whether to connect again and resubscribe (with `since`,
-//! streams resume without gaps). Automatic resume is planned for a later
-//! version. Only plain `ws://` (and `http://`) hubs are supported for now.
+//! A `Client` is one connection and does not reconnect: when the socket drops,
+//! pending requests fail with [`ClientError::Closed`] and the receiver yields
+//! [`Event::Closed`]. Two helpers add what survives drops and hub restarts:
+//! [`create_run_retrying`] re-sends `run.create` (with an idempotency key, so
+//! at most one run is created) until the hub accepts it, and [`RunFollower`]
+//! follows a run's output to its end, reconnecting and resuming from the last
+//! chunk it received, without gaps or duplicates. Only plain `ws://` (and
+//! `http://`) hubs are supported for now.
 
 mod api;
 mod client;
 mod error;
+mod follow;
 mod handshake;
+mod reconnect;
+mod submit;
 mod task;
 mod url;
 
 pub use client::{Client, EVENT_CHANNEL_CAPACITY, Event};
 pub use error::ClientError;
+pub use follow::{FollowError, FollowEvent, FollowOptions, RunFollower};
 pub use muster_proto::messages::{
     AgentAdded, ConnectionAck, RunAccepted, RunListQuery, Subscribed,
 };
 pub use muster_proto::types::RunRequest;
+pub use reconnect::DEFAULT_GIVE_UP_AFTER;
+pub use submit::{create_run_retrying, new_idempotency_key};
 pub use url::ws_url;
 
 /// The name this library announces in `hello`.

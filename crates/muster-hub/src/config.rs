@@ -40,6 +40,12 @@ pub struct HubConfig {
     pub client_queue_frames: usize,
     /// Most simultaneous connections, agents and clients together.
     pub max_connections: usize,
+    /// How long runs in flight wait for their departed agent to come back
+    /// and report them before they end `lost`.
+    pub lost_grace_ms: u64,
+    /// Time to live of a run that asks for none: how long it may wait to be
+    /// delivered (its agent offline or busy) before it ends `expired`.
+    pub default_run_ttl_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -57,6 +63,8 @@ impl Default for HubConfig {
             // About 10 MiB of output frames; enough to ride out a replay.
             client_queue_frames: 1024,
             max_connections: 19_000,
+            lost_grace_ms: 30_000,
+            default_run_ttl_ms: 3_600_000,
         }
     }
 }

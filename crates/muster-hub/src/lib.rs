@@ -31,6 +31,9 @@ pub use store::{SqliteStore, Store};
 
 /// Time connections get to close after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often runs are checked for an expired TTL or a lost agent. Deadlines
+/// are therefore met within this much.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A hub: its core state, ready to serve.
 #[derive(Clone)]
@@ -129,6 +132,7 @@ impl Hub {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         };
+        tracker.spawn(sweep(self.core.clone(), shutdown.clone()));
         let app = ws::router(state);
         // Events are small and latency-bound; never let Nagle hold them back.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -148,6 +152,18 @@ impl Hub {
             tracing::warn!("connections did not close within the shutdown grace period");
         }
         Ok(())
+    }
+}
+
+/// Ends runs past their deadlines until shutdown.
+async fn sweep(core: Arc<core::Core>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => core.sweep().await,
+        }
     }
 }
 

@@ -68,13 +68,29 @@ impl Scheduler {
         self.agents.entry(agent.clone()).or_default().limit = Some(limit.max(1));
     }
 
-    /// Marks an agent offline and returns the runs it had in flight, which leave the queue.
-    pub fn set_offline(&mut self, agent: &AgentName) -> Vec<RunId> {
-        let Some(queue) = self.agents.get_mut(agent) else {
-            return Vec::new();
-        };
-        queue.limit = None;
-        queue.active.drain().collect()
+    /// Marks an agent offline: nothing more is dispatched to it. Its runs in
+    /// flight keep their slots until they are [`Scheduler::finished`].
+    pub fn set_offline(&mut self, agent: &AgentName) {
+        if let Some(queue) = self.agents.get_mut(agent) {
+            queue.limit = None;
+        }
+    }
+
+    /// Runs in flight on an agent.
+    pub fn in_flight(&self, agent: &AgentName) -> Vec<RunId> {
+        self.agents
+            .get(agent)
+            .map(|q| q.active.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Counts a run as in flight without dispatching it (recovery after a restart).
+    pub fn restore_in_flight(&mut self, agent: &AgentName, run: RunId) {
+        self.agents
+            .entry(agent.clone())
+            .or_default()
+            .active
+            .insert(run);
     }
 
     /// Pops the runs that may start now, in order, and counts them as in flight.
@@ -199,7 +215,9 @@ mod tests {
         assert!(!s.dequeue(&agent(), b));
         s.set_online(&agent(), 2);
         assert_eq!(s.take_ready(&agent()), vec![a]);
-        assert_eq!(s.set_offline(&agent()), vec![a]);
+        s.set_offline(&agent());
+        assert_eq!(s.in_flight(&agent()), vec![a], "in flight until finished");
+        s.finished(&agent(), a);
         assert_eq!(s.counts(&agent()), (0, 0));
     }
 }

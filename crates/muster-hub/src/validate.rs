@@ -37,6 +37,9 @@ pub(crate) fn run_request(request: &RunRequest) -> Result<(), ApiError> {
     {
         return Err(invalid("command and cwd must not contain NUL bytes"));
     }
+    if request.ttl_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
+        return Err(invalid("ttl_ms must be at most 30 days"));
+    }
     if request
         .idempotency_key
         .as_ref()

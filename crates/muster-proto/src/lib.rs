@@ -1,7 +1,8 @@
 //! The Muster wire protocol.
 //!
 //! This crate owns every type that crosses a WebSocket between a hub, an agent
-//! and a client, and nothing else: no I/O, no tokio. The hub, the agent, the
+//! and a client, and nothing else: no I/O, no tokio. (The shared reconnect
+//! schedule, [`backoff`], is pure logic and lives here too.) The hub, the agent, the
 //! client library and the load generator all encode and decode through it, so
 //! there is exactly one definition of the wire format. `docs/protocol.md` is the
 //! language-neutral description of the same contract.
@@ -12,6 +13,7 @@
 //!   followed by the raw bytes, so output is byte-exact and the hub can forward
 //!   it without re-encoding (see [`frame`]).
 
+pub mod backoff;
 pub mod codes;
 pub mod envelope;
 pub mod frame;

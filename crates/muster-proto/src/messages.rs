@@ -216,6 +216,10 @@ pub enum HubToAgent {
     /// Kill a run's process group (SIGTERM, grace, SIGKILL).
     #[serde(rename = "run.cancel")]
     RunCancel(RunRef),
+    /// The hub has stored a run's output below `next_seq` (and its exit report,
+    /// if `exited`); the agent may drop them from its spool.
+    #[serde(rename = "run.ack")]
+    RunAck(RunAck),
     /// The hub could not handle an agent message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -228,6 +232,7 @@ impl Message for HubToAgent {
         "heartbeat.ack",
         "run.start",
         "run.cancel",
+        "run.ack",
         "error",
     ];
 }
@@ -283,6 +288,43 @@ pub struct AgentHello {
     pub capabilities: Vec<String>,
     /// How many runs the agent executes at once (at least 1).
     pub max_concurrency: u32,
+    /// Every run the agent still knows about: running, or finished with a report
+    /// the hub has not acknowledged, or started before a crash of the agent.
+    #[serde(default)]
+    pub runs: Vec<RunReport>,
+}
+
+/// What an agent knows of one run, in its `hello`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Run id.
+    pub run: RunId,
+    /// Where the run is, as far as the agent knows.
+    pub status: RunReportStatus,
+}
+
+/// A run's status in a [`RunReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunReportStatus {
+    /// The process is still running; its output continues on this connection.
+    Running,
+    /// The process ended; unacknowledged output and `run.exited` follow the hello.
+    Finished,
+    /// The agent started it, then lost track of it (it restarted); the outcome is unknown.
+    Unknown,
+}
+
+/// `run.ack`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAck {
+    /// Run id.
+    pub run: RunId,
+    /// Every output frame with a lower `seq` is stored.
+    pub next_seq: u64,
+    /// The run's `run.exited` is stored too: the agent can forget the run.
+    #[serde(default)]
+    pub exited: bool,
 }
 
 impl std::fmt::Debug for AgentHello {

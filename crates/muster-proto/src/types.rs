@@ -198,6 +198,10 @@ pub struct RunRequest {
     /// Repeating a request with the same key returns the first run instead of a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// How long the run may wait to be delivered to its agent before it ends
+    /// `expired`; the hub's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// One run as the hub knows it.
@@ -251,6 +255,9 @@ pub struct RunInfo {
     pub idempotency_key: Option<String>,
     /// When the hub accepted the run.
     pub created_ms: crate::UnixMillis,
+    /// When the run ends `expired` if it has not been dispatched by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<crate::UnixMillis>,
     /// When the hub sent it to the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatched_ms: Option<crate::UnixMillis>,

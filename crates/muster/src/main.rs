@@ -8,6 +8,7 @@
 mod cli;
 mod serve;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -78,7 +79,8 @@ fn main() -> ExitCode {
     code
 }
 
-/// Logs go to stderr, filtered by `MUSTER_LOG`, else `RUST_LOG`, else `default`.
+/// Logs go to stderr, filtered by `MUSTER_LOG`, else `RUST_LOG`, else
+/// `default`; colored only when stderr is a terminal.
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("MUSTER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
@@ -86,6 +88,7 @@ fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

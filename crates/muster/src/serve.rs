@@ -40,6 +40,12 @@ pub(crate) struct HubTuning {
     /// Output stored per run before it is marked truncated, in bytes.
     #[arg(long, env = "MUSTER_MAX_OUTPUT_BYTES")]
     pub(crate) max_output_bytes: Option<u64>,
+    /// How long runs in flight wait for their departed agent before they end lost.
+    #[arg(long, env = "MUSTER_LOST_GRACE", value_parser = humantime::parse_duration)]
+    pub(crate) lost_grace: Option<Duration>,
+    /// How long a run may wait to be dispatched before it ends expired.
+    #[arg(long, env = "MUSTER_RUN_TTL", value_parser = humantime::parse_duration)]
+    pub(crate) run_ttl: Option<Duration>,
 }
 
 impl HubTuning {
@@ -55,6 +61,12 @@ impl HubTuning {
         }
         if let Some(n) = self.max_output_bytes {
             config.max_output_bytes_per_run = n;
+        }
+        if let Some(d) = self.lost_grace {
+            config.lost_grace_ms = d.as_millis() as u64;
+        }
+        if let Some(d) = self.run_ttl {
+            config.default_run_ttl_ms = d.as_millis() as u64;
         }
     }
 }
@@ -103,9 +115,9 @@ pub(crate) struct AgentArgs {
     /// A label, k=v; repeatable. Overrides a registered label with the same key.
     #[arg(long = "label", value_parser = parse_label)]
     pub(crate) labels: Vec<(String, String)>,
-    /// Directory for the agent's state.
-    #[arg(long, env = "MUSTER_STATE_DIR")]
-    pub(crate) state_dir: Option<PathBuf>,
+    /// Directory for the agent's state (the ledger of runs it started).
+    #[arg(long, env = "MUSTER_STATE_DIR", default_value = ".muster-agent")]
+    pub(crate) state_dir: PathBuf,
     /// How many runs execute at once.
     #[arg(long, env = "MUSTER_MAX_CONCURRENCY", default_value_t = 4)]
     pub(crate) max_concurrency: u32,
@@ -137,12 +149,11 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         async move { hub.serve(listener, shutdown).await }
     });
     let agent_options = AgentOptions {
-        hub_url: url.clone(),
-        token: agent_token.expose().to_owned(),
         name: Some(local.clone()),
         labels: BTreeMap::from([("env".to_owned(), "dev".to_owned())]),
-        max_concurrency: 4,
         kill_grace: Duration::from_millis(hub.config().kill_grace_ms),
+        state_dir: Some(hub.config().data_dir.join("agent-local")),
+        ..AgentOptions::new(url.clone(), agent_token.expose().to_owned())
     };
     let agent = tokio::spawn(muster_agent::run(agent_options, shutdown.clone()));
     tokio::time::timeout(DEV_AGENT_READY, hub.wait_online(&local))
@@ -189,17 +200,14 @@ pub(crate) async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `muster agent` until SIGINT or SIGTERM, or until the hub rejects its token.
 pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    if let Some(dir) = &args.state_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating state dir {}", dir.display()))?;
-    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     let options = AgentOptions {
-        hub_url: args.hub,
-        token: args.token,
         name: args.name,
         labels: args.labels.into_iter().collect(),
         max_concurrency: args.max_concurrency.max(1),
-        kill_grace: Duration::from_secs(5),
+        state_dir: Some(args.state_dir),
+        ..AgentOptions::new(args.hub, args.token)
     };
     muster_agent::run(options, shutdown_on_signal()).await?;
     Ok(ExitCode::SUCCESS)

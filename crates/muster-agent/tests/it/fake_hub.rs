@@ -1,18 +1,17 @@
-//! The agent's connection loop against a scripted hub on `127.0.0.1:0`.
+//! A scripted hub on `127.0.0.1:0`: the test accepts the agent's connections
+//! and plays the hub's side by hand, message by message.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use muster_agent::AgentOptions;
+use muster_agent::{AgentOptions, Outgoing};
 use muster_proto::limits::Limits;
 use muster_proto::messages::{
-    ConnectionAck, ErrorData, Heartbeat, Principal, RunOutcome, RunStart,
+    AgentHello, ConnectionAck, Heartbeat, Principal, RunAck, RunExited, RunStart,
 };
-use muster_proto::{
-    AgentName, AgentToHub, CloseCode, CommandSpec, Envelope, ErrorCode, HubToAgent, OutputFrame,
-    RequestId, RunId,
-};
+use muster_proto::{AgentName, AgentToHub, CommandSpec, Envelope, HubToAgent, OutputFrame, RunId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
@@ -21,27 +20,38 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 /// Bound on every wait in these tests, so a bug fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-type HubSide = WebSocketStream<TcpStream>;
+/// Heartbeats rare enough to stay out of the way of a test.
+const QUIET_HEARTBEAT_MS: (u64, u64) = (60_000, 120_000);
+
+/// The hub's end of an agent connection.
+pub(crate) type HubSide = WebSocketStream<TcpStream>;
 
 /// An agent running against a listener the test scripts by hand.
-struct Harness {
+pub(crate) struct Harness {
     listener: TcpListener,
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     agent: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Harness {
-    async fn start() -> Self {
+    /// An agent with an in-memory ledger.
+    pub(crate) async fn start() -> Self {
+        Self::start_in(None).await
+    }
+
+    /// An agent whose ledger lives in `state_dir`, if given.
+    pub(crate) async fn start_in(state_dir: Option<&Path>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
         let options = AgentOptions {
-            hub_url: format!("http://{}", listener.local_addr().unwrap()),
-            token: "mst_test_token".into(),
             name: Some(AgentName::new("web-1").unwrap()),
             labels: BTreeMap::from([("role".into(), "web".into())]),
             max_concurrency: 2,
             kill_grace: Duration::from_millis(500),
+            state_dir: state_dir.map(Path::to_owned),
+            ..AgentOptions::new(url, "mst_test_token")
         };
         let shutdown = CancellationToken::new();
         let agent = tokio::spawn(muster_agent::run(options, shutdown.clone()));
@@ -53,53 +63,80 @@ impl Harness {
     }
 
     /// Accepts the agent's next connection and checks its `hello`.
-    async fn accept(&self) -> HubSide {
+    pub(crate) async fn accept_hello(&self) -> (HubSide, AgentHello) {
         let (tcp, _) = within(self.listener.accept()).await.unwrap();
         let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
         let AgentToHub::Hello(hello) = recv_text(&mut ws).await.msg else {
             panic!("first message is not hello");
         };
         assert_eq!(hello.token, "mst_test_token");
-        assert_eq!(hello.name.unwrap().as_str(), "web-1");
+        assert_eq!(hello.name.as_ref().unwrap().as_str(), "web-1");
         assert_eq!(hello.capabilities, ["exec"]);
         assert_eq!(hello.max_concurrency, 2);
         assert_eq!(hello.labels["role"], "web");
-        ws
+        (ws, hello)
+    }
+
+    /// Accepts the agent's next connection without answering its `hello`.
+    pub(crate) async fn accept(&self) -> HubSide {
+        self.accept_hello().await.0
+    }
+
+    /// Accepts a connection and acknowledges its `hello`; what the agent
+    /// re-sends from its spool follows at once.
+    pub(crate) async fn accept_ack(&self) -> (HubSide, AgentHello) {
+        let (mut ws, hello) = self.accept_hello().await;
+        let (interval, deadline) = QUIET_HEARTBEAT_MS;
+        send(&mut ws, HubToAgent::ConnectionAck(ack(interval, deadline))).await;
+        (ws, hello)
     }
 
     /// Accepts a connection, completes its handshake and waits until the agent
-    /// serves it (it answers a heartbeat).
-    async fn accept_acked(&self, heartbeat_interval_ms: u64, deadline_ms: u64) -> HubSide {
+    /// serves it (it answers a heartbeat); for an agent with nothing to re-send.
+    pub(crate) async fn accept_acked(
+        &self,
+        heartbeat_interval_ms: u64,
+        deadline_ms: u64,
+    ) -> HubSide {
         let mut ws = self.accept().await;
-        send(
-            &mut ws,
-            HubToAgent::ConnectionAck(ack(heartbeat_interval_ms, deadline_ms)),
-        )
-        .await;
-        send(&mut ws, HubToAgent::Heartbeat(Heartbeat { seq: 0 })).await;
-        let AgentToHub::HeartbeatAck(Heartbeat { seq: 0 }) = recv_text(&mut ws).await.msg else {
-            panic!("expected heartbeat.ack");
-        };
+        let ack = ack(heartbeat_interval_ms, deadline_ms);
+        send(&mut ws, HubToAgent::ConnectionAck(ack)).await;
+        round_trip(&mut ws).await;
         ws
     }
 
     /// Waits for the agent to return.
-    async fn finish(self) -> anyhow::Result<()> {
+    pub(crate) async fn finish(self) -> anyhow::Result<()> {
         within(self.agent).await.unwrap()
     }
 
     /// Shuts the agent down, reading `ws` like a real hub so the close
     /// handshake completes, and checks the close code.
-    async fn stop(self, mut ws: HubSide) {
+    pub(crate) async fn stop(self, mut ws: HubSide) {
         self.shutdown.cancel();
         let (closed, result) = tokio::join!(read_to_close(&mut ws), self.finish());
-        assert_eq!(closed, Some(CloseCode::NORMAL));
+        assert_eq!(closed, Some(muster_proto::CloseCode::NORMAL));
         result.unwrap();
+    }
+
+    /// Kills the agent as a crash would: no shutdown, no goodbye.
+    pub(crate) async fn crash(self) {
+        self.agent.abort();
+        assert!(within(self.agent).await.unwrap_err().is_cancelled());
     }
 }
 
+/// Sends a heartbeat and waits for its ack; fails on anything else, so the
+/// agent must have nothing else to send.
+pub(crate) async fn round_trip(ws: &mut HubSide) {
+    send(ws, HubToAgent::Heartbeat(Heartbeat { seq: 0 })).await;
+    let AgentToHub::HeartbeatAck(Heartbeat { seq: 0 }) = recv_text(ws).await.msg else {
+        panic!("expected heartbeat.ack");
+    };
+}
+
 /// Reads until the agent closes; answers its close frame and returns the code.
-async fn read_to_close(ws: &mut HubSide) -> Option<u16> {
+pub(crate) async fn read_to_close(ws: &mut HubSide) -> Option<u16> {
     let mut code = None;
     while let Some(next) = within(ws.next()).await {
         let Ok(message) = next else { break };
@@ -110,13 +147,13 @@ async fn read_to_close(ws: &mut HubSide) -> Option<u16> {
     code
 }
 
-async fn within<F: Future>(future: F) -> F::Output {
+pub(crate) async fn within<F: Future>(future: F) -> F::Output {
     tokio::time::timeout(WAIT, future)
         .await
         .expect("timed out waiting")
 }
 
-fn ack(heartbeat_interval_ms: u64, heartbeat_deadline_ms: u64) -> ConnectionAck {
+pub(crate) fn ack(heartbeat_interval_ms: u64, heartbeat_deadline_ms: u64) -> ConnectionAck {
     ConnectionAck {
         protocol: muster_proto::PROTOCOL_VERSION.into(),
         hub_version: "test".into(),
@@ -138,15 +175,25 @@ fn ack(heartbeat_interval_ms: u64, heartbeat_deadline_ms: u64) -> ConnectionAck 
     }
 }
 
-async fn send(ws: &mut HubSide, msg: HubToAgent) {
+pub(crate) async fn send(ws: &mut HubSide, msg: HubToAgent) {
     send_envelope(ws, Envelope::plain(msg)).await;
 }
 
-async fn send_envelope(ws: &mut HubSide, envelope: Envelope<HubToAgent>) {
+pub(crate) async fn send_envelope(ws: &mut HubSide, envelope: Envelope<HubToAgent>) {
     ws.send(Message::text(envelope.encode())).await.unwrap();
 }
 
-async fn close(ws: &mut HubSide, code: u16) {
+/// Acknowledges `run`'s frames below `next_seq`, and its exit if `exited`.
+pub(crate) async fn send_run_ack(ws: &mut HubSide, run: RunId, next_seq: u64, exited: bool) {
+    let ack = RunAck {
+        run,
+        next_seq,
+        exited,
+    };
+    send(ws, HubToAgent::RunAck(ack)).await;
+}
+
+pub(crate) async fn close(ws: &mut HubSide, code: u16) {
     let frame = CloseFrame {
         code: code.into(),
         reason: "test".into(),
@@ -155,7 +202,7 @@ async fn close(ws: &mut HubSide, code: u16) {
 }
 
 /// The next message from the agent, skipping its heartbeats.
-async fn recv(ws: &mut HubSide) -> Message {
+pub(crate) async fn recv(ws: &mut HubSide) -> Message {
     loop {
         let message = within(ws.next()).await.expect("agent hung up").unwrap();
         if let Message::Text(text) = &message
@@ -170,14 +217,38 @@ async fn recv(ws: &mut HubSide) -> Message {
     }
 }
 
-async fn recv_text(ws: &mut HubSide) -> Envelope<AgentToHub> {
+pub(crate) async fn recv_text(ws: &mut HubSide) -> Envelope<AgentToHub> {
     match recv(ws).await {
         Message::Text(text) => Envelope::decode(&text).unwrap(),
         other => panic!("expected a text message, got {other:?}"),
     }
 }
 
-fn run_start(run: RunId, script: &str) -> HubToAgent {
+/// The next per-run message from the agent (`run.started`, output, `run.exited`).
+pub(crate) async fn recv_run_message(ws: &mut HubSide) -> Outgoing {
+    match recv(ws).await {
+        Message::Binary(bytes) => Outgoing::Output(OutputFrame::decode(bytes).unwrap()),
+        Message::Text(text) => match Envelope::decode(&text).unwrap().msg {
+            AgentToHub::RunStarted(started) => Outgoing::Started(started),
+            AgentToHub::RunExited(exited) => Outgoing::Exited(exited),
+            other => panic!("expected a run message, got {other:?}"),
+        },
+        other => panic!("expected a run message, got {other:?}"),
+    }
+}
+
+/// Reads per-run messages up to and including the next `run.exited`.
+pub(crate) async fn recv_until_exited(ws: &mut HubSide) -> (Vec<Outgoing>, RunExited) {
+    let mut received = Vec::new();
+    loop {
+        match recv_run_message(ws).await {
+            Outgoing::Exited(exited) => return (received, exited),
+            other => received.push(other),
+        }
+    }
+}
+
+pub(crate) fn run_start(run: RunId, script: &str) -> HubToAgent {
     HubToAgent::RunStart(RunStart {
         run,
         command: CommandSpec::Shell(script.into()),
@@ -187,205 +258,4 @@ fn run_start(run: RunId, script: &str) -> HubToAgent {
         kill_grace_ms: 500,
         output_cap_bytes: 1 << 20,
     })
-}
-
-#[tokio::test]
-async fn executes_a_run_and_closes_normally_on_shutdown() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept_acked(60_000, 120_000).await;
-    let run = RunId::generate();
-    send(&mut ws, run_start(run, "printf hi")).await;
-    let AgentToHub::RunStarted(started) = recv_text(&mut ws).await.msg else {
-        panic!("expected run.started");
-    };
-    assert_eq!(started.run, run);
-    let Message::Binary(bytes) = recv(&mut ws).await else {
-        panic!("expected an output frame");
-    };
-    let frame = OutputFrame::decode(bytes).unwrap();
-    assert_eq!((frame.header.run, frame.header.seq), (run, 0));
-    assert_eq!(&frame.payload[..], b"hi");
-    let AgentToHub::RunExited(exited) = recv_text(&mut ws).await.msg else {
-        panic!("expected run.exited");
-    };
-    assert_eq!(
-        (exited.outcome, exited.exit_code),
-        (RunOutcome::Completed, Some(0))
-    );
-
-    hub.stop(ws).await;
-}
-
-#[tokio::test]
-async fn shutdown_cancels_runs_and_reports_them() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept_acked(60_000, 120_000).await;
-    let run = RunId::generate();
-    send(&mut ws, run_start(run, "sleep 30")).await;
-    let AgentToHub::RunStarted(_) = recv_text(&mut ws).await.msg else {
-        panic!("expected run.started");
-    };
-    hub.shutdown.cancel();
-    let AgentToHub::RunExited(exited) = recv_text(&mut ws).await.msg else {
-        panic!("expected run.exited");
-    };
-    assert_eq!(exited.outcome, RunOutcome::Cancelled);
-    assert_eq!(read_to_close(&mut ws).await, Some(CloseCode::NORMAL));
-    hub.finish().await.unwrap();
-}
-
-#[tokio::test]
-async fn cancel_stops_a_run() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept_acked(60_000, 120_000).await;
-    let run = RunId::generate();
-    send(&mut ws, run_start(run, "sleep 30")).await;
-    let AgentToHub::RunStarted(_) = recv_text(&mut ws).await.msg else {
-        panic!("expected run.started");
-    };
-    let cancel = HubToAgent::RunCancel(muster_proto::messages::RunRef { run });
-    send(&mut ws, cancel).await;
-    let AgentToHub::RunExited(exited) = recv_text(&mut ws).await.msg else {
-        panic!("expected run.exited");
-    };
-    assert_eq!(exited.outcome, RunOutcome::Cancelled);
-    hub.stop(ws).await;
-}
-
-#[tokio::test]
-async fn answers_heartbeats_and_sends_its_own() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept_acked(20, 60_000).await;
-    let heartbeat = HubToAgent::Heartbeat(Heartbeat { seq: 9 });
-    send_envelope(
-        &mut ws,
-        Envelope::request(RequestId("h9".into()), heartbeat),
-    )
-    .await;
-    let mut saw_own_heartbeat = false;
-    let mut saw_ack = false;
-    while !(saw_own_heartbeat && saw_ack) {
-        let Message::Text(text) = within(ws.next()).await.unwrap().unwrap() else {
-            continue;
-        };
-        let envelope = Envelope::<AgentToHub>::decode(&text).unwrap();
-        match envelope.msg {
-            AgentToHub::Heartbeat(_) => saw_own_heartbeat = true,
-            AgentToHub::HeartbeatAck(ack) => {
-                assert_eq!(ack.seq, 9);
-                assert_eq!(envelope.re, Some(RequestId("h9".into())));
-                saw_ack = true;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    hub.stop(ws).await;
-}
-
-#[tokio::test]
-async fn answers_garbage_with_an_error_and_stays_connected() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept_acked(60_000, 120_000).await;
-    ws.send(Message::text(r#"{"type":"x.y","id":"7","data":{}}"#))
-        .await
-        .unwrap();
-    let reply = recv_text(&mut ws).await;
-    let AgentToHub::Error(error) = reply.msg else {
-        panic!("expected an error");
-    };
-    assert_eq!(error.code, ErrorCode::UnknownType);
-    assert_eq!(reply.re, Some(RequestId("7".into())));
-    send(&mut ws, run_start(RunId::generate(), "true")).await;
-    let AgentToHub::RunStarted(_) = recv_text(&mut ws).await.msg else {
-        panic!("expected run.started");
-    };
-    hub.stop(ws).await;
-}
-
-#[tokio::test]
-async fn reconnects_after_the_hub_goes_away() {
-    let hub = Harness::start().await;
-    let mut first = hub.accept_acked(60_000, 120_000).await;
-    close(&mut first, CloseCode::GOING_AWAY).await;
-    let second = hub.accept_acked(60_000, 120_000).await;
-    hub.stop(second).await;
-}
-
-#[tokio::test]
-async fn reconnects_after_a_silent_hub_and_closes_with_4009() {
-    let hub = Harness::start().await;
-    let mut first = hub.accept_acked(20, 200).await;
-    // Read (but never answer) until the agent gives up on this connection.
-    let code = read_to_close(&mut first).await;
-    assert_eq!(code, Some(CloseCode::HEARTBEAT_TIMEOUT));
-    let ws = hub.accept_acked(60_000, 120_000).await;
-    hub.stop(ws).await;
-}
-
-#[tokio::test]
-async fn auth_failure_is_fatal() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept().await;
-    let error = ErrorData::new(ErrorCode::AuthFailed, "unknown token");
-    send(&mut ws, HubToAgent::Error(error)).await;
-    close(&mut ws, CloseCode::AUTH_FAILED).await;
-    let error = hub.finish().await.unwrap_err().to_string();
-    assert!(
-        error.contains("hub rejected the agent token: unknown token"),
-        "{error}"
-    );
-}
-
-#[tokio::test]
-async fn close_4001_alone_is_fatal() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept().await;
-    close(&mut ws, CloseCode::AUTH_FAILED).await;
-    let error = hub.finish().await.unwrap_err().to_string();
-    assert!(error.contains("hub rejected the agent token"), "{error}");
-}
-
-#[tokio::test]
-async fn revocation_after_the_handshake_is_fatal() {
-    let hub = Harness::start().await;
-    let mut ws = hub.accept_acked(60_000, 120_000).await;
-    close(&mut ws, CloseCode::REVOKED).await;
-    let error = hub.finish().await.unwrap_err().to_string();
-    assert!(error.contains("revoked"), "{error}");
-}
-
-#[tokio::test]
-async fn shutdown_while_disconnected_returns_ok() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let options = AgentOptions {
-        hub_url: format!("ws://{addr}"),
-        token: "t".into(),
-        name: None,
-        labels: BTreeMap::new(),
-        max_concurrency: 1,
-        kill_grace: Duration::from_millis(100),
-    };
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(muster_agent::run(options, shutdown.clone()));
-    shutdown.cancel();
-    within(agent).await.unwrap().unwrap();
-}
-
-#[tokio::test]
-async fn wss_is_refused_up_front() {
-    let options = AgentOptions {
-        hub_url: "https://hub.example".into(),
-        token: "t".into(),
-        name: None,
-        labels: BTreeMap::new(),
-        max_concurrency: 1,
-        kill_grace: Duration::from_secs(1),
-    };
-    let error = muster_agent::run(options, CancellationToken::new())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("wss is not supported yet"), "{error}");
 }

@@ -208,12 +208,12 @@ impl Core {
         if let Some(old) = replaced {
             old.control
                 .close(CloseCode::REPLACED, "replaced by a newer connection");
-            self.lose_in_flight(&record.name, "agent reconnected").await;
         }
         self.scheduler
             .lock()
             .expect("scheduler lock poisoned")
             .set_online(&record.name, facts.max_concurrency);
+        self.reconcile(&record.name, &hello.runs).await;
         let mut record = record.clone();
         record.facts = Some(facts);
         let info = self.agent_info(&record);
@@ -239,8 +239,7 @@ impl Core {
         if let Err(e) = self.store.record_agent_seen(name, None, now_ms()).await {
             tracing::warn!(agent = %name, error = %e, "could not record last seen");
         }
-        self.lose_in_flight(name, "agent disconnected while the run was in flight")
-            .await;
+        self.agent_left(name);
         match self.agent(name).await {
             Ok(info) => self.publish_event(
                 FLEET_CHANNEL,

@@ -6,6 +6,7 @@
 //! PostgreSQL and NATS.
 
 mod agents;
+mod delivery;
 mod error;
 mod presence;
 mod runs;

@@ -5,6 +5,8 @@
 //! store does not have. Output is stored before it is published, for the same
 //! reason: whatever a client saw can be replayed.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use muster_proto::messages::{
     Principal, RunEnvelope, RunExited, RunListQuery, RunQueue, RunRef, RunStart, RunStarted,
@@ -25,33 +27,14 @@ pub struct ActiveRun {
     /// Current record.
     pub info: RunInfo,
     /// Next output sequence number expected from the agent.
-    next_seq: u64,
+    pub(super) next_seq: u64,
     /// Last queue position published.
     last_position: Option<u32>,
+    /// While its agent is away: when the run ends `lost` unless the agent reports it.
+    pub(super) lost_at: Option<muster_proto::UnixMillis>,
 }
 
 impl Core {
-    /// Rebuilds queues after a restart; runs that were in flight are marked lost.
-    pub async fn recover(&self) -> anyhow::Result<()> {
-        for mut run in self.store.unfinished_runs().await? {
-            if run.state == RunState::Queued {
-                self.scheduler
-                    .lock()
-                    .expect("scheduler lock poisoned")
-                    .enqueue(&run.agent, run.id, run.priority)
-                    .ok();
-                self.active_insert(run);
-                continue;
-            }
-            run.output_bytes = self.store.output_bytes(run.id).await?;
-            run.state = RunState::Lost;
-            run.error = Some("the hub restarted while the run was in flight".into());
-            run.finished_ms = Some(now_ms());
-            self.store.update_run(&run).await?;
-        }
-        Ok(())
-    }
-
     /// Validates a request and stores the run as `queued`; the caller then
     /// subscribes if it wants to and calls [`Core::enqueue_run`].
     pub async fn prepare_run(
@@ -71,13 +54,14 @@ impl Core {
         if self.store.agent(&request.agent).await?.is_none() {
             return Err(agent_not_found(&request.agent));
         }
-        if !self.is_online(&request.agent) {
+        if request.ttl_ms == Some(0) && !self.is_online(&request.agent) {
             return Err(ApiError::new(
                 ErrorCode::AgentOffline,
                 format!("agent {:?} is not connected", request.agent.as_str()),
             ));
         }
-        let run = new_run(principal, request);
+        let ttl = request.ttl_ms.unwrap_or(self.config.default_run_ttl_ms);
+        let run = new_run(principal, request, ttl);
         match self.store.insert_run(&run).await {
             Ok(()) => Ok((run, true)),
             Err(StoreError::Conflict) => Err(ApiError::new(
@@ -101,7 +85,7 @@ impl Core {
                 .await;
             return Err(ApiError::new(ErrorCode::QueueFull, full.to_string()));
         }
-        self.active_insert(run);
+        self.active_insert(run, 0, None);
         self.dispatch(&agent).await;
         Ok(())
     }
@@ -144,32 +128,41 @@ impl Core {
         Ok(())
     }
 
-    /// The agent started a run's process.
+    /// The agent started a run's process (a repeat after a reconnect changes nothing).
     pub async fn run_started(&self, agent: &AgentName, started: RunStarted) {
-        self.transition(agent, started.run, |run| {
-            run.state = RunState::Running;
-            run.pid = Some(started.pid);
-            run.started_ms = Some(now_ms());
-        })
-        .await;
+        let dispatched = self
+            .active_get(started.run)
+            .is_some_and(|run| run.state == RunState::Dispatched);
+        if dispatched {
+            self.transition(agent, started.run, |run| {
+                run.state = RunState::Running;
+                run.pid = Some(started.pid);
+                run.started_ms = Some(now_ms());
+            })
+            .await;
+        }
+        self.ack_output(agent, [started.run]);
     }
 
     /// Stores a batch of output frames in one transaction, then forwards each
-    /// one unchanged (`raw`), in order. Duplicates and output past the cap are dropped.
+    /// one unchanged (`raw`), in order, and acknowledges them to the agent.
+    /// Duplicates and output past the cap are dropped (and acknowledged).
     pub async fn run_output(&self, agent: &AgentName, frames: Vec<(Bytes, OutputFrame)>) {
+        let runs: BTreeSet<RunId> = frames.iter().map(|(_, f)| f.header.run).collect();
         let accepted: Vec<_> = frames
             .into_iter()
             .filter(|(_, frame)| self.accept_output(agent, frame))
             .collect();
-        if accepted.is_empty() {
-            return;
-        }
         let chunks: Vec<_> = accepted
             .iter()
             .map(|(_, frame)| (frame.header.run, stored_chunk(frame)))
             .collect();
-        if let Err(e) = self.store.append_output(&chunks).await {
+        if !chunks.is_empty()
+            && let Err(e) = self.store.append_output(&chunks).await
+        {
+            // Not acknowledged: the agent keeps the frames and sends them again.
             tracing::error!(agent = %agent, error = %format!("{e:#}"), "storing output failed");
+            self.rewind_output(&accepted);
             return;
         }
         for (raw, frame) in accepted {
@@ -179,6 +172,21 @@ impl Core {
                 frame: Frame::Binary(raw),
                 last: false,
             });
+        }
+        self.ack_output(agent, runs);
+    }
+
+    /// Forgets that frames were accepted, after storing them failed.
+    fn rewind_output(&self, accepted: &[(Bytes, OutputFrame)]) {
+        let mut active = self.active.lock().expect("active lock poisoned");
+        for (_, frame) in accepted.iter().rev() {
+            if let Some(run) = active.get_mut(&frame.header.run) {
+                run.next_seq = run.next_seq.min(frame.header.seq);
+                run.info.output_bytes = run
+                    .info
+                    .output_bytes
+                    .saturating_sub(frame.payload.len() as u64);
+            }
         }
     }
 
@@ -219,24 +227,11 @@ impl Core {
                 .lock()
                 .expect("scheduler lock poisoned")
                 .finished(agent, exited.run);
-            self.dispatch(agent).await;
         }
-    }
-
-    /// Marks every run in flight on `agent` as lost.
-    pub(super) async fn lose_in_flight(&self, agent: &AgentName, reason: &str) {
-        let in_flight = self
-            .scheduler
-            .lock()
-            .expect("scheduler lock poisoned")
-            .set_offline(agent);
-        for id in in_flight {
-            self.transition(agent, id, |run| {
-                run.state = RunState::Lost;
-                run.error = Some(reason.to_owned());
-                run.finished_ms = Some(now_ms());
-            })
-            .await;
+        // Stored now, or ended earlier (a resend): either way the agent can forget it.
+        self.ack_exited(agent, exited.run);
+        if finished.is_some() {
+            self.dispatch(agent).await;
         }
     }
 
@@ -281,7 +276,7 @@ impl Core {
         self.publish_positions(agent).await;
     }
 
-    fn run_start(&self, run: &RunInfo) -> RunStart {
+    pub(super) fn run_start(&self, run: &RunInfo) -> RunStart {
         RunStart {
             run: run.id,
             command: run.command.clone(),
@@ -294,7 +289,7 @@ impl Core {
     }
 
     /// Publishes `run.queue` for every waiting run whose position changed.
-    async fn publish_positions(&self, agent: &AgentName) {
+    pub(super) async fn publish_positions(&self, agent: &AgentName) {
         let positions = self
             .scheduler
             .lock()
@@ -321,7 +316,7 @@ impl Core {
         }
     }
 
-    fn send_to_agent(&self, agent: &AgentName, msg: HubToAgent) {
+    pub(super) fn send_to_agent(&self, agent: &AgentName, msg: HubToAgent) {
         let inbox = agent_inbox(agent);
         self.broker.publish(Delivery {
             channel: inbox.into(),
@@ -333,7 +328,7 @@ impl Core {
 
     /// Applies `change` to an active run on `agent`, persists and publishes it.
     /// Returns the new record, or `None` if the run is not active there.
-    async fn transition(
+    pub(super) async fn transition(
         &self,
         agent: &AgentName,
         id: RunId,
@@ -357,11 +352,17 @@ impl Core {
         Some(run)
     }
 
-    fn active_insert(&self, info: RunInfo) {
+    pub(super) fn active_insert(
+        &self,
+        info: RunInfo,
+        next_seq: u64,
+        lost_at: Option<muster_proto::UnixMillis>,
+    ) {
         let active = ActiveRun {
             info,
-            next_seq: 0,
+            next_seq,
             last_position: None,
+            lost_at,
         };
         self.active
             .lock()
@@ -369,7 +370,7 @@ impl Core {
             .insert(active.info.id, active);
     }
 
-    fn active_get(&self, id: RunId) -> Option<RunInfo> {
+    pub(super) fn active_get(&self, id: RunId) -> Option<RunInfo> {
         self.active
             .lock()
             .expect("active lock poisoned")
@@ -392,7 +393,8 @@ fn stored_chunk(frame: &OutputFrame) -> StoredChunk {
     }
 }
 
-fn new_run(principal: &Principal, request: RunRequest) -> RunInfo {
+fn new_run(principal: &Principal, request: RunRequest, ttl_ms: u64) -> RunInfo {
+    let created_ms = now_ms();
     RunInfo {
         id: RunId::generate(),
         agent: request.agent,
@@ -411,7 +413,8 @@ fn new_run(principal: &Principal, request: RunRequest) -> RunInfo {
         output_truncated: false,
         requested_by: Some(principal.name.clone()),
         idempotency_key: request.idempotency_key,
-        created_ms: now_ms(),
+        created_ms,
+        expires_ms: Some(created_ms.saturating_add(ttl_ms)),
         dispatched_ms: None,
         started_ms: None,
         finished_ms: None,

@@ -151,6 +151,8 @@ pub trait Store: Send + Sync + 'static {
         since: u64,
         limit: u32,
     ) -> anyhow::Result<Vec<StoredChunk>>;
+    /// The seq after the highest stored chunk of a run (0 when none).
+    async fn next_output_seq(&self, run: RunId) -> anyhow::Result<u64>;
     /// Total stored output bytes of a run.
     async fn output_bytes(&self, run: RunId) -> anyhow::Result<u64>;
 }

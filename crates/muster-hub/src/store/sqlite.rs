@@ -360,6 +360,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn next_output_seq(&self, run: RunId) -> anyhow::Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_output WHERE run_id = ?")
+                .bind(run.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n as u64)
+    }
+
     async fn output_bytes(&self, run: RunId) -> anyhow::Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COALESCE(SUM(LENGTH(data)), 0) FROM run_output WHERE run_id = ?",

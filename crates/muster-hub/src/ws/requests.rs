@@ -181,11 +181,21 @@ impl Session {
         re: Option<muster_proto::RequestId>,
         req: Subscribe,
     ) -> Result<(), axum::Error> {
+        // Live first, then the snapshot: a run that ends in between is then
+        // seen ending, never missed.
+        let was_subscribed = self.subs.contains_key(&req.channel);
+        if req.channel == FLEET_CHANNEL || req.channel.starts_with("run:") {
+            self.subscribe_live(&req.channel);
+        }
         let run = match self.check_channel(&req.channel).await {
             Ok(run) => run,
-            Err(e) => return writer.send_error(re, e.to_data(), HubToClient::Error).await,
+            Err(e) => {
+                if !was_subscribed {
+                    self.subs.remove(&req.channel);
+                }
+                return writer.send_error(re, e.to_data(), HubToClient::Error).await;
+            }
         };
-        self.subscribe_live(&req.channel);
         let subscribed = Subscribed {
             channel: req.channel.clone(),
             run: run.clone(),

@@ -57,12 +57,11 @@ impl TestHub {
         let name = AgentName::new(name).unwrap();
         let token = self.hub.agent_token(&name).await.unwrap();
         let options = AgentOptions {
-            hub_url: self.url.clone(),
-            token: token.expose().to_owned(),
             name: Some(name.clone()),
-            labels: Default::default(),
             max_concurrency,
             kill_grace: Duration::from_secs(2),
+            state_dir: Some(self.data_dir().join(format!("agent-{name}"))),
+            ..AgentOptions::new(self.url.clone(), token.expose().to_owned())
         };
         let stop = CancellationToken::new();
         tokio::spawn(muster_agent::run(options, stop.clone()));
@@ -76,6 +75,10 @@ impl TestHub {
         Client::connect(&self.url, &self.admin_token)
             .await
             .expect("client connects")
+    }
+
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._data.path()
     }
 
     pub(crate) fn ws_url(&self, path: &str) -> String {

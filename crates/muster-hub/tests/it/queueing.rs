@@ -17,6 +17,7 @@ fn shell(agent: &str, script: String, priority: i32) -> RunRequest {
         timeout_ms: None,
         priority,
         idempotency_key: None,
+        ttl_ms: None,
     }
 }
 

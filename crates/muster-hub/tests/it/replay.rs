@@ -23,6 +23,7 @@ async fn late_subscriber_gets_every_chunk_once_in_order() {
         timeout_ms: None,
         priority: 0,
         idempotency_key: None,
+        ttl_ms: None,
     };
     let run = client.create_run(request, false).await.unwrap().run;
     // Join once some output is already stored, so both replay and live are exercised.
@@ -94,6 +95,7 @@ async fn output_past_the_cap_is_dropped_and_the_run_marked_truncated() {
         timeout_ms: None,
         priority: 0,
         idempotency_key: None,
+        ttl_ms: None,
     };
     let id = client.create_run(request, true).await.unwrap().run.id;
     let mut received = 0;

@@ -85,6 +85,7 @@ mod tests {
             requested_by: None,
             idempotency_key: None,
             created_ms: 0,
+            expires_ms: None,
             dispatched_ms: None,
             started_ms: None,
             finished_ms: None,

@@ -7,6 +7,7 @@
 //! [`EXIT_ERROR`].
 
 pub(crate) mod agents;
+pub(crate) mod cancel;
 pub(crate) mod exit;
 pub(crate) mod output;
 pub(crate) mod parse;
@@ -17,7 +18,7 @@ pub(crate) mod stream;
 use std::fmt;
 use std::str::FromStr;
 
-use muster_client::{Client, ClientError, Event};
+use muster_client::{Client, ClientError, Event, FollowOptions, RunFollower};
 use muster_proto::{AgentName, ErrorCode, RunId};
 use tokio::sync::mpsc;
 
@@ -44,6 +45,17 @@ impl HubConn {
     /// Connects and authenticates.
     pub(crate) async fn connect(&self) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
         Client::connect(&self.hub, &self.token.0).await
+    }
+
+    /// Follows `run` to its end, starting on `connection` and reconnecting to
+    /// this hub whenever the connection drops.
+    pub(crate) fn follow(
+        &self,
+        (client, events): (Client, mpsc::Receiver<Event>),
+        run: RunId,
+    ) -> RunFollower {
+        let options = FollowOptions::default();
+        RunFollower::with_connection(client, events, &self.hub, &self.token.0, run, options)
     }
 }
 
@@ -74,10 +86,12 @@ pub(crate) fn agent_error(agent: &AgentName) -> impl FnOnce(ClientError) -> anyh
     }
 }
 
-/// Rewrites "not found" errors so they name `run`.
+/// Rewrites "not found" errors (and "no channel" for the run's channel) so they name `run`.
 pub(crate) fn run_error(run: RunId) -> impl FnOnce(ClientError) -> anyhow::Error {
     move |err| match err.code() {
-        Some(ErrorCode::RunNotFound) => anyhow::anyhow!("run {run} not found"),
+        Some(ErrorCode::RunNotFound | ErrorCode::UnknownChannel) => {
+            anyhow::anyhow!("run {run} not found")
+        }
         _ => err.into(),
     }
 }

@@ -100,22 +100,36 @@ pub(crate) fn now_ms() -> u64 {
 
 /// How long before `now_ms` the instant `then_ms` was, coarsely: `3s ago`, `5m ago`.
 pub(crate) fn ago(now_ms: u64, then_ms: u64) -> String {
-    let secs = now_ms.saturating_sub(then_ms) / 1000;
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
+    format!("{} ago", span(now_ms.saturating_sub(then_ms)))
+}
+
+/// Like [`ago`], but a time still to come reads `in 5m`.
+pub(crate) fn relative(now_ms: u64, then_ms: u64) -> String {
+    match then_ms.checked_sub(now_ms) {
+        Some(ahead) if ahead > 0 => format!("in {}", span(ahead)),
+        _ => ago(now_ms, then_ms),
     }
 }
 
-/// An absolute UTC time with the relative one: `2025-01-02T03:04:05Z (3s ago)`.
+/// A length of time in its largest whole unit: `3s`, `5m`, `2h`, `4d`.
+fn span(millis: u64) -> String {
+    let secs = millis / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+/// An absolute UTC time with the relative one: `2025-01-02T03:04:05Z (3s ago)`,
+/// or `(in 5m)` for a time to come.
 pub(crate) fn timestamp(now_ms: u64, then_ms: u64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(then_ms);
     format!(
         "{} ({})",
         humantime::format_rfc3339_seconds(at),
-        ago(now_ms, then_ms)
+        relative(now_ms, then_ms)
     )
 }
 
@@ -162,6 +176,9 @@ mod tests {
         assert_eq!(ago(2 * 3_600_000, 0), "2h ago");
         assert_eq!(ago(3 * 86_400_000, 0), "3d ago");
         assert_eq!(ago(0, 5_000), "0s ago");
+        assert_eq!(relative(0, 300_000), "in 5m");
+        assert_eq!(relative(10_000, 7_000), "3s ago");
+        assert_eq!(relative(7_000, 7_000), "0s ago");
     }
 
     #[test]

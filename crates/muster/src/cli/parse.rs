@@ -44,6 +44,12 @@ pub(crate) fn duration(value: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// Parses `--ttl`: a human duration; zero means "only if the agent is online now".
+pub(crate) fn ttl(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{e} (try 30s, 5m or 1h; 0 runs only if the agent is online now)"))
+}
+
 /// Parses a run state by its wire name (`running`, `timed_out`, …).
 pub(crate) fn run_state(value: &str) -> Result<RunState, String> {
     RunState::parse(value).ok_or_else(|| {
@@ -86,6 +92,14 @@ mod tests {
         assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(duration("0s").is_err());
         assert!(duration("soon").is_err());
+    }
+
+    #[test]
+    fn ttls_may_be_zero() {
+        assert_eq!(ttl("0"), Ok(Duration::ZERO));
+        assert_eq!(ttl("0s"), Ok(Duration::ZERO));
+        assert_eq!(ttl("2h"), Ok(Duration::from_secs(7200)));
+        assert!(ttl("later").is_err());
     }
 
     #[test]

@@ -2,11 +2,12 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use muster_client::RunListQuery;
 use muster_proto::{AgentName, RunId, RunInfo, RunState};
 
 use super::output::{self, Table};
-use super::stream::{RunFollower, Step};
+use super::stream::{Printer, Step, event_or_error};
 use super::{HubConn, agent_error, parse, run_error};
 
 /// Longest command shown in the `runs list` table.
@@ -117,24 +118,21 @@ async fn cancel(args: IdArgs, json: bool) -> anyhow::Result<()> {
 }
 
 /// Replays the run's stored output from the start, then stops — or, with
-/// `--follow` and a run still in flight, goes on until its terminal status.
+/// `--follow`, goes on until the run ends, reconnecting and resuming if the
+/// connection drops or the hub restarts.
 async fn output_of(args: OutputArgs) -> anyhow::Result<()> {
-    let (client, mut events) = args.conn.connect().await?;
-    let subscribed = client
-        .subscribe(&args.id.channel(), Some(0))
-        .await
-        .map_err(run_error(args.id))?;
-    let over = subscribed.run.is_some_and(|run| run.state.is_terminal());
-    let mut follower = RunFollower::new(args.id, false);
+    let connection = args.conn.connect().await?;
+    let mut follower = args.conn.follow(connection, args.id);
+    let mut printer = Printer::new(false);
     loop {
-        match follower.next(&mut events).await? {
-            Step::Synced if over || !args.follow => break,
+        let event = event_or_error(follower.next().await, args.id)?;
+        match printer.print(event).await.context("writing output")? {
+            Step::Synced if !args.follow => break,
             Step::Finished(_) => break,
             Step::Synced | Step::Continue => {}
         }
     }
-    follower.finish().await?;
-    client.close().await;
+    follower.close().await;
     Ok(())
 }
 
@@ -163,7 +161,7 @@ fn exit_cell(run: &RunInfo) -> String {
 
 fn run_fields(run: &RunInfo, now_ms: u64) -> String {
     let time = |ms: Option<u64>| output::or_dash(ms.map(|ms| output::timestamp(now_ms, ms)));
-    output::fields(&[
+    let mut fields = vec![
         ("id", run.id.to_string()),
         ("agent", run.agent.to_string()),
         ("command", run.command.display()),
@@ -175,9 +173,13 @@ fn run_fields(run: &RunInfo, now_ms: u64) -> String {
         ("output_bytes", run.output_bytes.to_string()),
         ("output_truncated", run.output_truncated.to_string()),
         ("created", output::timestamp(now_ms, run.created_ms)),
-        ("started", time(run.started_ms)),
-        ("finished", time(run.finished_ms)),
-    ])
+    ];
+    if let Some(expires_ms) = run.expires_ms {
+        fields.push(("expires", output::timestamp(now_ms, expires_ms)));
+    }
+    fields.push(("started", time(run.started_ms)));
+    fields.push(("finished", time(run.finished_ms)));
+    output::fields(&fields)
 }
 
 #[cfg(test)]
@@ -218,5 +220,16 @@ mod tests {
         );
         assert!(text.contains("sleep 9"), "{text}");
         assert_eq!(exit_cell(&killed), "signal 9");
+        assert!(!text.contains("expires:"), "{text}");
+    }
+
+    #[test]
+    fn run_fields_show_expiry_when_the_run_has_one() {
+        let mut queued = run();
+        queued.state = RunState::Queued;
+        queued.expires_ms = Some(3_600_000);
+        let text = run_fields(&queued, 600_000);
+        let line = text.lines().find(|l| l.starts_with("expires:")).unwrap();
+        assert!(line.ends_with("(in 50m)"), "{line}");
     }
 }

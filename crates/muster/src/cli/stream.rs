@@ -1,86 +1,88 @@
-//! Following one run's channel: its output frames are written raw to the
-//! local stdout and stderr in sequence order, and its terminal `run.status`
-//! ends the stream.
+//! Printing a followed run: its output bytes raw to the local stdout and
+//! stderr, queue positions to stderr when asked, and what ends the stream.
 //!
-//! The hub delivers frames in order without gaps or duplicates; the writer
-//! still orders by `seq` and drops repeats, so a replay that overlaps live
-//! frames (`run.create` with an idempotency key that matched, then `subscribe`
-//! from 0) prints every byte exactly once.
+//! `muster_client::RunFollower` delivers every chunk exactly once and in
+//! order, across reconnects and hub restarts, or stops with an error naming a
+//! gap; this module only writes what it gets.
 
-use std::collections::BTreeMap;
 use std::io;
 
-use anyhow::Context;
-use muster_client::Event;
-use muster_proto::{HubToClient, OutputFrame, OutputStream, RunId, RunInfo};
+use muster_client::{FollowError, FollowEvent};
+use muster_proto::{OutputStream, RunId, RunInfo};
 use tokio::io::{AsyncWrite, AsyncWriteExt, Stderr, Stdout};
-use tokio::sync::mpsc;
 
-/// Frames held back waiting for a missing earlier one; past this the gap is
-/// reported and skipped rather than buffering without bound.
-const MAX_PENDING_FRAMES: usize = 256;
+use super::run_error;
 
 /// What the last event meant for the followed run.
 #[derive(Debug)]
 pub(crate) enum Step {
     /// Nothing decisive; keep reading.
     Continue,
-    /// `stream.synced`: the replay requested with `since` is complete.
+    /// `stream.synced`: the stored output has been replayed; what follows is live.
     Synced,
-    /// The run reached this terminal state; every output frame came before.
+    /// The run reached this terminal state; all of its output came before.
     Finished(Box<RunInfo>),
 }
 
-/// Reads the events of one run's channel.
-pub(crate) struct RunFollower {
+/// Unwraps what a follower's `next()` returned: the event, or why the
+/// follower stopped, as a line for stderr.
+pub(crate) fn event_or_error(
+    item: Option<Result<FollowEvent, FollowError>>,
     run: RunId,
-    channel: String,
+) -> anyhow::Result<FollowEvent> {
+    match item {
+        Some(Ok(event)) => Ok(event),
+        Some(Err(FollowError::Client(err))) => Err(run_error(run)(err)),
+        Some(Err(err)) => Err(err.into()),
+        None => anyhow::bail!("stopped following run {run} before it ended"),
+    }
+}
+
+/// Writes a followed run's events to the terminal.
+pub(crate) struct Printer<O = Stdout, E = Stderr> {
+    stdout: Sink<O>,
+    stderr: Sink<E>,
     /// Print queue positions to stderr.
     verbose: bool,
     /// The last queue position printed, so a repeat is not printed again.
     position: Option<u32>,
-    writer: OutputWriter<Stdout, Stderr>,
 }
 
-impl RunFollower {
-    /// Follows `run`, writing its output to this process's stdout and stderr.
-    pub(crate) fn new(run: RunId, verbose: bool) -> Self {
-        let writer = OutputWriter::new(tokio::io::stdout(), tokio::io::stderr());
+impl Printer {
+    /// Writes to this process's stdout and stderr.
+    pub(crate) fn new(verbose: bool) -> Self {
+        Self::with_writers(tokio::io::stdout(), tokio::io::stderr(), verbose)
+    }
+}
+
+impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Printer<O, E> {
+    /// Writes output to `stdout` and `stderr`.
+    pub(crate) fn with_writers(stdout: O, stderr: E, verbose: bool) -> Self {
         Self {
-            run,
-            channel: run.channel(),
+            stdout: Sink::new(stdout),
+            stderr: Sink::new(stderr),
             verbose,
             position: None,
-            writer,
         }
     }
 
-    /// Waits for the next event and handles it.
-    pub(crate) async fn next(
-        &mut self,
-        events: &mut mpsc::Receiver<Event>,
-    ) -> anyhow::Result<Step> {
-        let event = events.recv().await;
-        self.handle(event).await
-    }
-
-    /// Handles one event (`None`: the channel ended); other runs' events are ignored.
-    pub(crate) async fn handle(&mut self, event: Option<Event>) -> anyhow::Result<Step> {
+    /// Handles one event: writes output, reports queue positions.
+    pub(crate) async fn print(&mut self, event: FollowEvent) -> io::Result<Step> {
         match event {
-            None => anyhow::bail!("connection to the hub closed"),
-            Some(Event::Closed { reason, .. }) => {
-                anyhow::bail!("connection to the hub closed: {reason}")
-            }
-            Some(Event::Output(frame)) if frame.header.run == self.run => {
-                self.writer.push(frame).await.context("writing output")?;
+            FollowEvent::Output(frame) => {
+                match frame.header.stream {
+                    OutputStream::Stdout => self.stdout.write(&frame.payload).await?,
+                    OutputStream::Stderr => self.stderr.write(&frame.payload).await?,
+                }
                 Ok(Step::Continue)
             }
-            Some(Event::Message(envelope))
-                if envelope.channel.as_deref() == Some(&self.channel) =>
-            {
-                self.on_message(envelope.msg).await
+            FollowEvent::Queued { position } => {
+                self.queued_at(position);
+                Ok(Step::Continue)
             }
-            Some(_) => Ok(Step::Continue),
+            FollowEvent::Status(_) => Ok(Step::Continue),
+            FollowEvent::Synced { .. } => Ok(Step::Synced),
+            FollowEvent::Finished(run) => Ok(Step::Finished(run)),
         }
     }
 
@@ -90,97 +92,6 @@ impl RunFollower {
             eprintln!("muster: queued at position {position}");
         }
         self.position = Some(position);
-    }
-
-    /// Writes any frames still held back.
-    pub(crate) async fn finish(&mut self) -> anyhow::Result<()> {
-        self.writer.finish().await.context("writing output")
-    }
-
-    async fn on_message(&mut self, msg: HubToClient) -> anyhow::Result<Step> {
-        match msg {
-            HubToClient::RunStatus(status) if status.run.state.is_terminal() => {
-                self.finish().await?;
-                Ok(Step::Finished(Box::new(status.run)))
-            }
-            HubToClient::RunQueue(queue) => {
-                self.queued_at(queue.position);
-                Ok(Step::Continue)
-            }
-            HubToClient::StreamSynced(_) => Ok(Step::Synced),
-            _ => Ok(Step::Continue),
-        }
-    }
-}
-
-/// Writes output frames to two byte sinks in `seq` order, each exactly once.
-pub(crate) struct OutputWriter<O, E> {
-    next_seq: u64,
-    pending: BTreeMap<u64, OutputFrame>,
-    stdout: Sink<O>,
-    stderr: Sink<E>,
-}
-
-impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> OutputWriter<O, E> {
-    /// A writer expecting the frame with `seq` 0 first.
-    pub(crate) fn new(stdout: O, stderr: E) -> Self {
-        Self {
-            next_seq: 0,
-            pending: BTreeMap::new(),
-            stdout: Sink {
-                writer: stdout,
-                closed: false,
-            },
-            stderr: Sink {
-                writer: stderr,
-                closed: false,
-            },
-        }
-    }
-
-    /// Takes one frame: writes it, and any held-back successors, once its turn comes.
-    pub(crate) async fn push(&mut self, frame: OutputFrame) -> io::Result<()> {
-        if frame.header.seq < self.next_seq {
-            return Ok(());
-        }
-        self.pending.insert(frame.header.seq, frame);
-        while let Some(frame) = self.pending.remove(&self.next_seq) {
-            self.write(frame).await?;
-        }
-        if self.pending.len() > MAX_PENDING_FRAMES {
-            self.skip_gap();
-        }
-        Ok(())
-    }
-
-    /// Writes every held-back frame, reporting the gaps before them.
-    pub(crate) async fn finish(&mut self) -> io::Result<()> {
-        while !self.pending.is_empty() {
-            self.skip_gap();
-            while let Some(frame) = self.pending.remove(&self.next_seq) {
-                self.write(frame).await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn skip_gap(&mut self) {
-        if let Some(&first) = self.pending.keys().next() {
-            eprintln!(
-                "muster: output chunks {} to {} are missing",
-                self.next_seq,
-                first - 1
-            );
-            self.next_seq = first;
-        }
-    }
-
-    async fn write(&mut self, frame: OutputFrame) -> io::Result<()> {
-        self.next_seq = frame.header.seq + 1;
-        match frame.header.stream {
-            OutputStream::Stdout => self.stdout.write(&frame.payload).await,
-            OutputStream::Stderr => self.stderr.write(&frame.payload).await,
-        }
     }
 }
 
@@ -192,6 +103,13 @@ struct Sink<W> {
 }
 
 impl<W: AsyncWrite + Unpin> Sink<W> {
+    fn new(writer: W) -> Self {
+        Self {
+            writer,
+            closed: false,
+        }
+    }
+
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.closed {
             return Ok(());
@@ -212,52 +130,61 @@ impl<W: AsyncWrite + Unpin> Sink<W> {
 
 #[cfg(test)]
 mod tests {
-    use muster_proto::OutputHeader;
+    use muster_proto::{OutputFrame, OutputHeader};
 
     use super::*;
 
-    fn frame(run: RunId, seq: u64, stream: OutputStream, payload: &'static [u8]) -> OutputFrame {
+    fn output(seq: u64, stream: OutputStream, payload: &'static [u8]) -> FollowEvent {
         let header = OutputHeader {
-            run,
+            run: RunId::generate(),
             stream,
             seq,
             offset: 0,
         };
-        OutputFrame::decode(OutputFrame::encode(&header, payload)).unwrap()
+        FollowEvent::Output(OutputFrame::decode(OutputFrame::encode(&header, payload)).unwrap())
     }
 
     #[tokio::test]
-    async fn frames_are_written_in_seq_order_exactly_once() {
-        let run = RunId::generate();
-        let mut writer = OutputWriter::new(Vec::new(), Vec::new());
-        for (seq, stream, bytes) in [
-            (1, OutputStream::Stderr, &b"e1"[..]),
-            (0, OutputStream::Stdout, b"\x00\xff"),
-            (0, OutputStream::Stdout, b"\x00\xff"),
-            (3, OutputStream::Stdout, b"c"),
-            (2, OutputStream::Stdout, b"b"),
+    async fn output_goes_to_its_stream_byte_exact() {
+        let mut printer = Printer::with_writers(Vec::new(), Vec::new(), false);
+        for event in [
+            output(0, OutputStream::Stdout, b"\x00\xff"),
+            output(1, OutputStream::Stderr, b"e1"),
+            output(2, OutputStream::Stdout, b"b"),
         ] {
-            writer.push(frame(run, seq, stream, bytes)).await.unwrap();
+            assert!(matches!(printer.print(event).await, Ok(Step::Continue)));
         }
-        assert_eq!(writer.stdout.writer, b"\x00\xffbc");
-        assert_eq!(writer.stderr.writer, b"e1");
-        assert!(writer.pending.is_empty());
+        assert_eq!(printer.stdout.writer, b"\x00\xffb");
+        assert_eq!(printer.stderr.writer, b"e1");
     }
 
     #[tokio::test]
-    async fn finish_writes_frames_after_a_gap() {
+    async fn sync_and_finish_are_steps() {
+        let mut printer = Printer::with_writers(Vec::new(), Vec::new(), false);
+        let synced = printer.print(FollowEvent::Synced { next_seq: 3 }).await;
+        assert!(matches!(synced, Ok(Step::Synced)));
+        let json = serde_json::json!({
+            "id": RunId::generate(), "agent": "web-1", "command": {"argv": ["true"]},
+            "priority": 0, "state": "completed", "exit_code": 0, "created_ms": 1,
+        });
+        let run: RunInfo = serde_json::from_value(json).unwrap();
+        let finished = printer.print(FollowEvent::Finished(Box::new(run))).await;
+        assert!(matches!(finished, Ok(Step::Finished(_))));
+    }
+
+    #[test]
+    fn follower_errors_name_the_run() {
         let run = RunId::generate();
-        let mut writer = OutputWriter::new(Vec::new(), Vec::new());
-        writer
-            .push(frame(run, 0, OutputStream::Stdout, b"a"))
-            .await
-            .unwrap();
-        writer
-            .push(frame(run, 2, OutputStream::Stdout, b"c"))
-            .await
-            .unwrap();
-        assert_eq!(writer.stdout.writer, b"a");
-        writer.finish().await.unwrap();
-        assert_eq!(writer.stdout.writer, b"ac");
+        let gap = FollowError::Gap {
+            expected: 4,
+            got: 6,
+        };
+        let err = event_or_error(Some(Err(gap)), run).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "output chunks 4 to 5 are missing from the hub's stream"
+        );
+        let err = event_or_error(None, run).unwrap_err();
+        assert!(err.to_string().contains(&run.to_string()), "{err}");
     }
 }

@@ -39,9 +39,15 @@ impl Server {
 
     /// Starts `muster hub` on a free port; `expect_token` on a fresh data dir.
     pub(crate) fn hub(data_dir: &Path, expect_token: bool) -> Self {
+        Self::hub_with(data_dir, expect_token, &[])
+    }
+
+    /// Starts `muster hub` with extra flags.
+    pub(crate) fn hub_with(data_dir: &Path, expect_token: bool, extra: &[&str]) -> Self {
         let mut cmd = Command::new(muster_bin());
         cmd.args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir);
+            .arg(data_dir)
+            .args(extra);
         let wanted: &[&str] = if expect_token {
             &["MUSTER_HUB=", "MUSTER_TOKEN="]
         } else {
@@ -50,10 +56,27 @@ impl Server {
         Self::start(cmd, wanted)
     }
 
-    /// Starts `muster agent` (it prints nothing to wait for; callers wait for it online).
-    pub(crate) fn agent(hub: &str, token: &str, name: &str, extra: &[&str]) -> Self {
+    /// Starts `muster agent` with its state in `state_dir` (it prints nothing to
+    /// wait for; callers wait for it online).
+    pub(crate) fn agent(
+        hub: &str,
+        token: &str,
+        name: &str,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
         let child = Command::new(muster_bin())
-            .args(["agent", "--hub", hub, "--token", token, "--name", name])
+            .args([
+                "agent",
+                "--hub",
+                hub,
+                "--token",
+                token,
+                "--name",
+                name,
+                "--state-dir",
+            ])
+            .arg(state_dir)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -171,7 +171,13 @@ fn separate_hub_and_agent_keep_history_across_a_hub_restart() {
     let added = cli.json(&["agents", "add", "web-1", "--label", "role=web", "--json"]);
     assert_eq!(added["name"], "web-1");
     let agent_token = added["token"].as_str().unwrap().to_owned();
-    let agent = Server::agent(&hub.hub, &agent_token, "web-1", &[]);
+    let agent = Server::agent(
+        &hub.hub,
+        &agent_token,
+        "web-1",
+        &path_in(&dir, "agent"),
+        &[],
+    );
     cli.wait_agent("web-1", "online");
     let shown = cli.json(&["agents", "show", "web-1", "--json"]);
     assert_eq!(shown["labels"]["role"], "web");
@@ -204,10 +210,11 @@ fn separate_hub_and_agent_keep_history_across_a_hub_restart() {
 #[test]
 fn killing_the_agent_mid_command_ends_the_run_lost() {
     let dir = tempdir();
-    let hub = Server::hub(&path_in(&dir, "hub"), true);
+    let hub = Server::hub_with(&path_in(&dir, "hub"), true, &["--lost-grace", "1s"]);
     let cli = hub.cli(hub.token.as_deref().unwrap());
     let added = cli.json(&["agents", "add", "doomed", "--json"]);
-    let agent = Server::agent(&hub.hub, added["token"].as_str().unwrap(), "doomed", &[]);
+    let token = added["token"].as_str().unwrap();
+    let agent = Server::agent(&hub.hub, token, "doomed", &path_in(&dir, "agent"), &[]);
     cli.wait_agent("doomed", "online");
 
     let out = cli.output(&["run", "doomed", "--detach", "--", "sleep", "60"]);

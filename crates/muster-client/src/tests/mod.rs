@@ -1,18 +1,21 @@
 //! Unit tests: URL building and error mapping, then the connection task driven
 //! by a scripted fake hub on a real socket (the lead's integration tests use a
-//! real hub).
+//! real hub); the resumable follower's tests are in `follow.rs`.
 
 use std::io;
 
+mod fake_hub;
+mod follow;
+
 use futures_util::{SinkExt, StreamExt};
 use muster_proto::frame::OutputHeader;
-use muster_proto::limits::Limits;
-use muster_proto::messages::{AgentList, ConnectionAck, Empty, ErrorData, Heartbeat, Principal};
+use muster_proto::messages::{AgentList, Empty, ErrorData, Heartbeat};
 use muster_proto::{ClientToHub, CloseCode, Envelope, ErrorCode, HubToClient, OutputFrame, RunId};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use fake_hub::{accept_hello, close_code, fake_hub, recv, send};
 
 use crate::error::io_cause;
 use crate::handshake::{ack_from_text, close_error};
@@ -91,83 +94,6 @@ fn error_replies_become_hub_errors() {
     assert_eq!(err.code(), Some(ErrorCode::AgentNotFound));
     assert_eq!(err.to_string(), "agent \"x\" not found");
     assert!(reply_result(HubToClient::Ok(Empty {})).is_ok());
-}
-
-type HubSide = WebSocketStream<TcpStream>;
-
-/// Starts a one-connection fake hub running `script`, returning its base URL.
-async fn fake_hub<F, Fut>(script: F) -> String
-where
-    F: FnOnce(HubSide) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        script(tokio_tungstenite::accept_async(tcp).await.unwrap()).await;
-    });
-    format!("http://{addr}")
-}
-
-fn ack(heartbeat_interval_ms: u64, heartbeat_deadline_ms: u64) -> ConnectionAck {
-    ConnectionAck {
-        protocol: "1.0".into(),
-        hub_version: "test".into(),
-        connection_id: "c1".into(),
-        principal: Principal {
-            kind: "client".into(),
-            name: "admin".into(),
-            role: None,
-        },
-        heartbeat_interval_ms,
-        heartbeat_deadline_ms,
-        limits: Limits {
-            max_message_bytes: 1 << 20,
-            max_output_chunk_bytes: 10 << 10,
-            output_batch_ms: 50,
-            max_output_bytes_per_run: 1 << 20,
-            max_queue_per_agent: 100,
-        },
-    }
-}
-
-async fn recv(hub: &mut HubSide) -> Envelope<ClientToHub> {
-    loop {
-        match hub.next().await.unwrap().unwrap() {
-            Message::Text(text) => return Envelope::decode(&text).unwrap(),
-            Message::Close(_) => panic!("client closed"),
-            _ => {}
-        }
-    }
-}
-
-async fn send(hub: &mut HubSide, envelope: Envelope<HubToClient>) {
-    hub.send(Message::text(envelope.encode())).await.unwrap();
-}
-
-/// Reads the hello and acknowledges it with the given heartbeat timing.
-async fn accept_hello(hub: &mut HubSide, interval_ms: u64, deadline_ms: u64) -> String {
-    let hello = recv(hub).await;
-    let ClientToHub::Hello(hello) = hello.msg else {
-        panic!("expected hello")
-    };
-    assert_eq!(hello.client.as_deref(), Some(crate::CLIENT_NAME));
-    send(
-        hub,
-        Envelope::plain(HubToClient::ConnectionAck(ack(interval_ms, deadline_ms))),
-    )
-    .await;
-    hello.token
-}
-
-async fn close_code(hub: &mut HubSide) -> Option<u16> {
-    while let Some(Ok(message)) = hub.next().await {
-        if let Message::Close(frame) = message {
-            return frame.map(|f| f.code.into());
-        }
-    }
-    None
 }
 
 #[tokio::test]

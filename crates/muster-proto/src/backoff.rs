@@ -1,6 +1,6 @@
 //! The reconnect schedule.
 //!
-//! After a connection fails or drops, the agent retries at once, then waits 1,
+//! After a connection fails or drops, agents and clients retry at once, then waits 1,
 //! 2, 4, 8, 16 and finally 30 seconds between attempts, each delay spread by
 //! ±20 % uniform jitter so a fleet that lost its hub at the same moment does not
 //! reconnect in lockstep. A successful `connection.ack` resets the schedule.
@@ -15,7 +15,7 @@ const SCHEDULE_SECS: [u64; 7] = [0, 1, 2, 4, 8, 16, 30];
 /// Relative spread of the jitter: a delay `d` becomes uniform in `d ± d * JITTER`.
 const JITTER: f64 = 0.2;
 
-/// Where the agent is in its reconnect schedule.
+/// Where a peer is in its reconnect schedule.
 #[derive(Clone, Debug, Default)]
 pub struct Backoff {
     /// Failures since the last reset, which index [`SCHEDULE_SECS`].
