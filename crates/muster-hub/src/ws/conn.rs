@@ -12,6 +12,9 @@ use tokio::time::Instant;
 
 use crate::broker::Frame;
 
+/// How long a close frame may wait for room in the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Deliveries written before one flush, so a burst becomes few syscalls.
 pub(crate) const MAX_FRAMES_PER_FLUSH: usize = 64;
 
@@ -61,14 +64,16 @@ impl Writer {
         self.sink.flush().await
     }
 
-    /// Sends a close frame; errors are moot at this point.
+    /// Sends a close frame; errors are moot at this point. A peer that is not
+    /// reading (a slow consumer) gets [`CLOSE_TIMEOUT`] to take it, behind the
+    /// data already queued, before the socket is dropped without it.
     pub(crate) async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from(reason),
         };
         let close = self.sink.send(Message::Close(Some(frame)));
-        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
     }
 }
 
