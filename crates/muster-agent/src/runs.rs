@@ -68,10 +68,7 @@ impl Runs {
         };
         if !self.ledger.claim(run) {
             drop(entry);
-            tracing::warn!(%run, "refusing run.start for a run this agent started before");
-            let spool = self.spool.clone();
-            let refusal = failed(run, ALREADY_STARTED.to_owned());
-            self.tasks.spawn(async move { spool.push(refusal).await });
+            self.refuse(run);
             return;
         }
         let execution = execute(
@@ -85,6 +82,15 @@ impl Runs {
             execution.await;
             drop(entry);
         });
+    }
+
+    /// Answers a `run.start` for a run started before with a `failed` report.
+    /// A task appends it, so the connection never waits for room in the spool.
+    fn refuse(&mut self, run: RunId) {
+        tracing::warn!(%run, "refusing run.start for a run this agent started before");
+        let spool = self.spool.clone();
+        let refusal = failed(run, ALREADY_STARTED.to_owned());
+        self.tasks.spawn(async move { spool.push(refusal).await });
     }
 
     /// Applies a `run.ack`: drops what it covers from the spool, and settles

@@ -73,12 +73,14 @@ struct RunEntries {
 }
 
 impl Spool {
-    /// An empty spool that holds at most `max_bytes` (at least one entry).
+    /// An empty spool that holds at most `max_bytes` (but always one entry).
     pub(crate) fn new(max_bytes: usize) -> Self {
-        let max_cost = max_bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let capacity = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        // One acquisition takes at most `u32::MAX` permits.
+        let max_cost = capacity.min(u32::MAX as usize);
         Self {
             state: Mutex::default(),
-            room: Semaphore::new(max_cost),
+            room: Semaphore::new(capacity),
             appended: Notify::new(),
             max_cost,
         }

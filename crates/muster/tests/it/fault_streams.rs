@@ -1,0 +1,1 @@
+//! Fault tests on the output path: hub kill -9 and restarts, cut connections.
