@@ -6,7 +6,6 @@
 //! stored record must show every byte and no truncation, and a replay of the
 //! stored output (`subscribe` with `since: 0`) must return the same bytes.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -99,16 +98,10 @@ pub(crate) async fn run(
 }
 
 fn output_request(agent: &AgentName, bytes: u64) -> RunRequest {
-    RunRequest {
-        agent: agent.clone(),
-        command: CommandSpec::Argv(vec![OUTPUT_PROGRAM.to_owned(), bytes.to_string()]),
-        env: BTreeMap::new(),
-        cwd: None,
-        timeout_ms: None,
-        priority: 0,
-        idempotency_key: None,
-        ttl_ms: None,
-    }
+    RunRequest::new(
+        agent.clone(),
+        CommandSpec::Argv(vec![OUTPUT_PROGRAM.to_owned(), bytes.to_string()]),
+    )
 }
 
 fn check_totals(

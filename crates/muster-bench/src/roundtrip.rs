@@ -89,16 +89,10 @@ pub(crate) async fn run(
 }
 
 fn noop_request(agent: &AgentName) -> RunRequest {
-    RunRequest {
-        agent: agent.clone(),
-        command: CommandSpec::Argv(vec![NOOP_PROGRAM.to_owned()]),
-        env: BTreeMap::new(),
-        cwd: None,
-        timeout_ms: None,
-        priority: 0,
-        idempotency_key: None,
-        ttl_ms: None,
-    }
+    RunRequest::new(
+        agent.clone(),
+        CommandSpec::Argv(vec![NOOP_PROGRAM.to_owned()]),
+    )
 }
 
 /// What every round trip shares.

@@ -204,6 +204,23 @@ pub struct RunRequest {
     pub ttl_ms: Option<u64>,
 }
 
+impl RunRequest {
+    /// A request with the defaults: no extra environment, the agent's working
+    /// directory, no timeout, priority 0, no idempotency key, the hub's TTL.
+    pub fn new(agent: AgentName, command: CommandSpec) -> Self {
+        Self {
+            agent,
+            command,
+            env: BTreeMap::new(),
+            cwd: None,
+            timeout_ms: None,
+            priority: 0,
+            idempotency_key: None,
+            ttl_ms: None,
+        }
+    }
+}
+
 /// One run as the hub knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunInfo {

@@ -10,14 +10,8 @@ use crate::fixture::{TestHub, WAIT};
 
 fn shell(agent: &str, script: String, priority: i32) -> RunRequest {
     RunRequest {
-        agent: AgentName::new(agent).unwrap(),
-        command: CommandSpec::Shell(script),
-        env: BTreeMap::new(),
-        cwd: None,
-        timeout_ms: None,
         priority,
-        idempotency_key: None,
-        ttl_ms: None,
+        ..RunRequest::new(AgentName::new(agent).unwrap(), CommandSpec::Shell(script))
     }
 }
 

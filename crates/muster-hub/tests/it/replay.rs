@@ -1,8 +1,6 @@
 //! Subscribing to a run mid-stream: the replay from the store and the live
 //! stream join with no gap and no duplicate.
 
-use std::collections::BTreeMap;
-
 use muster_client::Event;
 use muster_proto::types::RunRequest;
 use muster_proto::{AgentName, CommandSpec, HubToClient, OutputStream, RunState};
@@ -15,16 +13,10 @@ async fn late_subscriber_gets_every_chunk_once_in_order() {
     let _agent = hub.agent("streamer", 2).await;
     let (client, mut events) = hub.client().await;
     let script = "for i in $(seq 1 400); do echo line-$i; sleep 0.002; done".to_owned();
-    let request = RunRequest {
-        agent: AgentName::new("streamer").unwrap(),
-        command: CommandSpec::Shell(script),
-        env: BTreeMap::new(),
-        cwd: None,
-        timeout_ms: None,
-        priority: 0,
-        idempotency_key: None,
-        ttl_ms: None,
-    };
+    let request = RunRequest::new(
+        AgentName::new("streamer").unwrap(),
+        CommandSpec::Shell(script),
+    );
     let run = client.create_run(request, false).await.unwrap().run;
     // Join once some output is already stored, so both replay and live are exercised.
     tokio::time::timeout(WAIT, async {
@@ -82,21 +74,15 @@ async fn output_past_the_cap_is_dropped_and_the_run_marked_truncated() {
     let hub = TestHub::start_with(|c| c.max_output_bytes_per_run = 100_000).await;
     let _agent = hub.agent("chatty", 1).await;
     let (client, mut events) = hub.client().await;
-    let request = RunRequest {
-        agent: AgentName::new("chatty").unwrap(),
-        command: CommandSpec::Argv(vec![
+    let request = RunRequest::new(
+        AgentName::new("chatty").unwrap(),
+        CommandSpec::Argv(vec![
             "head".into(),
             "-c".into(),
             "300000".into(),
             "/dev/zero".into(),
         ]),
-        env: BTreeMap::new(),
-        cwd: None,
-        timeout_ms: None,
-        priority: 0,
-        idempotency_key: None,
-        ttl_ms: None,
-    };
+    );
     let id = client.create_run(request, true).await.unwrap().run.id;
     let mut received = 0;
     let finished = tokio::time::timeout(WAIT, async {
