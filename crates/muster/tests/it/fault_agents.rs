@@ -228,3 +228,36 @@ fn a_client_that_stops_reading_50_mb_is_dropped_while_another_gets_it_all() {
     let out = cli.output(&["runs", "output", &run_id]);
     assert_eq!(out.stdout.len(), TOTAL);
 }
+
+#[test]
+fn queued_runs_survive_a_hub_kill() {
+    let dir = tempdir();
+    let data = path_in(&dir, "hub");
+    let hub = Server::hub_with(&data, true, FAST);
+    let admin = hub.token.clone().unwrap();
+    let cli = hub.cli(&admin);
+    let added = cli.json(&["agents", "add", "later", "--json"]);
+    let token = added["token"].as_str().unwrap().to_owned();
+    let done = path_in(&dir, "done");
+    let script = format!("echo ran >> {}", done.display());
+    assert!(
+        cli.output(&["run", "later", "--detach", "--", "sh", "-c", &script])
+            .status
+            .success()
+    );
+    let queued = cli.wait_run("queued run", |r| r["state"] == "queued");
+
+    kill(hub.pid(), Signal::SIGKILL).unwrap();
+    drop(hub);
+    let hub = Server::hub_with(&data, false, FAST);
+    let cli = hub.cli(&admin);
+    assert_eq!(
+        cli.json(&["runs", "show", queued["id"].as_str().unwrap(), "--json"])["state"],
+        "queued"
+    );
+    let _agent = Server::agent(&hub.hub, &token, "later", &path_in(&dir, "state"), &[]);
+    cli.wait_run("the queued run completed", |r| {
+        r["id"] == queued["id"] && r["state"] == "completed"
+    });
+    assert_eq!(lines(&done), 1);
+}
