@@ -526,6 +526,10 @@ pub struct StreamSynced {
     pub channel: String,
     /// Sequence number of the next frame on the stream.
     pub next_seq: u64,
+    /// The run's output was cut at the hub's per-run cap: the replay ended
+    /// there, and no frame past it exists or ever will.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// `run.start`.

@@ -51,6 +51,7 @@ async fn synced(hub: &mut HubSide, run: RunId, next_seq: u64) {
     let synced = HubToClient::StreamSynced(StreamSynced {
         channel: channel.clone(),
         next_seq,
+        truncated: false,
     });
     send(hub, Envelope::event(channel, synced)).await;
 }

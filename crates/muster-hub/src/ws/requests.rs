@@ -236,9 +236,13 @@ impl Session {
         if let Some(sub) = self.subs.get_mut(channel) {
             sub.next_seq = Some(next_seq);
         }
+        // Output past the cap was never stored or sent: say so, rather than let
+        // the client wait for frames that do not exist.
+        let truncated = self.core.run(run).await.is_ok_and(|r| r.output_truncated);
         let synced = StreamSynced {
             channel: channel.to_owned(),
             next_seq,
+            truncated,
         };
         writer
             .send(&Envelope::event(channel, HubToClient::StreamSynced(synced)))

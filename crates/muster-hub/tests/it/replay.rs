@@ -109,4 +109,19 @@ async fn output_past_the_cap_is_dropped_and_the_run_marked_truncated() {
     assert!(finished.output_truncated);
     assert_eq!(finished.output_bytes, 100_000);
     assert_eq!(received, 100_000);
+
+    // A later reader is told explicitly that the stored stream ends at the cap.
+    client.subscribe(&id.channel(), Some(0)).await.unwrap();
+    let synced = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Message(env) = events.recv().await.expect("events open")
+                && let HubToClient::StreamSynced(synced) = env.msg
+            {
+                return synced;
+            }
+        }
+    })
+    .await
+    .expect("stream.synced");
+    assert!(synced.truncated);
 }

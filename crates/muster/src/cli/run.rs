@@ -137,6 +137,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if interrupts.count > 0 {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     }
+    if finished.output_truncated {
+        eprintln!(
+            "muster: output was cut at the hub's per-run cap after {} bytes",
+            finished.output_bytes
+        );
+    }
     let exit = run_exit(&finished);
     if let Some(message) = exit.message {
         eprintln!("muster: {message}");
