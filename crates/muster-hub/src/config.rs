@@ -40,6 +40,8 @@ pub struct HubConfig {
     pub client_queue_frames: usize,
     /// Most simultaneous connections, agents and clients together.
     pub max_connections: usize,
+    /// This hub's identity in `AgentInfo.hub_id`; a random one when absent.
+    pub hub_id: Option<String>,
     /// How long runs in flight wait for their departed agent to come back
     /// and report them before they end `lost`.
     pub lost_grace_ms: u64,
@@ -63,6 +65,7 @@ impl Default for HubConfig {
             // About 10 MiB of output frames; enough to ride out a replay.
             client_queue_frames: 1024,
             max_connections: 19_000,
+            hub_id: None,
             lost_grace_ms: 30_000,
             default_run_ttl_ms: 3_600_000,
         }

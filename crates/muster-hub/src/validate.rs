@@ -50,6 +50,28 @@ pub(crate) fn run_request(request: &RunRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Longest label key and value.
+const MAX_LABEL_KEY_LEN: usize = 64;
+const MAX_LABEL_VALUE_LEN: usize = 256;
+
+/// Validates labels: keys of `[A-Za-z0-9._/-]`, values without control characters.
+pub(crate) fn labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (key, value) in labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_KEY_LEN
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'));
+        if !key_ok {
+            return Err(invalid(format!("invalid label key {key:?}")));
+        }
+        if value.len() > MAX_LABEL_VALUE_LEN || value.chars().any(char::is_control) {
+            return Err(invalid(format!("invalid value for label {key:?}")));
+        }
+    }
+    Ok(())
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidMessage, message)
 }

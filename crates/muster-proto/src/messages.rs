@@ -44,6 +44,9 @@ pub enum ClientToHub {
     /// Unregister an agent, revoke its token and close its connection; reply `agent.removed`.
     #[serde(rename = "agent.remove")]
     AgentRemove(AgentRef),
+    /// Set and remove registered labels of an agent; reply `agent.info`.
+    #[serde(rename = "agent.label")]
+    AgentLabel(AgentLabel),
     /// Create a run; reply `run.accepted` at once.
     #[serde(rename = "run.create")]
     RunCreate(RunCreate),
@@ -73,6 +76,7 @@ impl Message for ClientToHub {
         "agent.get",
         "agent.add",
         "agent.remove",
+        "agent.label",
         "run.create",
         "run.get",
         "run.list",
@@ -392,6 +396,19 @@ pub struct AgentAdd {
     /// Registered labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// `agent.label`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLabel {
+    /// Agent name.
+    pub name: AgentName,
+    /// Labels to set (added, or replacing the value of the same key).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// `agent.added`.

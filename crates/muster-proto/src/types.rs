@@ -11,8 +11,11 @@ use crate::ids::{AgentName, RunId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
-    /// Connected and heard from within the heartbeat deadline.
+    /// Connected and heard from recently.
     Online,
+    /// Connected, but its heartbeats are late (nothing heard for more than
+    /// 1.5 heartbeat intervals); it goes `offline` at the heartbeat deadline.
+    Stale,
     /// Not connected.
     Offline,
 }
@@ -48,6 +51,9 @@ pub struct AgentInfo {
     /// How many runs the agent executes at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// The hub the agent is connected to, while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_id: Option<String>,
     /// Runs currently dispatched or running on the agent.
     #[serde(default)]
     pub running: u32,

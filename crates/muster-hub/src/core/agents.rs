@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use muster_proto::messages::{AgentEnvelope, AgentHello, Principal};
+use muster_proto::messages::{AgentEnvelope, AgentHello, AgentLabel, Principal};
 use muster_proto::{AgentInfo, AgentName, AgentStatus, CloseCode, ErrorCode, HubToClient};
 
 use super::presence::{ConnControl, OnlineAgent};
 use super::{ApiError, Core, FLEET_CHANNEL, now_ms};
 use crate::auth::{self, Secret};
 use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord, StoreError};
+use crate::validate;
 
 /// Role of an API key that may do everything.
 pub const ROLE_ADMIN: &str = "admin";
@@ -101,12 +102,7 @@ impl Core {
             Err(StoreError::Other(e)) => return Err(e.into()),
         }
         let info = self.agent_info(&record);
-        self.publish_event(
-            FLEET_CHANNEL,
-            HubToClient::AgentStatus(AgentEnvelope {
-                agent: info.clone(),
-            }),
-        );
+        self.publish_agent_status(info.clone());
         Ok((info, minted.token))
     }
 
@@ -198,6 +194,7 @@ impl Core {
             facts: facts.clone(),
             since_ms: now,
             last_seen_ms: now,
+            stale: false,
             control,
         };
         let replaced = self
@@ -217,12 +214,7 @@ impl Core {
         let mut record = record.clone();
         record.facts = Some(facts);
         let info = self.agent_info(&record);
-        self.publish_event(
-            FLEET_CHANNEL,
-            HubToClient::AgentStatus(AgentEnvelope {
-                agent: info.clone(),
-            }),
-        );
+        self.publish_agent_status(info.clone());
         Ok(info)
     }
 
@@ -241,20 +233,65 @@ impl Core {
         }
         self.agent_left(name);
         match self.agent(name).await {
-            Ok(info) => self.publish_event(
-                FLEET_CHANNEL,
-                HubToClient::AgentStatus(AgentEnvelope { agent: info }),
-            ),
+            Ok(info) => self.publish_agent_status(info),
             Err(e) => tracing::debug!(agent = %name, error = %e, "no status to publish"),
         }
     }
 
-    /// Notes that a frame arrived from an agent.
-    pub fn agent_seen(&self, name: &AgentName) {
-        self.presence
+    /// Notes that a frame arrived from an agent; a stale agent is online again.
+    pub async fn agent_seen(&self, name: &AgentName) {
+        let revived = self
+            .presence
             .lock()
             .expect("presence lock poisoned")
             .touch(name, now_ms());
+        if revived && let Ok(info) = self.agent(name).await {
+            self.publish_agent_status(info);
+        }
+    }
+
+    /// Marks agents whose heartbeats are late as stale and tells the fleet.
+    pub(super) async fn check_stale(&self) {
+        let late = self.config.heartbeat_interval_ms * 3 / 2;
+        let cutoff = now_ms().saturating_sub(late);
+        let stale = self
+            .presence
+            .lock()
+            .expect("presence lock poisoned")
+            .mark_stale(cutoff);
+        for name in stale {
+            if let Ok(info) = self.agent(&name).await {
+                self.publish_agent_status(info);
+            }
+        }
+    }
+
+    /// Changes an agent's registered labels and tells the fleet.
+    pub async fn label_agent(&self, edit: AgentLabel) -> Result<AgentInfo, ApiError> {
+        validate::labels(&edit.set)?;
+        let mut record = self
+            .store
+            .agent(&edit.name)
+            .await?
+            .ok_or_else(|| agent_not_found(&edit.name))?;
+        record.labels.extend(edit.set);
+        for key in &edit.remove {
+            record.labels.remove(key);
+        }
+        self.store
+            .set_agent_labels(&edit.name, &record.labels)
+            .await?;
+        let info = self.agent_info(&record);
+        self.publish_agent_status(info.clone());
+        Ok(info)
+    }
+
+    /// Publishes an agent's state on `fleet` and on `agent:<name>`.
+    fn publish_agent_status(&self, agent: AgentInfo) {
+        let channel = format!("agent:{}", agent.name);
+        let msg = HubToClient::AgentStatus(AgentEnvelope { agent });
+        self.publish_event(&channel, msg.clone());
+        self.publish_event(FLEET_CHANNEL, msg);
     }
 
     fn kick_agent(&self, name: &AgentName, code: u16, reason: &str) {
@@ -285,13 +322,15 @@ impl Core {
         if let Some(facts) = facts {
             labels.extend(facts.labels.clone());
         }
+        let status = match &online {
+            Some(agent) if agent.stale => AgentStatus::Stale,
+            Some(_) => AgentStatus::Online,
+            None => AgentStatus::Offline,
+        };
         AgentInfo {
             name: record.name.clone(),
-            status: if online.is_some() {
-                AgentStatus::Online
-            } else {
-                AgentStatus::Offline
-            },
+            status,
+            hub_id: online.as_ref().map(|_| self.hub_id.clone()),
             labels,
             hostname: facts.map(|f| f.hostname.clone()),
             os: facts.map(|f| f.os.clone()),

@@ -113,8 +113,10 @@ impl Core {
         }
     }
 
-    /// Ends runs whose agent stayed away too long and queued runs past their TTL.
+    /// Marks late agents stale, ends runs whose agent stayed away too long and
+    /// queued runs past their TTL.
     pub async fn sweep(&self) {
+        self.check_stale().await;
         let now = now_ms();
         let (lost, expired) = self.due(now);
         for (agent, id) in lost {

@@ -47,6 +47,8 @@ pub struct Core {
     scheduler: Mutex<Scheduler>,
     /// Connected agents. A std mutex for the same reason.
     presence: Mutex<Presence>,
+    /// This hub's identity, reported in `AgentInfo.hub_id`.
+    hub_id: String,
     /// Runs not yet terminal, authoritative over their stored copy.
     active: Mutex<HashMap<RunId, ActiveRun>>,
 }
@@ -55,7 +57,12 @@ impl Core {
     /// A core over `store` and `broker`.
     pub fn new(config: HubConfig, store: Arc<dyn Store>, broker: Arc<dyn Broker>) -> Self {
         let scheduler = Scheduler::new(config.max_queue_per_agent);
+        let hub_id = config
+            .hub_id
+            .clone()
+            .unwrap_or_else(|| format!("hub-{}", ulid::Ulid::new().to_string().to_lowercase()));
         Self {
+            hub_id,
             config,
             store,
             broker,

@@ -47,6 +47,8 @@ pub struct OnlineAgent {
     pub since_ms: UnixMillis,
     /// Last frame received.
     pub last_seen_ms: UnixMillis,
+    /// Heartbeats are late.
+    pub stale: bool,
     /// Closes its connection.
     pub control: ConnControl,
 }
@@ -74,11 +76,25 @@ impl Presence {
         }
     }
 
-    /// Notes that a frame arrived.
-    pub fn touch(&mut self, name: &AgentName, now: UnixMillis) {
-        if let Some(agent) = self.online.get_mut(name) {
-            agent.last_seen_ms = now;
-        }
+    /// Notes that a frame arrived; true if that ends a stale spell.
+    pub fn touch(&mut self, name: &AgentName, now: UnixMillis) -> bool {
+        let Some(agent) = self.online.get_mut(name) else {
+            return false;
+        };
+        agent.last_seen_ms = now;
+        std::mem::replace(&mut agent.stale, false)
+    }
+
+    /// Marks agents silent since before `cutoff` as stale; returns the ones that just became so.
+    pub fn mark_stale(&mut self, cutoff: UnixMillis) -> Vec<AgentName> {
+        self.online
+            .iter_mut()
+            .filter(|(_, agent)| !agent.stale && agent.last_seen_ms < cutoff)
+            .map(|(name, agent)| {
+                agent.stale = true;
+                name.clone()
+            })
+            .collect()
     }
 
     /// The connection of an online agent.

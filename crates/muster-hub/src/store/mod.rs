@@ -108,6 +108,12 @@ pub trait Store: Send + Sync + 'static {
         key_id: &str,
         secret_hash: &[u8],
     ) -> anyhow::Result<()>;
+    /// Replaces an agent's registered labels.
+    async fn set_agent_labels(
+        &self,
+        name: &AgentName,
+        labels: &BTreeMap<String, String>,
+    ) -> anyhow::Result<()>;
     /// One agent by name.
     async fn agent(&self, name: &AgentName) -> anyhow::Result<Option<AgentRecord>>;
     /// One agent by the public id of its token.

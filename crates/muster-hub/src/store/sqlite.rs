@@ -4,6 +4,7 @@
 //! the hub process (the case `kill -9` tests), and may lose the last
 //! transactions only on power loss.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -179,6 +180,19 @@ impl Store for SqliteStore {
         sqlx::query("UPDATE agents SET key_id = ?, secret_hash = ? WHERE name = ?")
             .bind(key_id)
             .bind(secret_hash)
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_agent_labels(
+        &self,
+        name: &AgentName,
+        labels: &BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        sqlx::query("UPDATE agents SET labels = ? WHERE name = ?")
+            .bind(serde_json::to_string(labels)?)
             .bind(name.as_str())
             .execute(&self.pool)
             .await?;

@@ -142,7 +142,7 @@ impl AgentConn {
                 (code, reason) = control.closed() => return Some((code, reason)),
                 frame = stream.next() => {
                     liveness.heard();
-                    self.core.agent_seen(&self.name);
+                    self.core.agent_seen(&self.name).await;
                     match frame {
                         Some(Ok(Message::Text(text))) => self.on_text(&text).await.ok()?,
                         Some(Ok(Message::Binary(bytes))) => self.on_binary(bytes).await.ok()?,

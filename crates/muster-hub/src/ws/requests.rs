@@ -9,7 +9,7 @@ use muster_proto::messages::{
     RunEnvelope, RunList, StreamSynced, Subscribe, Subscribed,
 };
 use muster_proto::{
-    ClientToHub, Envelope, ErrorCode, HubToClient, OutputFrame, OutputHeader, RunId,
+    AgentName, ClientToHub, Envelope, ErrorCode, HubToClient, OutputFrame, OutputHeader, RunId,
 };
 
 use super::conn::Writer;
@@ -121,6 +121,12 @@ impl Session {
                     token: token.expose().to_owned(),
                 })
             }
+            ClientToHub::AgentLabel(edit) => {
+                self.require_admin()?;
+                HubToClient::AgentInfo(AgentEnvelope {
+                    agent: core.label_agent(edit).await?,
+                })
+            }
             ClientToHub::AgentRemove(r) => {
                 self.require_admin()?;
                 core.remove_agent(&r.name).await?;
@@ -184,7 +190,10 @@ impl Session {
         // Live first, then the snapshot: a run that ends in between is then
         // seen ending, never missed.
         let was_subscribed = self.subs.contains_key(&req.channel);
-        if req.channel == FLEET_CHANNEL || req.channel.starts_with("run:") {
+        if req.channel == FLEET_CHANNEL
+            || req.channel.starts_with("run:")
+            || req.channel.starts_with("agent:")
+        {
             self.subscribe_live(&req.channel);
         }
         let run = match self.check_channel(&req.channel).await {
@@ -249,7 +258,8 @@ impl Session {
             .await
     }
 
-    /// Which channels exist: `fleet` and `run:<id>` of an existing run.
+    /// Which channels exist: `fleet`, `agent:<name>` of a registered agent and
+    /// `run:<id>` of an existing run.
     async fn check_channel(
         &self,
         channel: &str,
@@ -259,6 +269,14 @@ impl Session {
         }
         let unknown =
             || ApiError::new(ErrorCode::UnknownChannel, format!("no channel {channel:?}"));
+        if let Some(name) = channel.strip_prefix("agent:") {
+            let name: AgentName = name.parse().map_err(|_| unknown())?;
+            return match self.core.agent(&name).await {
+                Ok(_) => Ok(None),
+                Err(e) if e.code == ErrorCode::AgentNotFound => Err(unknown()),
+                Err(e) => Err(e),
+            };
+        }
         let id: RunId = channel
             .strip_prefix("run:")
             .and_then(|id| id.parse().ok())

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use muster_proto::{AgentInfo, AgentName, AgentStatus};
+use muster_proto::messages::AgentLabel;
+use muster_proto::{AgentInfo, AgentName, AgentStatus, ClientToHub, HubToClient};
 
 use super::output::{self, Table};
 use super::{HubConn, agent_error, parse};
@@ -19,6 +20,20 @@ pub(crate) enum AgentsCommand {
     Show(NameArgs),
     /// Unregister an agent, revoke its token and disconnect it.
     Rm(NameArgs),
+    /// Edit registered labels: KEY=VALUE sets one, KEY- removes one.
+    Label(LabelArgs),
+}
+
+/// Arguments of `muster agents label`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LabelArgs {
+    #[command(flatten)]
+    conn: HubConn,
+    /// The agent's name.
+    name: AgentName,
+    /// KEY=VALUE to set a label, KEY- to remove one.
+    #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+    edits: Vec<String>,
 }
 
 /// Arguments of `muster agents list`.
@@ -57,6 +72,7 @@ impl AgentsCommand {
             Self::Add(args) => add(args, json).await?,
             Self::Show(args) => show(args, json).await?,
             Self::Rm(args) => remove(args, json).await?,
+            Self::Label(args) => label(args, json).await?,
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -119,6 +135,36 @@ async fn remove(args: NameArgs, json: bool) -> anyhow::Result<()> {
     output::print(&format!("removed agent {:?}\n", args.name.as_str()))
 }
 
+async fn label(args: LabelArgs, json: bool) -> anyhow::Result<()> {
+    let mut edit = AgentLabel {
+        name: args.name.clone(),
+        set: BTreeMap::new(),
+        remove: Vec::new(),
+    };
+    for word in &args.edits {
+        match word.strip_suffix('-') {
+            Some(key) if !key.contains('=') => edit.remove.push(key.to_owned()),
+            _ => {
+                let (key, value) = parse::key_value(word).map_err(anyhow::Error::msg)?;
+                edit.set.insert(key, value);
+            }
+        }
+    }
+    let (client, _events) = args.conn.connect().await?;
+    let reply = client
+        .request(ClientToHub::AgentLabel(edit))
+        .await
+        .map_err(agent_error(&args.name))?;
+    client.close().await;
+    let HubToClient::AgentInfo(info) = reply else {
+        anyhow::bail!("unexpected reply from the hub");
+    };
+    if json {
+        return output::print_json(&info.agent);
+    }
+    output::print(&format!("{}\n", labels(&info.agent.labels)))
+}
+
 fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
     let headers = [
         "NAME",
@@ -151,6 +197,7 @@ fn agent_fields(agent: &AgentInfo, now_ms: u64) -> String {
         ("status", status(agent.status).to_owned()),
         ("last_seen", time(agent.last_seen_ms)),
         ("connected_since", time(agent.connected_since_ms)),
+        ("hub", output::or_dash(agent.hub_id.as_deref())),
         ("hostname", output::or_dash(agent.hostname.as_deref())),
         ("os/arch", os_arch(agent)),
         ("version", output::or_dash(agent.version.as_deref())),
@@ -164,6 +211,7 @@ fn agent_fields(agent: &AgentInfo, now_ms: u64) -> String {
 fn status(status: AgentStatus) -> &'static str {
     match status {
         AgentStatus::Online => "online",
+        AgentStatus::Stale => "stale",
         AgentStatus::Offline => "offline",
     }
 }
@@ -206,6 +254,7 @@ mod tests {
             last_seen_ms: Some(7_000),
             connected_since_ms: None,
             max_concurrency: Some(4),
+            hub_id: None,
             running: 0,
             queued: 0,
         }

@@ -43,6 +43,29 @@ fn dev_runs_a_command_with_separate_streams_and_exit_code() {
 
     let table = cli.output(&["agents", "list"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("local"));
+
+    // Labels: set one, see it, remove it.
+    assert!(
+        cli.output(&["agents", "label", "local", "team=ops"])
+            .status
+            .success()
+    );
+    let shown = cli.json(&["agents", "show", "local", "--json"]);
+    assert_eq!(shown["labels"]["team"], "ops");
+    assert!(shown["hub_id"].is_string());
+    assert!(
+        cli.output(&["agents", "label", "local", "team-"])
+            .status
+            .success()
+    );
+    let shown = cli.json(&["agents", "show", "local", "--json"]);
+    assert!(shown["labels"].get("team").is_none(), "{shown}");
+    assert_eq!(
+        cli.output(&["agents", "label", "local", "bad key=1"])
+            .status
+            .code(),
+        Some(255)
+    );
 }
 
 #[test]
