@@ -40,6 +40,14 @@ pub struct HubConfig {
     pub client_queue_frames: usize,
     /// Most simultaneous connections, agents and clients together.
     pub max_connections: usize,
+    /// Raw metric samples are kept this long.
+    pub metrics_raw_retention_ms: u64,
+    /// Older samples are averaged over windows of this length.
+    pub metrics_rollup_window_ms: u64,
+    /// Averages are kept this long.
+    pub metrics_rollup_retention_ms: u64,
+    /// How often old samples are rolled up and deleted.
+    pub metrics_compact_interval_ms: u64,
     /// This hub's identity in `AgentInfo.hub_id`; a random one when absent.
     pub hub_id: Option<String>,
     /// How long runs in flight wait for their departed agent to come back
@@ -65,6 +73,10 @@ impl Default for HubConfig {
             // About 10 MiB of output frames; enough to ride out a replay.
             client_queue_frames: 1024,
             max_connections: 19_000,
+            metrics_raw_retention_ms: 24 * 3_600_000,
+            metrics_rollup_window_ms: 300_000,
+            metrics_rollup_retention_ms: 30 * 24 * 3_600_000,
+            metrics_compact_interval_ms: 60_000,
             hub_id: None,
             lost_grace_ms: 30_000,
             default_run_ttl_ms: 3_600_000,
@@ -97,6 +109,9 @@ impl HubConfig {
             // Output is published in batches; a queue smaller than a few batches
             // would drop readers that keep up.
             bail!("client_queue_frames must be at least {MIN_CLIENT_QUEUE_FRAMES}");
+        }
+        if self.metrics_rollup_window_ms == 0 {
+            bail!("metrics_rollup_window_ms must be positive");
         }
         if self.max_queue_per_agent == 0 || self.max_connections == 0 {
             bail!("queue sizes and max_connections must be positive");

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod core;
+pub mod metrics;
 pub mod scheduler;
 pub mod store;
 mod validate;

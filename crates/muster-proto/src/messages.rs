@@ -53,6 +53,9 @@ pub enum ClientToHub {
     /// One run; reply `run.info`.
     #[serde(rename = "run.get")]
     RunGet(RunRef),
+    /// Stored metric samples of an agent; reply `metrics.series`.
+    #[serde(rename = "metrics.query")]
+    MetricsQuery(MetricsQuery),
     /// Recent runs, newest first; reply `run.list`.
     #[serde(rename = "run.list")]
     RunList(RunListQuery),
@@ -81,6 +84,7 @@ impl Message for ClientToHub {
         "run.get",
         "run.list",
         "run.cancel",
+        "metrics.query",
         "subscribe",
         "unsubscribe",
     ];
@@ -129,6 +133,12 @@ pub enum HubToClient {
     /// Event on `run:<id>`: the run's position in its agent's queue changed.
     #[serde(rename = "run.queue")]
     RunQueue(RunQueue),
+    /// Event on `metrics:<name>`: a new sample from the agent.
+    #[serde(rename = "metrics.sample")]
+    MetricsSample(AgentSample),
+    /// Reply to `metrics.query`.
+    #[serde(rename = "metrics.series")]
+    MetricsSeries(MetricsSeries),
     /// Reply to `subscribe`.
     #[serde(rename = "subscribed")]
     Subscribed(Subscribed),
@@ -159,6 +169,8 @@ impl Message for HubToClient {
         "run.list",
         "run.status",
         "run.queue",
+        "metrics.sample",
+        "metrics.series",
         "subscribed",
         "stream.synced",
         "ok",
@@ -185,6 +197,9 @@ pub enum AgentToHub {
     /// A run ended; sent after its last output frame.
     #[serde(rename = "run.exited")]
     RunExited(RunExited),
+    /// A periodic sample of the host's resources.
+    #[serde(rename = "metrics")]
+    Metrics(MetricsSample),
     /// The agent could not handle a hub message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -197,6 +212,7 @@ impl Message for AgentToHub {
         "heartbeat.ack",
         "run.started",
         "run.exited",
+        "metrics",
         "error",
     ];
 }
@@ -647,4 +663,92 @@ impl ErrorData {
             recoverable: code.recoverable(),
         }
     }
+}
+
+/// One sample of a host's resources, as an agent measures it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSample {
+    /// When it was taken.
+    pub ts_ms: crate::UnixMillis,
+    /// CPU use over the last interval, percent of all cores (0-100).
+    pub cpu_percent: f32,
+    /// CPU use per core, percent.
+    #[serde(default)]
+    pub cpu_per_core: Vec<f32>,
+    /// Memory in use, bytes.
+    pub mem_used_bytes: u64,
+    /// Total memory, bytes.
+    pub mem_total_bytes: u64,
+    /// Swap in use, bytes.
+    #[serde(default)]
+    pub swap_used_bytes: u64,
+    /// Total swap, bytes.
+    #[serde(default)]
+    pub swap_total_bytes: u64,
+    /// Filesystems.
+    #[serde(default)]
+    pub disks: Vec<DiskUsage>,
+    /// Load average over 1, 5 and 15 minutes.
+    #[serde(default)]
+    pub load: [f64; 3],
+    /// Bytes received per second over all interfaces, over the last interval.
+    #[serde(default)]
+    pub net_rx_bytes_per_sec: u64,
+    /// Bytes sent per second over all interfaces, over the last interval.
+    #[serde(default)]
+    pub net_tx_bytes_per_sec: u64,
+    /// Number of processes.
+    #[serde(default)]
+    pub processes: u32,
+    /// Host uptime, seconds.
+    #[serde(default)]
+    pub uptime_secs: u64,
+}
+
+/// Usage of one mounted filesystem.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// Mount point.
+    pub mount: String,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Size, bytes.
+    pub total_bytes: u64,
+}
+
+/// `metrics.sample`: a sample and the agent it came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentSample {
+    /// The agent.
+    pub agent: AgentName,
+    /// The sample.
+    pub sample: MetricsSample,
+}
+
+/// `metrics.query`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsQuery {
+    /// The agent.
+    pub agent: AgentName,
+    /// Samples taken at or after this time.
+    #[serde(default)]
+    pub since_ms: crate::UnixMillis,
+}
+
+/// `metrics.series`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSeries {
+    /// The agent.
+    pub agent: AgentName,
+    /// Samples, oldest first. Older ones are averages over `resolution_ms`.
+    pub samples: Vec<SeriesPoint>,
+}
+
+/// One point of a stored series.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// 0 for a raw sample; otherwise the length of the window it averages.
+    pub resolution_ms: u64,
+    /// The sample (for averages: the mean of each field; `ts_ms` is the window start).
+    pub sample: MetricsSample,
 }

@@ -117,6 +117,7 @@ impl Core {
     /// queued runs past their TTL.
     pub async fn sweep(&self) {
         self.check_stale().await;
+        self.compact_metrics_if_due().await;
         let now = now_ms();
         let (lost, expired) = self.due(now);
         for (agent, id) in lost {

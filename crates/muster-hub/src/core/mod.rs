@@ -8,6 +8,7 @@
 mod agents;
 mod delivery;
 mod error;
+mod fleet_metrics;
 mod presence;
 mod runs;
 
@@ -24,6 +25,7 @@ use crate::store::Store;
 
 pub use agents::ROLE_ADMIN;
 pub use error::ApiError;
+pub use fleet_metrics::metrics_channel;
 pub use presence::{ConnControl, Presence};
 pub use runs::ActiveRun;
 
@@ -47,6 +49,8 @@ pub struct Core {
     scheduler: Mutex<Scheduler>,
     /// Connected agents. A std mutex for the same reason.
     presence: Mutex<Presence>,
+    /// When metrics were last compacted.
+    metrics_compacted_ms: std::sync::atomic::AtomicU64,
     /// This hub's identity, reported in `AgentInfo.hub_id`.
     hub_id: String,
     /// Runs not yet terminal, authoritative over their stored copy.
@@ -62,6 +66,7 @@ impl Core {
             .clone()
             .unwrap_or_else(|| format!("hub-{}", ulid::Ulid::new().to_string().to_lowercase()));
         Self {
+            metrics_compacted_ms: std::sync::atomic::AtomicU64::new(0),
             hub_id,
             config,
             store,

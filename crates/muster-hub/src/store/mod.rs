@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use muster_proto::messages::RunListQuery;
+use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint};
 use muster_proto::{AgentName, OutputStream, RunId, RunInfo, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,17 @@ pub struct StoredChunk {
     pub offset: u64,
     /// Bytes.
     pub data: Bytes,
+}
+
+/// How long metrics are kept, and at which resolution.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsRetention {
+    /// Raw samples younger than this are kept as they are.
+    pub raw_keep_ms: u64,
+    /// Older samples are replaced by one average per window of this length.
+    pub window_ms: u64,
+    /// Averages older than this are deleted.
+    pub rollup_keep_ms: u64,
 }
 
 /// Why a store write was refused.
@@ -157,6 +168,23 @@ pub trait Store: Send + Sync + 'static {
         since: u64,
         limit: u32,
     ) -> anyhow::Result<Vec<StoredChunk>>;
+    /// Stores one raw metrics sample.
+    async fn insert_metrics(&self, agent: &AgentName, sample: &MetricsSample)
+    -> anyhow::Result<()>;
+    /// Stored samples and averages of an agent taken at or after `since_ms`, oldest first.
+    async fn metrics_since(
+        &self,
+        agent: &AgentName,
+        since_ms: UnixMillis,
+    ) -> anyhow::Result<Vec<SeriesPoint>>;
+    /// Rolls raw samples older than the raw window into averages, and deletes
+    /// averages past their retention.
+    async fn compact_metrics(
+        &self,
+        retention: &MetricsRetention,
+        now: UnixMillis,
+    ) -> anyhow::Result<()>;
+
     /// The seq after the highest stored chunk of a run (0 when none).
     async fn next_output_seq(&self, run: RunId) -> anyhow::Result<u64>;
     /// Total stored output bytes of a run.

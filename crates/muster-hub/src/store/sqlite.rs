@@ -12,12 +12,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
-use muster_proto::messages::RunListQuery;
+use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint};
 use muster_proto::{AgentName, OutputStream, RunId, RunInfo, UnixMillis};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{AgentFacts, AgentRecord, ApiKeyRecord, Store, StoreError, StoredChunk};
+use super::{
+    AgentFacts, AgentRecord, ApiKeyRecord, MetricsRetention, Store, StoreError, StoredChunk,
+};
+use crate::metrics;
 
 /// Connections in the pool; SQLite serializes writers anyway, readers share.
 const POOL_SIZE: u32 = 4;
@@ -372,6 +375,92 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_metrics(
+        &self,
+        agent: &AgentName,
+        sample: &MetricsSample,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO metrics (agent, resolution_ms, ts_ms, doc) VALUES (?, 0, ?, ?)",
+        )
+        .bind(agent.as_str())
+        .bind(sample.ts_ms as i64)
+        .bind(serde_json::to_string(sample)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn metrics_since(
+        &self,
+        agent: &AgentName,
+        since_ms: UnixMillis,
+    ) -> anyhow::Result<Vec<SeriesPoint>> {
+        let rows = sqlx::query(
+            "SELECT resolution_ms, doc FROM metrics WHERE agent = ? AND ts_ms >= ? ORDER BY ts_ms, resolution_ms DESC",
+        )
+        .bind(agent.as_str())
+        .bind(since_ms as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let resolution: i64 = row.try_get("resolution_ms")?;
+                let doc: String = row.try_get("doc")?;
+                Ok(SeriesPoint {
+                    resolution_ms: resolution as u64,
+                    sample: serde_json::from_str(&doc).context("decoding stored sample")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn compact_metrics(
+        &self,
+        retention: &MetricsRetention,
+        now: UnixMillis,
+    ) -> anyhow::Result<()> {
+        // Only whole windows are rolled up, so a window is averaged exactly once.
+        let cutoff = metrics::window_start(
+            now.saturating_sub(retention.raw_keep_ms),
+            retention.window_ms,
+        );
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("SELECT agent, doc FROM metrics WHERE resolution_ms = 0 AND ts_ms < ? ORDER BY agent, ts_ms")
+            .bind(cutoff as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut windows: BTreeMap<(String, u64), Vec<MetricsSample>> = BTreeMap::new();
+        for row in &rows {
+            let agent: String = row.try_get("agent")?;
+            let doc: String = row.try_get("doc")?;
+            let sample: MetricsSample =
+                serde_json::from_str(&doc).context("decoding stored sample")?;
+            let start = metrics::window_start(sample.ts_ms, retention.window_ms);
+            windows.entry((agent, start)).or_default().push(sample);
+        }
+        for ((agent, start), samples) in windows {
+            let average = metrics::average(&samples, start);
+            sqlx::query("INSERT OR REPLACE INTO metrics (agent, resolution_ms, ts_ms, doc) VALUES (?, ?, ?, ?)")
+                .bind(agent)
+                .bind(retention.window_ms as i64)
+                .bind(start as i64)
+                .bind(serde_json::to_string(&average)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM metrics WHERE resolution_ms = 0 AND ts_ms < ?")
+            .bind(cutoff as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM metrics WHERE resolution_ms > 0 AND ts_ms < ?")
+            .bind(now.saturating_sub(retention.rollup_keep_ms) as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn next_output_seq(&self, run: RunId) -> anyhow::Result<u64> {

@@ -127,6 +127,9 @@ impl Session {
                     agent: core.label_agent(edit).await?,
                 })
             }
+            ClientToHub::MetricsQuery(q) => {
+                HubToClient::MetricsSeries(core.metrics_series(&q.agent, q.since_ms).await?)
+            }
             ClientToHub::AgentRemove(r) => {
                 self.require_admin()?;
                 core.remove_agent(&r.name).await?;
@@ -193,6 +196,7 @@ impl Session {
         if req.channel == FLEET_CHANNEL
             || req.channel.starts_with("run:")
             || req.channel.starts_with("agent:")
+            || req.channel.starts_with("metrics:")
         {
             self.subscribe_live(&req.channel);
         }
@@ -269,7 +273,10 @@ impl Session {
         }
         let unknown =
             || ApiError::new(ErrorCode::UnknownChannel, format!("no channel {channel:?}"));
-        if let Some(name) = channel.strip_prefix("agent:") {
+        let agent_channel = channel
+            .strip_prefix("agent:")
+            .or_else(|| channel.strip_prefix("metrics:"));
+        if let Some(name) = agent_channel {
             let name: AgentName = name.parse().map_err(|_| unknown())?;
             return match self.core.agent(&name).await {
                 Ok(_) => Ok(None),

@@ -4,6 +4,7 @@
 
 mod fixture;
 mod fleet;
+mod metrics;
 mod protocol;
 mod queueing;
 mod replay;
