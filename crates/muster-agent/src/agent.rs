@@ -8,7 +8,9 @@
 //! the whole unacknowledged spool, and the runs an earlier agent process left
 //! behind are settled. On shutdown every run is cancelled and given a bounded
 //! grace to report and be acknowledged before the socket is closed with 1000;
-//! runs still going after that are killed with their process groups.
+//! runs still going after that are killed with their process groups. Host
+//! metrics, unlike runs, live only while connected: each connection starts a
+//! feed of samples after its `connection.ack` and drops it when it ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use crate::connection::{self, Ended, Stop, close};
 use crate::executor::Executor;
 use crate::handshake;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::runs::Runs;
 use crate::spool::Spool;
 
@@ -44,12 +47,20 @@ pub(crate) async fn run(
         options.spool_max_bytes >= 1,
         "spool_max_bytes must be at least 1"
     );
+    anyhow::ensure!(
+        options.metrics_interval != Some(Duration::ZERO),
+        "metrics_interval must be more than zero"
+    );
     let url = handshake::agent_ws_url(&options.hub_url)?;
     let state_dir = options.state_dir.clone();
     let ledger = tokio::task::spawn_blocking(move || Ledger::open(state_dir.as_deref()))
         .await
         .context("opening the run ledger panicked")??;
     let spool = Arc::new(Spool::new(options.spool_max_bytes));
+    let metrics = match options.metrics_interval {
+        Some(interval) => Metrics::start(interval).await,
+        None => None,
+    };
     let agent = Agent {
         hello: handshake::hello(&options),
         url,
@@ -59,6 +70,7 @@ pub(crate) async fn run(
             grace: options.kill_grace + STOP_MARGIN,
         },
         backoff: Backoff::new(),
+        metrics,
     };
     agent.run().await
 }
@@ -71,6 +83,8 @@ struct Agent {
     runs: Runs,
     stop: Stop,
     backoff: Backoff,
+    /// `None` when sampling is off (or this host cannot be sampled).
+    metrics: Option<Metrics>,
 }
 
 impl Agent {
@@ -126,7 +140,9 @@ impl Agent {
         self.backoff.reset();
         self.runs.settle_orphans();
         tracing::info!("connected to hub as {}", ack.principal.name);
-        let ended = connection::serve(&mut ws, &ack, &mut self.runs, &self.stop).await;
+        let metrics_feed = self.metrics.as_ref().map(Metrics::feed);
+        let ended =
+            connection::serve(&mut ws, &ack, &mut self.runs, metrics_feed, &self.stop).await;
         if let Ended::Shutdown = ended {
             close(&mut ws, CloseCode::NORMAL, "agent shutting down").await;
         }

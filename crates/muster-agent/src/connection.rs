@@ -1,10 +1,10 @@
 //! One live connection to the hub, after its handshake.
 //!
 //! A single task runs one `select!` over inbound frames, the spool, the
-//! heartbeat tick, the heartbeat deadline and shutdown, and hands each message
-//! kind to a small method. The connection reads the spool through its own
-//! cursor from the start, so everything unacknowledged is sent again, in order,
-//! before anything new. On shutdown it keeps serving while the cancelled runs
+//! heartbeat tick, the metrics feed, the heartbeat deadline and shutdown, and
+//! hands each message kind to a small method. The connection reads the spool
+//! through its own cursor from the start, so everything unacknowledged is sent
+//! again, in order, before anything new. On shutdown it keeps serving while the cancelled runs
 //! report and the hub acknowledges, for at most the stop grace. This module is
 //! also the one place where close codes and hub errors are mapped to how a
 //! connection [`Ended`].
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use futures_util::{SinkExt, StreamExt};
-use muster_proto::messages::{ConnectionAck, ErrorData, Heartbeat};
+use muster_proto::messages::{ConnectionAck, ErrorData, Heartbeat, MetricsSample};
 use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::handshake::Ws;
+use crate::metrics::Feed;
 use crate::runs::Runs;
 use crate::sink::Outgoing;
 use crate::spool::{Cursor, Spool};
@@ -58,8 +59,15 @@ pub(crate) struct Stop {
     pub(crate) grace: Duration,
 }
 
-/// Serves a connection whose handshake `ack` completed, until it ends.
-pub(crate) async fn serve(ws: &mut Ws, ack: &ConnectionAck, runs: &mut Runs, stop: &Stop) -> Ended {
+/// Serves a connection whose handshake `ack` completed, until it ends; sends
+/// each sample of `metrics_feed` (if sampling is on) as it comes.
+pub(crate) async fn serve(
+    ws: &mut Ws,
+    ack: &ConnectionAck,
+    runs: &mut Runs,
+    mut metrics_feed: Option<Feed>,
+    stop: &Stop,
+) -> Ended {
     let interval = Duration::from_millis(ack.heartbeat_interval_ms).max(MIN_HEARTBEAT_INTERVAL);
     let deadline = Duration::from_millis(ack.heartbeat_deadline_ms).max(interval);
     let mut ticker = interval_at(Instant::now() + interval, interval);
@@ -86,6 +94,7 @@ pub(crate) async fn serve(ws: &mut Ws, ack: &ConnectionAck, runs: &mut Runs, sto
             frame = conn.ws.next() => conn.on_frame(frame).await,
             outgoing = spool.next(&mut cursor) => conn.send(encode(outgoing)).await,
             _ = ticker.tick() => conn.send_heartbeat().await,
+            sample = Feed::next(metrics_feed.as_mut()) => conn.send_metrics(sample).await,
             () = sleep_until(conn.last_heard + deadline) => conn.on_silence().await,
         };
         if let Err(ended) = step {
@@ -204,6 +213,13 @@ impl Connection<'_> {
         });
         self.heartbeat_seq += 1;
         self.send_text(Envelope::plain(heartbeat)).await
+    }
+
+    /// Sends a host sample; it is not spooled, so one lost with the
+    /// connection is gone (the next sample supersedes it anyway).
+    async fn send_metrics(&mut self, sample: MetricsSample) -> Result<(), Ended> {
+        self.send_text(Envelope::plain(AgentToHub::Metrics(sample)))
+            .await
     }
 
     async fn on_silence(&mut self) -> Result<(), Ended> {

@@ -3,8 +3,9 @@
 //! [`run`] is the whole agent: it connects to the hub's `/ws/agent` endpoint,
 //! says `hello` (with a report of the runs it knows), waits for
 //! `connection.ack`, then serves heartbeats, `run.start`, `run.cancel` and
-//! `run.ack` until the connection drops, when it reconnects on the [`Backoff`]
-//! schedule. It returns `Ok` when its shutdown token is cancelled and an error
+//! `run.ack`, and sends a `metrics` sample of the host every
+//! [`AgentOptions::metrics_interval`], until the connection drops, when it
+//! reconnects on the [`Backoff`] schedule. It returns `Ok` when its shutdown token is cancelled and an error
 //! when the hub rejects the agent's token.
 //!
 //! Codemap:
@@ -14,6 +15,7 @@
 //! - `runs` — the runs in flight, their tasks, and what `run.start`/`run.ack` do;
 //! - `spool` — every per-run message, in order, until the hub acknowledges it;
 //! - `ledger` — the run ids this agent started, durable in the state dir;
+//! - `metrics` — host sampling, and the per-connection feed of samples;
 //! - [`executor`] — the [`Executor`] seam; [`process`] — the real one;
 //! - [`sink`] — output batching into numbered frames; [`Backoff`] (from
 //!   `muster-proto`) — the reconnect schedule.
@@ -26,6 +28,8 @@
 //! (across agent restarts only with a [`AgentOptions::state_dir`]). The spool
 //! is in memory: what an agent process had not delivered when it died is gone,
 //! and the hub learns of such runs as `unknown` from the next process's `hello`.
+//! Host metrics are the exception to delivery: they are never spooled, and a
+//! sample taken while disconnected is dropped.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +44,7 @@ mod connection;
 pub mod executor;
 mod handshake;
 mod ledger;
+mod metrics;
 pub mod process;
 mod runs;
 pub mod sink;
@@ -56,6 +61,10 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
 
 /// Time between SIGTERM and SIGKILL unless told otherwise.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Time between host metrics samples unless told otherwise: fine enough for
+/// a fleet dashboard, and a sample costs a few `/proc` reads.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How to reach the hub and how to present this agent.
 ///
@@ -85,13 +94,18 @@ pub struct AgentOptions {
     /// `None` the ledger is in memory, so a run is still executed at most once
     /// per agent process, but not across restarts of the agent.
     pub state_dir: Option<PathBuf>,
+    /// Time between `metrics` samples of the host while connected (more than
+    /// zero); the first is sent right after `connection.ack`. `None` turns
+    /// sampling off. Samples are best effort: never spooled, and dropped while
+    /// disconnected. [`DEFAULT_METRICS_INTERVAL`] by default.
+    pub metrics_interval: Option<Duration>,
 }
 
 impl AgentOptions {
     /// Options for reaching `hub_url` with `token`, everything else at its
     /// default: no name (the token's agent), no labels,
     /// [`DEFAULT_MAX_CONCURRENCY`], [`DEFAULT_KILL_GRACE`], [`SPOOL_MAX_BYTES`],
-    /// and no state dir.
+    /// no state dir, and [`DEFAULT_METRICS_INTERVAL`].
     pub fn new(hub_url: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             hub_url: hub_url.into(),
@@ -102,6 +116,7 @@ impl AgentOptions {
             kill_grace: DEFAULT_KILL_GRACE,
             spool_max_bytes: SPOOL_MAX_BYTES,
             state_dir: None,
+            metrics_interval: Some(DEFAULT_METRICS_INTERVAL),
         }
     }
 }
@@ -117,6 +132,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("kill_grace", &self.kill_grace)
             .field("spool_max_bytes", &self.spool_max_bytes)
             .field("state_dir", &self.state_dir)
+            .field("metrics_interval", &self.metrics_interval)
             .finish()
     }
 }

@@ -133,6 +133,9 @@ pub enum HubToClient {
     /// Event on `run:<id>`: the run's position in its agent's queue changed.
     #[serde(rename = "run.queue")]
     RunQueue(RunQueue),
+    /// Event on `agent:<name>`: a stored event the agent published, with its offset.
+    #[serde(rename = "agent.event")]
+    AgentEvent(StoredEvent),
     /// Event on `metrics:<name>`: a new sample from the agent.
     #[serde(rename = "metrics.sample")]
     MetricsSample(AgentSample),
@@ -169,6 +172,7 @@ impl Message for HubToClient {
         "run.list",
         "run.status",
         "run.queue",
+        "agent.event",
         "metrics.sample",
         "metrics.series",
         "subscribed",
@@ -200,6 +204,9 @@ pub enum AgentToHub {
     /// A periodic sample of the host's resources.
     #[serde(rename = "metrics")]
     Metrics(MetricsSample),
+    /// An event a program on the agent published (`muster emit`).
+    #[serde(rename = "event")]
+    Event(AgentEvent),
     /// The agent could not handle a hub message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -213,6 +220,7 @@ impl Message for AgentToHub {
         "run.started",
         "run.exited",
         "metrics",
+        "event",
         "error",
     ];
 }
@@ -691,10 +699,10 @@ pub struct MetricsSample {
     /// Load average over 1, 5 and 15 minutes.
     #[serde(default)]
     pub load: [f64; 3],
-    /// Bytes received per second over all interfaces, over the last interval.
+    /// Bytes received per second over all non-loopback interfaces, over the last interval.
     #[serde(default)]
     pub net_rx_bytes_per_sec: u64,
-    /// Bytes sent per second over all interfaces, over the last interval.
+    /// Bytes sent per second over all non-loopback interfaces, over the last interval.
     #[serde(default)]
     pub net_tx_bytes_per_sec: u64,
     /// Number of processes.
@@ -751,4 +759,62 @@ pub struct SeriesPoint {
     pub resolution_ms: u64,
     /// The sample (for averages: the mean of each field; `ts_ms` is the window start).
     pub sample: MetricsSample,
+}
+
+/// `event` from an agent: something a program on the host published.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    /// Dot notation, lowercase: `site.operation`, `git.push.completed`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A JSON object.
+    pub data: serde_json::Value,
+    /// The run whose process published it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+    /// When the program published it.
+    pub ts_ms: crate::UnixMillis,
+}
+
+impl AgentEvent {
+    /// Largest accepted `data`, serialized.
+    pub const MAX_DATA_BYTES: usize = 64 * 1024;
+    /// Longest accepted type.
+    pub const MAX_TYPE_LEN: usize = 128;
+
+    /// Checks the type syntax (two or more dot-separated words of `[a-z0-9_]`)
+    /// and that `data` is an object within the size limit.
+    pub fn validate(&self) -> Result<(), String> {
+        let words_ok = self.kind.split('.').count() >= 2
+            && self.kind.split('.').all(|w| {
+                !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            });
+        if !words_ok || self.kind.len() > Self::MAX_TYPE_LEN {
+            return Err(format!(
+                "invalid event type {:?}: use dot notation like site.operation ([a-z0-9_] words, at most {} characters)",
+                self.kind,
+                Self::MAX_TYPE_LEN
+            ));
+        }
+        if !self.data.is_object() {
+            return Err("event data must be a JSON object".into());
+        }
+        let size = serde_json::to_string(&self.data).map(|s| s.len()).unwrap_or(usize::MAX);
+        if size > Self::MAX_DATA_BYTES {
+            return Err(format!("event data is {size} bytes; the limit is {}", Self::MAX_DATA_BYTES));
+        }
+        Ok(())
+    }
+}
+
+/// `agent.event`: an event as the hub stored it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The agent that published it.
+    pub agent: AgentName,
+    /// Its offset on `agent:<name>`: 0, 1, 2, … without gaps.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: AgentEvent,
 }

@@ -43,6 +43,16 @@ impl Harness {
 
     /// An agent whose ledger lives in `state_dir`, if given.
     pub(crate) async fn start_in(state_dir: Option<&Path>) -> Self {
+        Self::launch(state_dir, None).await
+    }
+
+    /// An agent that sends host metrics every `interval`; the others send
+    /// none, so that every message a test reads is one it expects.
+    pub(crate) async fn start_with_metrics(interval: Duration) -> Self {
+        Self::launch(None, Some(interval)).await
+    }
+
+    async fn launch(state_dir: Option<&Path>, metrics_interval: Option<Duration>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let options = AgentOptions {
@@ -51,6 +61,7 @@ impl Harness {
             max_concurrency: 2,
             kill_grace: Duration::from_millis(500),
             state_dir: state_dir.map(Path::to_owned),
+            metrics_interval,
             ..AgentOptions::new(url, "mst_test_token")
         };
         let shutdown = CancellationToken::new();

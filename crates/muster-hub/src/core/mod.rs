@@ -8,6 +8,7 @@
 mod agents;
 mod delivery;
 mod error;
+mod events;
 mod fleet_metrics;
 mod presence;
 mod runs;
@@ -25,6 +26,7 @@ use crate::store::Store;
 
 pub use agents::ROLE_ADMIN;
 pub use error::ApiError;
+pub use events::agent_channel;
 pub use fleet_metrics::metrics_channel;
 pub use presence::{ConnControl, Presence};
 pub use runs::ActiveRun;
@@ -49,6 +51,9 @@ pub struct Core {
     scheduler: Mutex<Scheduler>,
     /// Connected agents. A std mutex for the same reason.
     presence: Mutex<Presence>,
+    /// Next event seq per agent. Events of one agent arrive on its one
+    /// connection, in order, so a plain map under a std mutex suffices.
+    event_seqs: Mutex<HashMap<muster_proto::AgentName, u64>>,
     /// When metrics were last compacted.
     metrics_compacted_ms: std::sync::atomic::AtomicU64,
     /// This hub's identity, reported in `AgentInfo.hub_id`.
@@ -66,6 +71,7 @@ impl Core {
             .clone()
             .unwrap_or_else(|| format!("hub-{}", ulid::Ulid::new().to_string().to_lowercase()));
         Self {
+            event_seqs: Mutex::new(HashMap::new()),
             metrics_compacted_ms: std::sync::atomic::AtomicU64::new(0),
             hub_id,
             config,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint};
+use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, OutputStream, RunId, RunInfo, UnixMillis};
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +184,18 @@ pub trait Store: Send + Sync + 'static {
         retention: &MetricsRetention,
         now: UnixMillis,
     ) -> anyhow::Result<()>;
+
+    /// Stores an agent event under its seq (ignored if that seq is stored).
+    async fn append_event(&self, event: &StoredEvent) -> anyhow::Result<()>;
+    /// An agent's events with `seq >= since`, in order, at most `limit`.
+    async fn events_since(
+        &self,
+        agent: &AgentName,
+        since: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<StoredEvent>>;
+    /// The seq after an agent's highest stored event (0 when none).
+    async fn next_event_seq(&self, agent: &AgentName) -> anyhow::Result<u64>;
 
     /// The seq after the highest stored chunk of a run (0 when none).
     async fn next_output_seq(&self, run: RunId) -> anyhow::Result<u64>;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
-use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint};
+use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, OutputStream, RunId, RunInfo, UnixMillis};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -461,6 +461,48 @@ impl Store for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn append_event(&self, event: &StoredEvent) -> anyhow::Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO agent_events (agent, seq, doc) VALUES (?, ?, ?)")
+            .bind(event.agent.as_str())
+            .bind(event.seq as i64)
+            .bind(serde_json::to_string(event)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn events_since(
+        &self,
+        agent: &AgentName,
+        since: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT doc FROM agent_events WHERE agent = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(agent.as_str())
+        .bind(since as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let doc: String = row.try_get("doc")?;
+                serde_json::from_str(&doc).context("decoding stored event")
+            })
+            .collect()
+    }
+
+    async fn next_event_seq(&self, agent: &AgentName) -> anyhow::Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq) + 1, 0) FROM agent_events WHERE agent = ?",
+        )
+        .bind(agent.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
     }
 
     async fn next_output_seq(&self, run: RunId) -> anyhow::Result<u64> {

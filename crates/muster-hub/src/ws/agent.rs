@@ -209,6 +209,14 @@ impl AgentConn {
             AgentToHub::Heartbeat(beat) => return self.send(HubToAgent::HeartbeatAck(beat)).await,
             AgentToHub::HeartbeatAck(_) => {}
             AgentToHub::RunStarted(started) => self.core.run_started(&self.name, started).await,
+            AgentToHub::Event(event) => {
+                if let Err(e) = self.core.agent_event(&self.name, event).await {
+                    return self
+                        .writer
+                        .send_error(None, e.to_data(), HubToAgent::Error)
+                        .await;
+                }
+            }
             AgentToHub::Metrics(sample) => {
                 if let Err(e) = self.core.agent_metrics(&self.name, sample).await {
                     return self

@@ -8,6 +8,7 @@ mod client;
 mod conn;
 mod ingest;
 mod requests;
+mod streams;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

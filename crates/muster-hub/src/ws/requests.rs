@@ -8,14 +8,12 @@ use muster_proto::messages::{
     AgentAdded, AgentEnvelope, AgentList, Empty, ErrorData, Principal, RunAccepted, RunCreate,
     RunEnvelope, RunList, StreamSynced, Subscribe, Subscribed,
 };
-use muster_proto::{
-    AgentName, ClientToHub, Envelope, ErrorCode, HubToClient, OutputFrame, OutputHeader, RunId,
-};
+use muster_proto::{AgentName, ClientToHub, Envelope, ErrorCode, HubToClient, RunId};
 
 use super::conn::Writer;
-use crate::broker::{Delivery, Frame, Subscriber, SubscriptionGuard};
+use super::streams::StreamKey;
+use crate::broker::{Delivery, Subscriber, SubscriptionGuard};
 use crate::core::{ApiError, Core, FLEET_CHANNEL};
-use crate::store::StoredChunk;
 
 /// Output chunks read from the store per query during a replay.
 const REPLAY_PAGE: u32 = 256;
@@ -23,8 +21,8 @@ const REPLAY_PAGE: u32 = 256;
 /// One subscription of this connection.
 pub(crate) struct ChannelSub {
     _guard: SubscriptionGuard,
-    /// For `run:<id>`: the run.
-    run: Option<RunId>,
+    /// For channels with stored history: which stream.
+    stream: Option<StreamKey>,
     /// Next output sequence number the client should get; earlier ones are duplicates.
     next_seq: Option<u64>,
 }
@@ -57,12 +55,12 @@ impl Session {
             return;
         }
         let guard = self.core.broker.subscribe(channel, self.subscriber.clone());
-        let run = channel.strip_prefix("run:").and_then(|id| id.parse().ok());
+        let stream = StreamKey::from_channel(channel);
         self.subs.insert(
             channel.to_owned(),
             ChannelSub {
                 _guard: guard,
-                run,
+                stream,
                 next_seq: None,
             },
         );
@@ -217,9 +215,9 @@ impl Session {
             .send(&Envelope::reply(re, HubToClient::Subscribed(subscribed)))
             .await?;
         let ended = run.as_ref().is_some_and(|r| r.state.is_terminal());
-        let sent = match (run, req.since) {
-            (Some(run), Some(since)) => {
-                self.replay_and_sync(writer, &req.channel, run.id, since)
+        let sent = match (StreamKey::from_channel(&req.channel), req.since) {
+            (Some(stream), Some(since)) => {
+                self.replay_and_sync(writer, &req.channel, stream, since)
                     .await
             }
             _ => Ok(()),
@@ -236,10 +234,10 @@ impl Session {
         &mut self,
         writer: &mut Writer,
         channel: &str,
-        run: RunId,
+        stream: StreamKey,
         since: u64,
     ) -> Result<(), axum::Error> {
-        let next_seq = match self.replay(writer, run, since).await {
+        let next_seq = match self.replay(writer, &stream, since).await {
             Ok(next) => next,
             Err(e) => {
                 let error = ApiError::from(e).to_data();
@@ -251,7 +249,10 @@ impl Session {
         }
         // Output past the cap was never stored or sent: say so, rather than let
         // the client wait for frames that do not exist.
-        let truncated = self.core.run(run).await.is_ok_and(|r| r.output_truncated);
+        let truncated = match stream {
+            StreamKey::Run(run) => self.core.run(run).await.is_ok_and(|r| r.output_truncated),
+            StreamKey::Events(_) => false,
+        };
         let synced = StreamSynced {
             channel: channel.to_owned(),
             next_seq,
@@ -295,17 +296,22 @@ impl Session {
         }
     }
 
-    /// Sends stored chunks with `seq >= since`; returns the next sequence number.
-    async fn replay(&self, writer: &mut Writer, run: RunId, since: u64) -> anyhow::Result<u64> {
+    /// Sends stored entries with `seq >= since`; returns the next sequence number.
+    async fn replay(
+        &self,
+        writer: &mut Writer,
+        stream: &StreamKey,
+        since: u64,
+    ) -> anyhow::Result<u64> {
         let mut next = since;
         loop {
-            let chunks = self.core.store.output_since(run, next, REPLAY_PAGE).await?;
-            for chunk in &chunks {
-                writer.feed(stored_frame(run, chunk)).await?;
-                next = chunk.seq + 1;
+            let page = stream.read(&self.core, next, REPLAY_PAGE).await?;
+            for (seq, frame) in &page {
+                writer.feed(frame.clone()).await?;
+                next = seq + 1;
             }
             writer.flush().await?;
-            if chunks.len() < REPLAY_PAGE as usize {
+            if page.len() < REPLAY_PAGE as usize {
                 return Ok(next);
             }
         }
@@ -335,9 +341,9 @@ impl Session {
         }
         sub.next_seq = Some(seq + 1);
         if seq > expected
-            && let Some(run) = sub.run
+            && let Some(stream) = sub.stream.clone()
         {
-            self.fill_gap(writer, run, expected, seq).await?;
+            self.fill_gap(writer, &stream, expected, seq).await?;
         }
         writer.feed(delivery.frame).await
     }
@@ -345,36 +351,21 @@ impl Session {
     async fn fill_gap(
         &self,
         writer: &mut Writer,
-        run: RunId,
+        stream: &StreamKey,
         from: u64,
         until: u64,
     ) -> Result<(), axum::Error> {
-        let chunks = match self
-            .core
-            .store
-            .output_since(run, from, (until - from).min(u32::MAX as u64) as u32)
-            .await
-        {
-            Ok(chunks) => chunks,
+        let limit = (until - from).min(u64::from(u32::MAX)) as u32;
+        let page = match stream.read(&self.core, from, limit).await {
+            Ok(page) => page,
             Err(e) => {
-                tracing::error!(run = %run, error = %format!("{e:#}"), "gap fill failed");
+                tracing::error!(stream = ?stream, error = %format!("{e:#}"), "gap fill failed");
                 return Ok(());
             }
         };
-        for chunk in chunks.iter().filter(|c| c.seq < until) {
-            writer.feed(stored_frame(run, chunk)).await?;
+        for (_, frame) in page.into_iter().filter(|(seq, _)| *seq < until) {
+            writer.feed(frame).await?;
         }
         Ok(())
     }
-}
-
-/// Re-frames a stored chunk exactly as the agent sent it.
-fn stored_frame(run: RunId, chunk: &StoredChunk) -> Frame {
-    let header = OutputHeader {
-        run,
-        stream: chunk.stream,
-        seq: chunk.seq,
-        offset: chunk.offset,
-    };
-    Frame::Binary(OutputFrame::encode(&header, &chunk.data))
 }
