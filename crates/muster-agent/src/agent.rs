@@ -11,6 +11,8 @@
 //! runs still going after that are killed with their process groups. Host
 //! metrics, unlike runs, live only while connected: each connection starts a
 //! feed of samples after its `connection.ack` and drops it when it ends.
+//! Published events wait in their own bounded queue for the next
+//! `connection.ack`; the event socket lives as long as the agent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,13 @@ use std::time::Duration;
 use anyhow::Context;
 use muster_proto::CloseCode;
 use muster_proto::backoff::Backoff;
-use muster_proto::messages::AgentHello;
+use muster_proto::messages::{AgentEvent, AgentHello};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::AgentOptions;
-use crate::connection::{self, Ended, Stop, close};
+use crate::connection::{self, Ended, Queues, Stop, close};
+use crate::events::{self, EventQueue, EventSocket};
 use crate::executor::Executor;
 use crate::handshake;
 use crate::ledger::Ledger;
@@ -57,6 +61,8 @@ pub(crate) async fn run(
         .await
         .context("opening the run ledger panicked")??;
     let spool = Arc::new(Spool::new(options.spool_max_bytes));
+    let (event_queue, event_rx) = events::queue();
+    let event_socket = EventSocket::bind(options.state_dir.as_deref(), event_queue.clone())?;
     let metrics = match options.metrics_interval {
         Some(interval) => Metrics::start(interval).await,
         None => None,
@@ -64,13 +70,16 @@ pub(crate) async fn run(
     let agent = Agent {
         hello: handshake::hello(&options),
         url,
-        runs: Runs::new(executor, spool, ledger),
+        runs: Runs::new(executor, spool, ledger, event_socket.path().to_owned()),
         stop: Stop {
             shutdown,
             grace: options.kill_grace + STOP_MARGIN,
         },
         backoff: Backoff::new(),
         metrics,
+        event_queue,
+        event_rx,
+        _event_socket: event_socket,
     };
     agent.run().await
 }
@@ -85,6 +94,12 @@ struct Agent {
     backoff: Backoff,
     /// `None` when sampling is off (or this host cannot be sampled).
     metrics: Option<Metrics>,
+    /// Tells the socket clients whether a connection is draining the queue.
+    event_queue: EventQueue,
+    /// Published events; the connection in service sends from it.
+    event_rx: mpsc::Receiver<AgentEvent>,
+    /// Serves programs until the agent is dropped, then removes the socket.
+    _event_socket: EventSocket,
 }
 
 impl Agent {
@@ -141,8 +156,13 @@ impl Agent {
         self.runs.settle_orphans();
         tracing::info!("connected to hub as {}", ack.principal.name);
         let metrics_feed = self.metrics.as_ref().map(Metrics::feed);
-        let ended =
-            connection::serve(&mut ws, &ack, &mut self.runs, metrics_feed, &self.stop).await;
+        let _online = self.event_queue.online();
+        let queues = Queues {
+            runs: &mut self.runs,
+            metrics_feed,
+            event_rx: &mut self.event_rx,
+        };
+        let ended = connection::serve(&mut ws, &ack, queues, &self.stop).await;
         if let Ended::Shutdown = ended {
             close(&mut ws, CloseCode::NORMAL, "agent shutting down").await;
         }

@@ -1,11 +1,13 @@
 //! One live connection to the hub, after its handshake.
 //!
 //! A single task runs one `select!` over inbound frames, the spool, the
-//! heartbeat tick, the metrics feed, the heartbeat deadline and shutdown, and
+//! heartbeat tick, the metrics feed, the event queue, the heartbeat deadline
+//! and shutdown, and
 //! hands each message kind to a small method. The connection reads the spool
 //! through its own cursor from the start, so everything unacknowledged is sent
-//! again, in order, before anything new. On shutdown it keeps serving while the cancelled runs
-//! report and the hub acknowledges, for at most the stop grace. This module is
+//! again, in order, before anything new. On shutdown it keeps serving while the
+//! cancelled runs report, the hub acknowledges and queued events are sent, for
+//! at most the stop grace. This module is
 //! also the one place where close codes and hub errors are mapped to how a
 //! connection [`Ended`].
 
@@ -13,8 +15,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use futures_util::{SinkExt, StreamExt};
-use muster_proto::messages::{ConnectionAck, ErrorData, Heartbeat, MetricsSample};
+use muster_proto::messages::{AgentEvent, ConnectionAck, ErrorData, Heartbeat, MetricsSample};
 use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -59,15 +62,28 @@ pub(crate) struct Stop {
     pub(crate) grace: Duration,
 }
 
-/// Serves a connection whose handshake `ack` completed, until it ends; sends
-/// each sample of `metrics_feed` (if sampling is on) as it comes.
+/// What a connection sends from, besides its own replies.
+pub(crate) struct Queues<'a> {
+    /// The runs, whose spool is sent in order from the start.
+    pub(crate) runs: &'a mut Runs,
+    /// Host samples, sent as they come (if sampling is on).
+    pub(crate) metrics_feed: Option<Feed>,
+    /// Events programs published, sent as they come.
+    pub(crate) event_rx: &'a mut mpsc::Receiver<AgentEvent>,
+}
+
+/// Serves a connection whose handshake `ack` completed, until it ends.
 pub(crate) async fn serve(
     ws: &mut Ws,
     ack: &ConnectionAck,
-    runs: &mut Runs,
-    mut metrics_feed: Option<Feed>,
+    queues: Queues<'_>,
     stop: &Stop,
 ) -> Ended {
+    let Queues {
+        runs,
+        mut metrics_feed,
+        event_rx,
+    } = queues;
     let interval = Duration::from_millis(ack.heartbeat_interval_ms).max(MIN_HEARTBEAT_INTERVAL);
     let deadline = Duration::from_millis(ack.heartbeat_deadline_ms).max(interval);
     let mut ticker = interval_at(Instant::now() + interval, interval);
@@ -83,7 +99,7 @@ pub(crate) async fn serve(
         stop_by: None,
     };
     loop {
-        if conn.stopped(&spool) {
+        if conn.stopped(&spool) && event_rx.is_empty() {
             return Ended::Shutdown;
         }
         let stop_by = conn.stop_by.unwrap_or_else(Instant::now);
@@ -95,6 +111,7 @@ pub(crate) async fn serve(
             outgoing = spool.next(&mut cursor) => conn.send(encode(outgoing)).await,
             _ = ticker.tick() => conn.send_heartbeat().await,
             sample = Feed::next(metrics_feed.as_mut()) => conn.send_metrics(sample).await,
+            Some(event) = event_rx.recv() => conn.send_text(Envelope::plain(AgentToHub::Event(event))).await,
             () = sleep_until(conn.last_heard + deadline) => conn.on_silence().await,
         };
         if let Err(ended) = step {

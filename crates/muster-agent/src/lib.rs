@@ -16,6 +16,8 @@
 //! - `spool` — every per-run message, in order, until the hub acknowledges it;
 //! - `ledger` — the run ids this agent started, durable in the state dir;
 //! - `metrics` — host sampling, and the per-connection feed of samples;
+//! - `events` — the local event socket programs publish to, and the bounded
+//!   queue of events waiting for the hub; [`mod@emit`] — its client;
 //! - [`executor`] — the [`Executor`] seam; [`process`] — the real one;
 //! - [`sink`] — output batching into numbered frames; [`Backoff`] (from
 //!   `muster-proto`) — the reconnect schedule.
@@ -29,7 +31,9 @@
 //! is in memory: what an agent process had not delivered when it died is gone,
 //! and the hub learns of such runs as `unknown` from the next process's `hello`.
 //! Host metrics are the exception to delivery: they are never spooled, and a
-//! sample taken while disconnected is dropped.
+//! sample taken while disconnected is dropped. Events programs publish on the
+//! agent's socket are the other: they wait in a bounded in-memory queue, are
+//! refused once it is full, and are not acknowledged by the hub.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 mod agent;
 mod connection;
+pub mod emit;
+mod events;
 pub mod executor;
 mod handshake;
 mod ledger;
@@ -50,6 +56,8 @@ mod runs;
 pub mod sink;
 mod spool;
 
+pub use emit::{RUN_ID_ENV, SOCKET_ENV, emit};
+pub use events::{CLIENT_IDLE_TIMEOUT, EVENT_BUFFER, MAX_EVENT_LINE_BYTES, SOCKET_FILE_NAME};
 pub use executor::Executor;
 pub use muster_proto::backoff::Backoff;
 pub use process::ProcessExecutor;
@@ -92,7 +100,9 @@ pub struct AgentOptions {
     pub spool_max_bytes: usize,
     /// Directory for the run ledger (`runs.ledger`), created if missing. With
     /// `None` the ledger is in memory, so a run is still executed at most once
-    /// per agent process, but not across restarts of the agent.
+    /// per agent process, but not across restarts of the agent. The event
+    /// socket is `agent.sock` in this directory ([`SOCKET_FILE_NAME`]), or in
+    /// a private temporary directory with `None`.
     pub state_dir: Option<PathBuf>,
     /// Time between `metrics` samples of the host while connected (more than
     /// zero); the first is sent right after `connection.ack`. `None` turns

@@ -282,7 +282,7 @@ fn percent(usage: f32) -> f32 {
 }
 
 /// The wall clock, in Unix milliseconds.
-fn now_ms() -> UnixMillis {
+pub(crate) fn now_ms() -> UnixMillis {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

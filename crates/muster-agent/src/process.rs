@@ -1,7 +1,8 @@
 //! The real executor: one child process per run, in its own process group.
 //!
-//! The child gets `/dev/null` as stdin, the agent's environment plus the run's,
-//! and piped stdout and stderr that a separate task reads into the run's
+//! The child gets `/dev/null` as stdin, the agent's environment plus the run's
+//! (which, for runs the agent starts, includes `MUSTER_AGENT_SOCKET` and
+//! `MUSTER_RUN_ID`), and piped stdout and stderr that a separate task reads into the run's
 //! [`RunSink`]. A timeout or a cancellation sends SIGTERM to the whole process
 //! group, waits the run's `kill_grace_ms`, then sends SIGKILL. Whenever the
 //! main process exits, the group gets a SIGKILL so no orphan keeps running or

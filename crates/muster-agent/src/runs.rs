@@ -6,9 +6,11 @@
 //! spool. A repeated id is not executed: in flight, it is ignored; otherwise
 //! a task spools a `failed` exit report for it. A run stays in the table while
 //! its task lives, so `run.cancel` can find it; the table entry is a guard the
-//! task drops on its way out, whether it finished or was aborted.
+//! task drops on its way out, whether it finished or was aborted. Every run's
+//! environment gets the event socket's path and the run's id.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use muster_proto::RunId;
@@ -16,6 +18,7 @@ use muster_proto::messages::{RunAck, RunExited, RunOutcome, RunReport, RunReport
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::emit::{RUN_ID_ENV, SOCKET_ENV};
 use crate::executor::{Executor, drive};
 use crate::ledger::Ledger;
 use crate::sink::Outgoing;
@@ -38,16 +41,24 @@ pub(crate) struct Runs {
     table: Table,
     /// Owning the tasks lets shutdown wait for them and abort the stragglers.
     tasks: JoinSet<()>,
+    /// The event socket, announced to every run in [`SOCKET_ENV`].
+    event_socket: PathBuf,
 }
 
 impl Runs {
-    pub(crate) fn new(executor: Arc<dyn Executor>, spool: Arc<Spool>, ledger: Ledger) -> Self {
+    pub(crate) fn new(
+        executor: Arc<dyn Executor>,
+        spool: Arc<Spool>,
+        ledger: Ledger,
+        event_socket: PathBuf,
+    ) -> Self {
         Self {
             executor,
             spool,
             ledger,
             table: Table::default(),
             tasks: JoinSet::new(),
+            event_socket,
         }
     }
 
@@ -58,8 +69,9 @@ impl Runs {
 
     /// Starts a run, unless its id is in flight (ignored) or was started
     /// before (answered with a `failed` exit report, not executed).
-    pub(crate) fn start(&mut self, start: RunStart) {
+    pub(crate) fn start(&mut self, mut start: RunStart) {
         self.reap();
+        self.add_agent_env(&mut start);
         let run = start.run;
         let cancel = CancellationToken::new();
         let Some(entry) = Entry::insert(&self.table, run, cancel.clone()) else {
@@ -82,6 +94,16 @@ impl Runs {
             execution.await;
             drop(entry);
         });
+    }
+
+    /// Sets [`SOCKET_ENV`] and [`RUN_ID_ENV`] in the run's environment, over
+    /// any values the run itself asked for.
+    fn add_agent_env(&self, start: &mut RunStart) {
+        let socket = self.event_socket.to_string_lossy().into_owned();
+        start.env.insert(SOCKET_ENV.to_owned(), socket);
+        start
+            .env
+            .insert(RUN_ID_ENV.to_owned(), start.run.to_string());
     }
 
     /// Answers a `run.start` for a run started before with a `failed` report.
