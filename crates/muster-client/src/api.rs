@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use muster_proto::messages::{
-    AgentAdd, AgentAdded, AgentRef, Empty, RunAccepted, RunCreate, RunListQuery, RunRef, Subscribe,
-    Subscribed,
+    AgentAdd, AgentAdded, AgentRef, Empty, MetricsQuery, RunAccepted, RunCreate, RunListQuery,
+    RunRef, SeriesPoint, Subscribe, Subscribed,
 };
 use muster_proto::types::RunRequest;
-use muster_proto::{AgentInfo, AgentName, ClientToHub, HubToClient, RunId, RunInfo};
+use muster_proto::{AgentInfo, AgentName, ClientToHub, HubToClient, RunId, RunInfo, UnixMillis};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -81,9 +81,24 @@ impl Client {
         expect_reply!(self, request, "ok", HubToClient::Ok(_) => ())
     }
 
-    /// Subscribes to `channel` (`fleet`, `run:<id>`). With `since`, the hub
-    /// replays stored output from that sequence number, then sends
-    /// `stream.synced`, then live frames.
+    /// The stored metric samples of `agent` taken at or after `since_ms`, oldest
+    /// first; older points are averages over their `resolution_ms`.
+    pub async fn metrics(
+        &self,
+        agent: &AgentName,
+        since_ms: UnixMillis,
+    ) -> Result<Vec<SeriesPoint>, ClientError> {
+        let request = ClientToHub::MetricsQuery(MetricsQuery {
+            agent: agent.clone(),
+            since_ms,
+        });
+        expect_reply!(self, request, "metrics.series",
+            HubToClient::MetricsSeries(series) => series.samples)
+    }
+
+    /// Subscribes to `channel` (`fleet`, `agent:<name>`, `metrics:<name>`,
+    /// `run:<id>`). With `since`, the hub replays stored output from that
+    /// sequence number, then sends `stream.synced`, then live frames.
     pub async fn subscribe(
         &self,
         channel: &str,

@@ -42,7 +42,7 @@ pub use client::{Client, EVENT_CHANNEL_CAPACITY, Event};
 pub use error::ClientError;
 pub use follow::{FollowError, FollowEvent, FollowOptions, RunFollower};
 pub use muster_proto::messages::{
-    AgentAdded, ConnectionAck, RunAccepted, RunListQuery, Subscribed,
+    AgentAdded, ConnectionAck, MetricsSample, RunAccepted, RunListQuery, SeriesPoint, Subscribed,
 };
 pub use muster_proto::types::RunRequest;
 pub use reconnect::DEFAULT_GIVE_UP_AFTER;

@@ -95,6 +95,13 @@ pub trait Broker: Send + Sync + 'static {
 
 type Channels = HashMap<Arc<str>, HashMap<u64, Subscriber>>;
 
+/// Subscribers of this channel receive every publish except internal ones.
+pub const WILDCARD_CHANNEL: &str = "*";
+
+/// Channels with this prefix are hub-internal (agents' control inboxes) and
+/// never reach the wildcard.
+pub const INTERNAL_PREFIX: &str = "agent-inbox:";
+
 /// A [`Broker`] for one process: a map from channel to subscribers.
 #[derive(Clone, Default)]
 pub struct InProcessBroker {
@@ -113,10 +120,20 @@ impl InProcessBroker {
 impl Broker for InProcessBroker {
     fn publish(&self, delivery: Delivery) {
         let channels = self.channels.lock().expect("broker lock poisoned");
-        let Some(subscribers) = channels.get(&delivery.channel) else {
-            return;
-        };
-        for subscriber in subscribers.values() {
+        let wildcard = channels
+            .get(WILDCARD_CHANNEL)
+            .filter(|_| !delivery.channel.starts_with(INTERNAL_PREFIX));
+        let direct: Vec<&Subscriber> = channels
+            .get(&delivery.channel)
+            .map(|s| s.values().collect())
+            .unwrap_or_default();
+        // A connection subscribed both directly and to the wildcard gets one copy.
+        let extra = wildcard
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter(|w| !direct.iter().any(|d| d.tx.same_channel(&w.tx)));
+        let targets: Vec<&Subscriber> = direct.iter().copied().chain(extra).collect();
+        for subscriber in targets {
             match subscriber.tx.try_send(delivery.clone()) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => subscriber.overflow.cancel(),
@@ -196,6 +213,20 @@ mod tests {
         for n in 0..3u64 {
             assert_eq!(fast_rx.recv().await.unwrap().seq, Some(n));
         }
+    }
+
+    #[tokio::test]
+    async fn the_wildcard_sees_everything_once_but_internal_channels() {
+        let broker = InProcessBroker::new();
+        let (s, mut rx) = subscriber(8);
+        let _all = broker.subscribe(WILDCARD_CHANNEL, s.clone());
+        let _fleet = broker.subscribe("fleet", s);
+        broker.publish(delivery("run:1", 1));
+        broker.publish(delivery("fleet", 2));
+        broker.publish(delivery("agent-inbox:web-1", 3));
+        assert_eq!(rx.recv().await.unwrap().seq, Some(1));
+        assert_eq!(rx.recv().await.unwrap().seq, Some(2));
+        assert!(rx.try_recv().is_err(), "no duplicate, no internal message");
     }
 
     #[tokio::test]

@@ -787,7 +787,9 @@ impl AgentEvent {
     pub fn validate(&self) -> Result<(), String> {
         let words_ok = self.kind.split('.').count() >= 2
             && self.kind.split('.').all(|w| {
-                !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                !w.is_empty()
+                    && w.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             });
         if !words_ok || self.kind.len() > Self::MAX_TYPE_LEN {
             return Err(format!(
@@ -799,9 +801,14 @@ impl AgentEvent {
         if !self.data.is_object() {
             return Err("event data must be a JSON object".into());
         }
-        let size = serde_json::to_string(&self.data).map(|s| s.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_string(&self.data)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX);
         if size > Self::MAX_DATA_BYTES {
-            return Err(format!("event data is {size} bytes; the limit is {}", Self::MAX_DATA_BYTES));
+            return Err(format!(
+                "event data is {size} bytes; the limit is {}",
+                Self::MAX_DATA_BYTES
+            ));
         }
         Ok(())
     }

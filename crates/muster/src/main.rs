@@ -48,6 +48,12 @@ enum Command {
     /// List, inspect, replay and cancel runs.
     #[command(subcommand)]
     Runs(cli::runs::RunsCommand),
+    /// Show every agent's status, CPU, memory, disk and load, live until Ctrl-C.
+    Top(cli::top::TopArgs),
+    /// Print an agent's events from an offset; with --follow, keep printing new ones.
+    Events(cli::events::EventsArgs),
+    /// Publish an event to this agent's channel, from a command the agent runs.
+    Emit(cli::events::EmitArgs),
 }
 
 impl Command {
@@ -101,6 +107,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Agents(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Run(args) => (cli::run::run(args).await, cli::EXIT_ERROR),
         Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Top(args) => (cli::top::top(args, json).await, cli::EXIT_ERROR),
+        Command::Events(args) => (cli::events::events(args, json).await, cli::EXIT_ERROR),
+        Command::Emit(args) => (cli::events::emit(args).await, cli::EXIT_ERROR),
     };
     result.unwrap_or_else(|err| {
         eprintln!("muster: {err:#}");

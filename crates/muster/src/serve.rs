@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Name of the agent `muster dev` runs in-process.
 const DEV_AGENT: &str = "local";
+/// How often the `muster dev` agent samples its host: often enough to watch.
+const DEV_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long `muster dev` waits for its own agent before giving up.
 const DEV_AGENT_READY: Duration = Duration::from_secs(15);
 
@@ -118,6 +120,9 @@ pub(crate) struct AgentArgs {
     /// Directory for the agent's state (the ledger of runs it started).
     #[arg(long, env = "MUSTER_STATE_DIR", default_value = ".muster-agent")]
     pub(crate) state_dir: PathBuf,
+    /// How often to sample and report host metrics (e.g. 30s); 0 turns it off.
+    #[arg(long, env = "MUSTER_METRICS_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) metrics_interval: Duration,
     /// How many runs execute at once.
     #[arg(long, env = "MUSTER_MAX_CONCURRENCY", default_value_t = 4)]
     pub(crate) max_concurrency: u32,
@@ -153,6 +158,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         labels: BTreeMap::from([("env".to_owned(), "dev".to_owned())]),
         kill_grace: Duration::from_millis(hub.config().kill_grace_ms),
         state_dir: Some(hub.config().data_dir.join("agent-local")),
+        metrics_interval: Some(DEV_METRICS_INTERVAL),
         ..AgentOptions::new(url.clone(), agent_token.expose().to_owned())
     };
     let agent = tokio::spawn(muster_agent::run(agent_options, shutdown.clone()));
@@ -207,6 +213,7 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         labels: args.labels.into_iter().collect(),
         max_concurrency: args.max_concurrency.max(1),
         state_dir: Some(args.state_dir),
+        metrics_interval: (!args.metrics_interval.is_zero()).then_some(args.metrics_interval),
         ..AgentOptions::new(args.hub, args.token)
     };
     muster_agent::run(options, shutdown_on_signal()).await?;

@@ -245,3 +245,42 @@ async fn dropping_every_handle_closes_normally() {
     drop(clone);
     assert_eq!(code_rx.await.unwrap(), Some(CloseCode::NORMAL));
 }
+
+#[tokio::test]
+async fn metrics_queries_return_the_series_points() {
+    use muster_proto::AgentName;
+    use muster_proto::messages::{MetricsSample, MetricsSeries, SeriesPoint};
+
+    let url = fake_hub(|mut hub| async move {
+        accept_hello(&mut hub, 30_000, 60_000).await;
+        let request = recv(&mut hub).await;
+        let ClientToHub::MetricsQuery(query) = request.msg else {
+            panic!("expected metrics.query, got {:?}", request.msg)
+        };
+        assert_eq!((query.agent.as_str(), query.since_ms), ("web-1", 1_000));
+        let point = |resolution_ms, ts_ms| SeriesPoint {
+            resolution_ms,
+            sample: MetricsSample {
+                ts_ms,
+                ..MetricsSample::default()
+            },
+        };
+        let series = MetricsSeries {
+            agent: query.agent,
+            samples: vec![point(300_000, 1_000), point(0, 2_000)],
+        };
+        let reply = HubToClient::MetricsSeries(series);
+        send(&mut hub, Envelope::reply(request.id, reply)).await;
+        close_code(&mut hub).await;
+    })
+    .await;
+    let (client, _events) = Client::connect(&url, "tok").await.unwrap();
+    let agent = AgentName::new("web-1").unwrap();
+    let points = client.metrics(&agent, 1_000).await.unwrap();
+    let shape: Vec<_> = points
+        .iter()
+        .map(|p| (p.resolution_ms, p.sample.ts_ms))
+        .collect();
+    assert_eq!(shape, [(300_000, 1_000), (0, 2_000)]);
+    client.close().await;
+}

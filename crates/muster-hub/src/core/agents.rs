@@ -132,6 +132,9 @@ impl Core {
             return Err(agent_not_found(name));
         }
         self.kick_agent(name, CloseCode::REVOKED, "agent removed");
+        let removed =
+            HubToClient::AgentRemoved(muster_proto::messages::AgentRef { name: name.clone() });
+        self.publish_event(FLEET_CHANNEL, removed);
         let waiting = self
             .scheduler
             .lock()

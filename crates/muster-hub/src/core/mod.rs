@@ -36,7 +36,7 @@ pub const FLEET_CHANNEL: &str = "fleet";
 
 /// The internal channel that carries hub → agent control messages.
 pub fn agent_inbox(name: &muster_proto::AgentName) -> String {
-    format!("agent-inbox:{name}")
+    format!("{}{name}", crate::broker::INTERNAL_PREFIX)
 }
 
 /// Shared state of one hub process.

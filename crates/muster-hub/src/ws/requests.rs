@@ -12,7 +12,7 @@ use muster_proto::{AgentName, ClientToHub, Envelope, ErrorCode, HubToClient, Run
 
 use super::conn::Writer;
 use super::streams::StreamKey;
-use crate::broker::{Delivery, Subscriber, SubscriptionGuard};
+use crate::broker::{Delivery, Subscriber, SubscriptionGuard, WILDCARD_CHANNEL};
 use crate::core::{ApiError, Core, FLEET_CHANNEL};
 
 /// Output chunks read from the store per query during a replay.
@@ -188,6 +188,9 @@ impl Session {
         re: Option<muster_proto::RequestId>,
         req: Subscribe,
     ) -> Result<(), axum::Error> {
+        if req.channel == WILDCARD_CHANNEL {
+            return self.subscribe_wildcard(writer, re).await;
+        }
         // Live first, then the snapshot: a run that ends in between is then
         // seen ending, never missed.
         let was_subscribed = self.subs.contains_key(&req.channel);
@@ -227,6 +230,25 @@ impl Session {
             self.subs.remove(&req.channel);
         }
         sent
+    }
+
+    /// Subscribes an admin to every event of every channel, for debugging.
+    async fn subscribe_wildcard(
+        &mut self,
+        writer: &mut Writer,
+        re: Option<muster_proto::RequestId>,
+    ) -> Result<(), axum::Error> {
+        if let Err(e) = self.require_admin() {
+            return writer.send_error(re, e.to_data(), HubToClient::Error).await;
+        }
+        self.subscribe_live(WILDCARD_CHANNEL);
+        let subscribed = Subscribed {
+            channel: WILDCARD_CHANNEL.to_owned(),
+            run: None,
+        };
+        writer
+            .send(&Envelope::reply(re, HubToClient::Subscribed(subscribed)))
+            .await
     }
 
     /// Replays stored output from `since`, then sends `stream.synced`.
@@ -323,8 +345,12 @@ impl Session {
         writer: &mut Writer,
         delivery: Delivery,
     ) -> Result<(), axum::Error> {
-        // Deliveries queued before an unsubscribe are dropped here.
+        // Deliveries queued before an unsubscribe are dropped here; the
+        // wildcard gets everything as it comes, without stream bookkeeping.
         let Some(sub) = self.subs.get_mut(&*delivery.channel) else {
+            if self.subs.contains_key(WILDCARD_CHANNEL) {
+                return writer.feed(delivery.frame).await;
+            }
             return Ok(());
         };
         let Some(seq) = delivery.seq else {

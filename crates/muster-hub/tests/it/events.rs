@@ -42,6 +42,8 @@ async fn events_stream_in_order_and_replay_from_any_offset() {
         .await
         .unwrap();
     live.subscribe("agent:site-host", None).await.unwrap();
+    let (debug, mut everything) = hub.client().await;
+    debug.subscribe("*", None).await.unwrap();
     let (mut agent, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/agent"))
         .await
         .unwrap();
@@ -83,6 +85,9 @@ async fn events_stream_in_order_and_replay_from_any_offset() {
         .collect();
     assert_eq!(statuses, ["starting", "progress", "completed"]);
     assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    // The admin wildcard saw them too, without subscribing to the agent.
+    let (seen, _) = collect_events(&mut everything, 3).await;
+    assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
 
     // A client that comes later replays from an offset, then is told it is live.
     let (late, mut late_events) = hub.client().await;

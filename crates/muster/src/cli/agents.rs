@@ -1,4 +1,5 @@
-//! `muster agents list | add | show | rm`: the agent registry.
+//! `muster agents list | add | show | rm | label | metrics`: the agent
+//! registry, and each agent's stored resource samples (in `metrics`).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use muster_proto::messages::AgentLabel;
 use muster_proto::{AgentInfo, AgentName, AgentStatus, ClientToHub, HubToClient};
 
 use super::output::{self, Table};
-use super::{HubConn, agent_error, parse};
+use super::{HubConn, agent_error, metrics, parse};
 
 /// The `muster agents` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -22,6 +23,8 @@ pub(crate) enum AgentsCommand {
     Rm(NameArgs),
     /// Edit registered labels: KEY=VALUE sets one, KEY- removes one.
     Label(LabelArgs),
+    /// Show an agent's recent resource samples: CPU, memory, disk, load, network.
+    Metrics(metrics::MetricsArgs),
 }
 
 /// Arguments of `muster agents label`.
@@ -73,6 +76,7 @@ impl AgentsCommand {
             Self::Show(args) => show(args, json).await?,
             Self::Rm(args) => remove(args, json).await?,
             Self::Label(args) => label(args, json).await?,
+            Self::Metrics(args) => metrics::show(args, json).await?,
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -208,7 +212,8 @@ fn agent_fields(agent: &AgentInfo, now_ms: u64) -> String {
     ])
 }
 
-fn status(status: AgentStatus) -> &'static str {
+/// An agent's status as the tables print it.
+pub(crate) fn status(status: AgentStatus) -> &'static str {
     match status {
         AgentStatus::Online => "online",
         AgentStatus::Stale => "stale",

@@ -1,4 +1,4 @@
-//! The client subcommands: `agents`, `run` and `runs`.
+//! The client subcommands: `agents`, `run`, `runs` and `top`.
 //!
 //! Each talks to a hub through `muster-client`. This module owns what they
 //! share: the `--hub`/`--token` arguments, connecting, and turning hub errors
@@ -8,12 +8,17 @@
 
 pub(crate) mod agents;
 pub(crate) mod cancel;
+pub(crate) mod events;
 pub(crate) mod exit;
+pub(crate) mod fleet;
+pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod parse;
 pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod stream;
+pub(crate) mod top;
+pub(crate) mod units;
 
 use std::fmt;
 use std::str::FromStr;

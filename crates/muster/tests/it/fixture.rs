@@ -206,6 +206,20 @@ impl Cli {
         });
     }
 
+    /// Polls a JSON-printing command until `pred` holds for its output.
+    pub(crate) fn wait_until_json(
+        &self,
+        what: &str,
+        args: &[&str],
+        mut pred: impl FnMut(&Value) -> bool,
+    ) {
+        self.wait_until(what, || {
+            let out = self.output(args);
+            out.status.success()
+                && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| pred(&v))
+        });
+    }
+
     /// Polls `runs list` until one run matches `pred`; returns it.
     pub(crate) fn wait_run(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let mut found = None;

@@ -4,6 +4,7 @@
 mod fault_agents;
 mod fault_streams;
 mod fixture;
+mod fleet;
 mod slow_client;
 
 use std::io::Read as _;
