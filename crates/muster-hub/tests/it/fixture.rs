@@ -54,6 +54,16 @@ impl TestHub {
 
     /// Starts an in-process agent and waits until the hub sees it online.
     pub(crate) async fn agent(&self, name: &str, max_concurrency: u32) -> CancellationToken {
+        self.agent_with_metrics(name, max_concurrency, None).await
+    }
+
+    /// An agent that samples its host every `metrics_interval`.
+    pub(crate) async fn agent_with_metrics(
+        &self,
+        name: &str,
+        max_concurrency: u32,
+        metrics_interval: Option<Duration>,
+    ) -> CancellationToken {
         let name = AgentName::new(name).unwrap();
         let token = self.hub.agent_token(&name).await.unwrap();
         let options = AgentOptions {
@@ -61,6 +71,7 @@ impl TestHub {
             max_concurrency,
             kill_grace: Duration::from_secs(2),
             state_dir: Some(self.data_dir().join(format!("agent-{name}"))),
+            metrics_interval,
             ..AgentOptions::new(self.url.clone(), token.expose().to_owned())
         };
         let stop = CancellationToken::new();

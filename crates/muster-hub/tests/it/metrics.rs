@@ -106,3 +106,48 @@ async fn samples_stream_live_then_roll_up_and_expire() {
     .await
     .expect("the series is compacted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_rises_on_the_metrics_channel_while_the_agent_runs_yes() {
+    let hub = TestHub::start().await;
+    let interval = std::time::Duration::from_secs(1);
+    let _agent = hub.agent_with_metrics("busy", 1, Some(interval)).await;
+    let (client, mut events) = hub.client().await;
+    client.subscribe("metrics:busy", None).await.unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get() as f32;
+    let request = muster_proto::types::RunRequest::new(
+        AgentName::new("busy").unwrap(),
+        muster_proto::CommandSpec::Shell("timeout 4 yes > /dev/null".into()),
+    );
+    let run = client.create_run(request, true).await.unwrap().run.id;
+    let mut peak = 0.0f32;
+    let mut samples = 0;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("events open") {
+                Event::Message(env) => match env.msg {
+                    HubToClient::MetricsSample(s) => {
+                        samples += 1;
+                        peak = peak.max(s.sample.cpu_percent);
+                        assert!(s.sample.mem_total_bytes > 0 && !s.sample.disks.is_empty());
+                    }
+                    HubToClient::RunStatus(s) if s.run.id == run && s.run.state.is_terminal() => {
+                        return;
+                    }
+                    _ => {}
+                },
+                Event::Closed { reason, .. } => panic!("closed: {reason}"),
+                Event::Output(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the busy run ends");
+    eprintln!("{samples} samples while yes ran; peak CPU {peak:.1} % of {cores} cores");
+    assert!(samples >= 2, "samples every second: got {samples}");
+    // One core fully busy is 100/cores percent of the machine; allow for sampling edges.
+    assert!(
+        peak > 100.0 / (2.0 * cores),
+        "peak CPU {peak} never showed the busy core"
+    );
+}
