@@ -84,6 +84,16 @@ impl Hub {
             .await
     }
 
+    /// Mints an API key with `role` (`admin`, `operator` or `viewer`). Only admin
+    /// keys may register agents or watch the `*` wildcard so far.
+    pub async fn mint_key(&self, name: &str, role: &str) -> anyhow::Result<Secret> {
+        anyhow::ensure!(
+            matches!(role, "admin" | "operator" | "viewer"),
+            "unknown role {role:?}: use admin, operator or viewer"
+        );
+        self.core.mint_api_key(name, role, false).await
+    }
+
     /// Returns a fresh token for agent `name`, registering it if needed.
     pub async fn agent_token(&self, name: &AgentName) -> anyhow::Result<Secret> {
         self.core.rotate_agent_token(name, Default::default()).await

@@ -167,3 +167,30 @@ async fn a_peer_that_goes_silent_is_closed_after_the_heartbeat_deadline() {
         "the hub sent heartbeats first ({heartbeats})"
     );
 }
+
+#[tokio::test]
+async fn channels_that_do_not_exist_or_are_not_allowed_are_refused() {
+    let hub = TestHub::start().await;
+    let (admin, _events) = hub.client().await;
+    for channel in [
+        "nonsense",
+        "run:not-a-ulid",
+        "agent:nosuch",
+        "metrics:nosuch",
+        "run:01JD3XK4M2Q8R7V6T5S4P3N2B1",
+    ] {
+        let err = admin.subscribe(channel, None).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::UnknownChannel), "{channel}");
+    }
+    let viewer_token = hub.hub.mint_key("watcher", "viewer").await.unwrap();
+    let (viewer, _events) = muster_client::Client::connect(&hub.url, viewer_token.expose())
+        .await
+        .unwrap();
+    let err = viewer.subscribe("*", None).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    assert!(
+        viewer.subscribe("fleet", None).await.is_ok(),
+        "the viewer can still watch the fleet"
+    );
+    assert!(admin.subscribe("*", None).await.is_ok());
+}
