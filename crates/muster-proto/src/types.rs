@@ -291,3 +291,33 @@ pub struct RunInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<crate::UnixMillis>,
 }
+
+impl RunInfo {
+    /// A freshly accepted run: `queued`, with a new id, nothing run yet.
+    pub fn queued(request: RunRequest, created_ms: crate::UnixMillis) -> Self {
+        Self {
+            id: RunId::generate(),
+            agent: request.agent,
+            command: request.command,
+            env: request.env,
+            cwd: request.cwd,
+            timeout_ms: request.timeout_ms,
+            priority: request.priority,
+            state: RunState::Queued,
+            queue_position: None,
+            exit_code: None,
+            signal: None,
+            error: None,
+            pid: None,
+            output_bytes: 0,
+            output_truncated: false,
+            requested_by: None,
+            idempotency_key: request.idempotency_key,
+            created_ms,
+            expires_ms: request.ttl_ms.map(|ttl| created_ms.saturating_add(ttl)),
+            dispatched_ms: None,
+            started_ms: None,
+            finished_ms: None,
+        }
+    }
+}

@@ -394,31 +394,10 @@ fn stored_chunk(frame: &OutputFrame) -> StoredChunk {
 }
 
 fn new_run(principal: &Principal, request: RunRequest, ttl_ms: u64) -> RunInfo {
-    let created_ms = now_ms();
-    RunInfo {
-        id: RunId::generate(),
-        agent: request.agent,
-        command: request.command,
-        env: request.env,
-        cwd: request.cwd,
-        timeout_ms: request.timeout_ms,
-        priority: request.priority,
-        state: RunState::Queued,
-        queue_position: None,
-        exit_code: None,
-        signal: None,
-        error: None,
-        pid: None,
-        output_bytes: 0,
-        output_truncated: false,
-        requested_by: Some(principal.name.clone()),
-        idempotency_key: request.idempotency_key,
-        created_ms,
-        expires_ms: Some(created_ms.saturating_add(ttl_ms)),
-        dispatched_ms: None,
-        started_ms: None,
-        finished_ms: None,
-    }
+    let mut run = RunInfo::queued(request, now_ms());
+    run.requested_by = Some(principal.name.clone());
+    run.expires_ms = Some(run.created_ms.saturating_add(ttl_ms));
+    run
 }
 
 /// The error for an unknown run id.

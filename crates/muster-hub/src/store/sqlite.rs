@@ -104,8 +104,16 @@ fn agent_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<AgentRecord> 
 }
 
 fn run_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RunInfo> {
+    doc(row, "run")
+}
+
+/// Decodes the JSON `doc` column every record table keeps.
+fn doc<T: serde::de::DeserializeOwned>(
+    row: &sqlx::sqlite::SqliteRow,
+    what: &str,
+) -> anyhow::Result<T> {
     let doc: String = row.try_get("doc")?;
-    serde_json::from_str(&doc).context("decoding stored run")
+    serde_json::from_str(&doc).with_context(|| format!("decoding stored {what}"))
 }
 
 const AGENT_COLUMNS: &str = "name, labels, key_id, secret_hash, facts, last_seen_ms";
@@ -408,10 +416,9 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| {
                 let resolution: i64 = row.try_get("resolution_ms")?;
-                let doc: String = row.try_get("doc")?;
                 Ok(SeriesPoint {
                     resolution_ms: resolution as u64,
-                    sample: serde_json::from_str(&doc).context("decoding stored sample")?,
+                    sample: doc(row, "sample")?,
                 })
             })
             .collect()
@@ -435,9 +442,7 @@ impl Store for SqliteStore {
         let mut windows: BTreeMap<(String, u64), Vec<MetricsSample>> = BTreeMap::new();
         for row in &rows {
             let agent: String = row.try_get("agent")?;
-            let doc: String = row.try_get("doc")?;
-            let sample: MetricsSample =
-                serde_json::from_str(&doc).context("decoding stored sample")?;
+            let sample: MetricsSample = doc(row, "sample")?;
             let start = metrics::window_start(sample.ts_ms, retention.window_ms);
             windows.entry((agent, start)).or_default().push(sample);
         }
@@ -487,12 +492,7 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let doc: String = row.try_get("doc")?;
-                serde_json::from_str(&doc).context("decoding stored event")
-            })
-            .collect()
+        rows.iter().map(|row| doc(row, "event")).collect()
     }
 
     async fn next_event_seq(&self, agent: &AgentName) -> anyhow::Result<u64> {

@@ -93,21 +93,13 @@ async fn handshake(
                 Ok(record) => return Some((record, hello)),
                 Err(e) => (CloseCode::AUTH_FAILED, e.to_data()),
             },
-            Ok(_) => (
-                CloseCode::PROTOCOL_ERROR,
-                ErrorData::new(
-                    ErrorCode::HandshakeRequired,
-                    "the first message must be a hello",
-                ),
-            ),
+            Ok(_) => conn::not_hello(),
             Err(rejected) => rejected,
         };
     if code != CloseCode::NORMAL {
         tracing::info!(code, reason = %error.message, "agent handshake rejected");
-        let message = error.message.clone();
-        let _ = writer.send_error(None, error, HubToAgent::Error).await;
-        writer.close(code, &message).await;
     }
+    writer.reject(code, error, HubToAgent::Error).await;
     None
 }
 

@@ -105,7 +105,7 @@ async fn handshake(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     writer: &mut Writer,
 ) -> Option<Principal> {
-    let rejected =
+    let (code, error) =
         match conn::read_hello::<ClientToHub>(stream, core.config.handshake_timeout()).await {
             Ok(Envelope {
                 msg: ClientToHub::Hello(hello),
@@ -114,21 +114,10 @@ async fn handshake(
                 Ok(principal) => return Some(principal),
                 Err(e) => (CloseCode::AUTH_FAILED, e.to_data()),
             },
-            Ok(_) => (
-                CloseCode::PROTOCOL_ERROR,
-                ErrorData::new(
-                    ErrorCode::HandshakeRequired,
-                    "the first message must be a hello",
-                ),
-            ),
+            Ok(_) => conn::not_hello(),
             Err(rejected) => rejected,
         };
-    let (code, error) = rejected;
-    if code != CloseCode::NORMAL {
-        let message = error.message.clone();
-        let _ = writer.send_error(None, error, HubToClient::Error).await;
-        writer.close(code, &message).await;
-    }
+    writer.reject(code, error, HubToClient::Error).await;
     None
 }
 

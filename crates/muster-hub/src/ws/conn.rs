@@ -54,6 +54,22 @@ impl Writer {
         self.send(&Envelope::reply(re, wrap(error))).await
     }
 
+    /// Refuses a handshake: the `error`, then the close, unless the peer
+    /// already left (`NORMAL`).
+    pub(crate) async fn reject<M: ProtoMessage>(
+        &mut self,
+        code: u16,
+        error: ErrorData,
+        wrap: fn(ErrorData) -> M,
+    ) {
+        if code == CloseCode::NORMAL {
+            return;
+        }
+        let message = error.message.clone();
+        let _ = self.send_error(None, error, wrap).await;
+        self.close(code, &message).await;
+    }
+
     /// Queues a frame without flushing.
     pub(crate) async fn feed(&mut self, frame: Frame) -> Result<(), axum::Error> {
         self.sink.feed(to_message(frame)).await
@@ -144,6 +160,17 @@ pub(crate) async fn read_hello<M: ProtoMessage>(
             _ => handshake_required("the first message must be a hello"),
         }),
     }
+}
+
+/// The rejection for a first message of another type than `hello`.
+pub(crate) fn not_hello() -> (u16, ErrorData) {
+    (
+        CloseCode::PROTOCOL_ERROR,
+        ErrorData::new(
+            ErrorCode::HandshakeRequired,
+            "the first message must be a hello",
+        ),
+    )
 }
 
 /// Tracks when the peer was last heard from.

@@ -102,3 +102,28 @@ impl Drop for TestHub {
         self.shutdown.cancel();
     }
 }
+
+/// Reads events until some run's terminal `run.status`; returns that run and
+/// the output payload bytes received on the way.
+pub(crate) async fn until_run_ends(
+    events: &mut mpsc::Receiver<Event>,
+) -> (muster_proto::RunInfo, usize) {
+    let mut received = 0;
+    let finished = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("events open") {
+                Event::Output(frame) => received += frame.payload.len(),
+                Event::Message(env) => match env.msg {
+                    muster_proto::HubToClient::RunStatus(s) if s.run.state.is_terminal() => {
+                        return s.run;
+                    }
+                    _ => {}
+                },
+                Event::Closed { reason, .. } => panic!("the client was closed: {reason}"),
+            }
+        }
+    })
+    .await
+    .expect("the run ends");
+    (finished, received)
+}

@@ -5,7 +5,7 @@ use muster_client::Event;
 use muster_proto::types::RunRequest;
 use muster_proto::{AgentName, CommandSpec, HubToClient, OutputStream, RunState};
 
-use crate::fixture::{TestHub, WAIT};
+use crate::fixture::{TestHub, WAIT, until_run_ends};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_subscriber_gets_every_chunk_once_in_order() {
@@ -84,21 +84,7 @@ async fn output_past_the_cap_is_dropped_and_the_run_marked_truncated() {
         ]),
     );
     let id = client.create_run(request, true).await.unwrap().run.id;
-    let mut received = 0;
-    let finished = tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("events open") {
-                Event::Output(frame) => received += frame.payload.len(),
-                Event::Message(env) => match env.msg {
-                    HubToClient::RunStatus(s) if s.run.state.is_terminal() => return s.run,
-                    _ => {}
-                },
-                Event::Closed { reason, .. } => panic!("closed: {reason}"),
-            }
-        }
-    })
-    .await
-    .expect("the run completes");
+    let (finished, received) = until_run_ends(&mut events).await;
     assert_eq!(finished.id, id);
     assert_eq!(finished.state, RunState::Completed);
     assert_eq!(

@@ -7,7 +7,7 @@ use muster_proto::{CloseCode, HubToClient, RunId, RunState};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::fixture::{TestHub, WAIT};
+use crate::fixture::{TestHub, WAIT, until_run_ends};
 
 const TOTAL: usize = 20_000_000;
 
@@ -45,21 +45,7 @@ async fn a_client_that_stops_reading_is_dropped_and_others_get_everything() {
     // A second client follows the same run from the start and gets all of it.
     let (client, mut events) = hub.client().await;
     client.subscribe(&run.channel(), Some(0)).await.unwrap();
-    let mut received = 0;
-    let finished = tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("events open") {
-                Event::Output(frame) => received += frame.payload.len(),
-                Event::Message(env) => match env.msg {
-                    HubToClient::RunStatus(s) if s.run.state.is_terminal() => return s.run,
-                    _ => {}
-                },
-                Event::Closed { reason, .. } => panic!("the reading client was closed: {reason}"),
-            }
-        }
-    })
-    .await
-    .expect("the run completes while a client is stuck");
+    let (finished, received) = until_run_ends(&mut events).await;
     assert_eq!(finished.state, RunState::Completed);
     assert_eq!(received, TOTAL);
 

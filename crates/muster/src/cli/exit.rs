@@ -61,34 +61,19 @@ pub(crate) fn run_exit(run: &RunInfo) -> RunExit {
 
 #[cfg(test)]
 mod tests {
-    use muster_proto::{AgentName, CommandSpec, RunId};
+    use muster_proto::types::RunRequest;
+    use muster_proto::{AgentName, CommandSpec};
 
     use super::*;
 
     fn run(state: RunState) -> RunInfo {
+        let request = RunRequest::new(
+            AgentName::new("web-1").unwrap(),
+            CommandSpec::Argv(vec!["true".into()]),
+        );
         RunInfo {
-            id: RunId::generate(),
-            agent: AgentName::new("web-1").unwrap(),
-            command: CommandSpec::Argv(vec!["true".into()]),
-            env: Default::default(),
-            cwd: None,
-            timeout_ms: None,
-            priority: 0,
             state,
-            queue_position: None,
-            exit_code: None,
-            signal: None,
-            error: None,
-            pid: None,
-            output_bytes: 0,
-            output_truncated: false,
-            requested_by: None,
-            idempotency_key: None,
-            created_ms: 0,
-            expires_ms: None,
-            dispatched_ms: None,
-            started_ms: None,
-            finished_ms: None,
+            ..RunInfo::queued(request, 0)
         }
     }
 
