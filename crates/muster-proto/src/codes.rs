@@ -42,6 +42,20 @@ pub enum ErrorCode {
     HistoryGap,
     /// The hub failed internally; the request may be retried.
     Internal,
+    /// A selector did not parse; the message names the column.
+    InvalidSelector,
+    /// A selector matched no registered agent.
+    NoTargets,
+    /// The named job does not exist.
+    JobNotFound,
+    /// The agent declares no action with that name.
+    UnknownAction,
+    /// An action parameter is missing, unknown or breaks its rule; the message
+    /// names the parameter and the rule. Nothing ran.
+    InvalidParams,
+    /// The agent runs declared actions only (`exec = "actions-only"`) and
+    /// refused a raw command. Nothing ran.
+    CommandsDisabled,
 }
 
 impl ErrorCode {
@@ -57,6 +71,11 @@ impl ErrorCode {
                 | Self::InvalidState
                 | Self::Conflict
                 | Self::UnknownChannel
+                | Self::InvalidSelector
+                | Self::JobNotFound
+                | Self::UnknownAction
+                | Self::InvalidParams
+                | Self::CommandsDisabled
         )
     }
 
@@ -79,6 +98,12 @@ impl ErrorCode {
             Self::UnknownChannel => "UNKNOWN_CHANNEL",
             Self::HistoryGap => "HISTORY_GAP",
             Self::Internal => "INTERNAL",
+            Self::InvalidSelector => "INVALID_SELECTOR",
+            Self::NoTargets => "NO_TARGETS",
+            Self::JobNotFound => "JOB_NOT_FOUND",
+            Self::UnknownAction => "UNKNOWN_ACTION",
+            Self::InvalidParams => "INVALID_PARAMS",
+            Self::CommandsDisabled => "COMMANDS_DISABLED",
         }
     }
 }

@@ -40,6 +40,38 @@ impl FromStr for RunId {
     }
 }
 
+/// Identifier of one job (a command, action or workflow fanned out over
+/// agents): a ULID, like [`RunId`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub ulid::Ulid);
+
+impl JobId {
+    /// A fresh id for a job created now.
+    pub fn generate() -> Self {
+        Self(ulid::Ulid::new())
+    }
+
+    /// The name of the channel that carries this job's progress and step events.
+    pub fn channel(&self) -> String {
+        format!("job:{}", self.0)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = ulid::DecodeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(Self)
+    }
+}
+
 /// The unique name of an agent, such as `web-1`.
 ///
 /// 1 to 64 characters from `[A-Za-z0-9._-]`, starting with a letter or digit.

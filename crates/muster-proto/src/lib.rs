@@ -13,20 +13,24 @@
 //!   followed by the raw bytes, so output is byte-exact and the hub can forward
 //!   it without re-encoding (see [`frame`]).
 
+pub mod actions;
 pub mod backoff;
 pub mod codes;
 pub mod envelope;
 pub mod frame;
 pub mod ids;
+pub mod jobs;
 pub mod limits;
 pub mod messages;
+pub mod selector;
 pub mod types;
 
 pub use codes::{CloseCode, ErrorCode};
 pub use envelope::{DecodeError, Envelope};
 pub use frame::{OutputFrame, OutputHeader};
-pub use ids::{AgentName, RequestId, RunId};
+pub use ids::{AgentName, JobId, RequestId, RunId};
 pub use messages::{AgentToHub, ClientToHub, HubToAgent, HubToClient};
+pub use selector::{Selector, SelectorError};
 pub use types::{AgentInfo, AgentStatus, CommandSpec, OutputStream, RunInfo, RunState};
 
 /// Protocol version announced in `connection.ack`.

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::actions::{ActionInfo, ExecMode};
 use crate::codes::ErrorCode;
-use crate::ids::{AgentName, RunId};
+use crate::ids::{AgentName, JobId, RunId};
+use crate::jobs::{JobInfo, JobProgress, JobSpec, JobState, TargetState};
 use crate::limits::Limits;
 use crate::types::{AgentInfo, CommandSpec, RunInfo, RunRequest, RunState};
 
@@ -32,9 +34,9 @@ pub enum ClientToHub {
     /// Answer to a hub heartbeat.
     #[serde(rename = "heartbeat.ack")]
     HeartbeatAck(Heartbeat),
-    /// List every registered agent; reply `agent.list`.
+    /// List registered agents, all or those a selector matches; reply `agent.list`.
     #[serde(rename = "agent.list")]
-    AgentList(Empty),
+    AgentList(AgentListQuery),
     /// One agent; reply `agent.info`.
     #[serde(rename = "agent.get")]
     AgentGet(AgentRef),
@@ -62,6 +64,18 @@ pub enum ClientToHub {
     /// Cancel a run: dequeue it, or kill its process group; reply `ok`.
     #[serde(rename = "run.cancel")]
     RunCancel(RunRef),
+    /// Create a job over the agents a selector matches; reply `job.accepted`.
+    #[serde(rename = "job.create")]
+    JobCreate(JobCreate),
+    /// One job with its targets; reply `job.info`.
+    #[serde(rename = "job.get")]
+    JobGet(JobRef),
+    /// Recent jobs, newest first, without targets; reply `job.list`.
+    #[serde(rename = "job.list")]
+    JobList(JobListQuery),
+    /// Cancel a job: waiting targets end `cancelled`, running ones are killed; reply `ok`.
+    #[serde(rename = "job.cancel")]
+    JobCancel(JobRef),
     /// Subscribe to a channel, optionally replaying a stream from `since`; reply `subscribed`.
     #[serde(rename = "subscribe")]
     Subscribe(Subscribe),
@@ -85,6 +99,10 @@ impl Message for ClientToHub {
         "run.list",
         "run.cancel",
         "metrics.query",
+        "job.create",
+        "job.get",
+        "job.list",
+        "job.cancel",
         "subscribe",
         "unsubscribe",
     ];
@@ -142,6 +160,33 @@ pub enum HubToClient {
     /// Reply to `metrics.query`.
     #[serde(rename = "metrics.series")]
     MetricsSeries(MetricsSeries),
+    /// Reply to `job.create`.
+    #[serde(rename = "job.accepted")]
+    JobAccepted(JobEnvelope),
+    /// One job, with its targets.
+    #[serde(rename = "job.info")]
+    JobInfo(JobEnvelope),
+    /// Several jobs, without targets.
+    #[serde(rename = "job.list")]
+    JobList(JobList),
+    /// Event on `job:<id>`: target counts or the job's state changed.
+    #[serde(rename = "job.progress")]
+    JobProgress(JobProgressEvent),
+    /// Event on `job:<id>`: a target started a step (its run was created).
+    #[serde(rename = "job.step.started")]
+    JobStepStarted(StepStartedEvent),
+    /// Event on `job:<id>`: a step's process published an event (`muster emit`).
+    #[serde(rename = "job.step.progress")]
+    JobStepProgress(StepProgressEvent),
+    /// Event on `job:<id>`: a step's run exited 0.
+    #[serde(rename = "job.step.completed")]
+    JobStepCompleted(StepEndedEvent),
+    /// Event on `job:<id>`: a step's run ended any other way.
+    #[serde(rename = "job.step.failed")]
+    JobStepFailed(StepEndedEvent),
+    /// Event on `job:<id>`: a target reached its final state.
+    #[serde(rename = "job.target")]
+    JobTarget(TargetEvent),
     /// Reply to `subscribe`.
     #[serde(rename = "subscribed")]
     Subscribed(Subscribed),
@@ -175,6 +220,15 @@ impl Message for HubToClient {
         "agent.event",
         "metrics.sample",
         "metrics.series",
+        "job.accepted",
+        "job.info",
+        "job.list",
+        "job.progress",
+        "job.step.started",
+        "job.step.progress",
+        "job.step.completed",
+        "job.step.failed",
+        "job.target",
         "subscribed",
         "stream.synced",
         "ok",
@@ -311,9 +365,15 @@ pub struct AgentHello {
     /// Labels from the agent's flags; they override registered labels with the same key.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Features the agent supports (`exec`, …).
+    /// Features the agent supports (`exec`, `actions`, …).
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// Whether the agent runs raw commands, or its declared actions only.
+    #[serde(default, skip_serializing_if = "ExecMode::is_any")]
+    pub exec: ExecMode,
+    /// The actions the agent declares.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionInfo>,
     /// How many runs the agent executes at once (at least 1).
     pub max_concurrency: u32,
     /// Every run the agent still knows about: running, or finished with a report
@@ -410,6 +470,14 @@ pub struct Heartbeat {
 pub struct AgentRef {
     /// Agent name.
     pub name: AgentName,
+}
+
+/// `agent.list` request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentListQuery {
+    /// Only agents this selector matches (`role=web,env!=prod`, `web-*`, `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// `agent.add`.
@@ -616,6 +684,8 @@ pub enum RunOutcome {
     TimedOut,
     /// The agent killed it on `run.cancel`.
     Cancelled,
+    /// The agent refused to run it (`error_code` says why); nothing ran.
+    Rejected,
 }
 
 impl RunOutcome {
@@ -626,6 +696,7 @@ impl RunOutcome {
             Self::Failed => RunState::Failed,
             Self::TimedOut => RunState::TimedOut,
             Self::Cancelled => RunState::Cancelled,
+            Self::Rejected => RunState::Rejected,
         }
     }
 }
@@ -643,9 +714,13 @@ pub struct RunExited {
     /// Signal that killed the process, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
-    /// Why it failed to start.
+    /// Why it failed to start, or was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Machine-readable reason of a rejection (`INVALID_PARAMS`,
+    /// `UNKNOWN_ACTION`, `COMMANDS_DISABLED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
     /// Whether the agent discarded output past `output_cap_bytes`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub output_truncated: bool,
@@ -824,4 +899,159 @@ pub struct StoredEvent {
     /// The event.
     #[serde(flatten)]
     pub event: AgentEvent,
+}
+
+/// `job.create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCreate {
+    /// What to run, where and how.
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    /// Subscribe this connection to `job:<id>` before any target starts, so no
+    /// event is missed.
+    #[serde(default)]
+    pub subscribe: bool,
+}
+
+/// A reference to a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRef {
+    /// Job id.
+    pub job: JobId,
+}
+
+/// `job.list` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobListQuery {
+    /// Only jobs in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    /// At most this many (default 50, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEnvelope {
+    /// The job.
+    pub job: JobInfo,
+}
+
+/// Several jobs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobList {
+    /// Newest first, without targets.
+    pub jobs: Vec<JobInfo>,
+}
+
+/// `job.progress`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgressEvent {
+    /// Job id.
+    pub job: JobId,
+    /// Offset on `job:<id>`: 0, 1, 2, … without gaps.
+    pub seq: u64,
+    /// When it happened.
+    pub ts_ms: crate::UnixMillis,
+    /// The job's state; a final state makes this the channel's last event.
+    pub state: JobState,
+    /// Target counts.
+    #[serde(flatten)]
+    pub progress: JobProgress,
+}
+
+/// `job.step.started`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepStartedEvent {
+    /// Job id.
+    pub job: JobId,
+    /// Offset on `job:<id>`.
+    pub seq: u64,
+    /// When it happened.
+    pub ts_ms: crate::UnixMillis,
+    /// The target's agent.
+    pub agent: AgentName,
+    /// Step index (0-based).
+    pub step: u32,
+    /// Step name.
+    pub name: String,
+    /// The run that executes the step; its output is on `run:<id>`.
+    pub run: RunId,
+}
+
+/// `job.step.progress`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepProgressEvent {
+    /// Job id.
+    pub job: JobId,
+    /// Offset on `job:<id>`.
+    pub seq: u64,
+    /// When the hub received it.
+    pub ts_ms: crate::UnixMillis,
+    /// The target's agent.
+    pub agent: AgentName,
+    /// Step index (0-based).
+    pub step: u32,
+    /// The step's run, whose process published the event.
+    pub run: RunId,
+    /// The event's type (`site.progress`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The event's data, as published.
+    pub data: serde_json::Value,
+}
+
+/// `job.step.completed` and `job.step.failed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepEndedEvent {
+    /// Job id.
+    pub job: JobId,
+    /// Offset on `job:<id>`.
+    pub seq: u64,
+    /// When it happened.
+    pub ts_ms: crate::UnixMillis,
+    /// The target's agent.
+    pub agent: AgentName,
+    /// Step index (0-based).
+    pub step: u32,
+    /// Step name.
+    pub name: String,
+    /// The run that executed it.
+    pub run: RunId,
+    /// The run's final state.
+    pub state: RunState,
+    /// Exit code, when the process exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that killed the process, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why it failed, when the run says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Machine-readable reason, when the agent rejected the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// For a failed step: the target goes on anyway (`continue_on_failure`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
+}
+
+/// `job.target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetEvent {
+    /// Job id.
+    pub job: JobId,
+    /// Offset on `job:<id>`.
+    pub seq: u64,
+    /// When it happened.
+    pub ts_ms: crate::UnixMillis,
+    /// The target's agent.
+    pub agent: AgentName,
+    /// Its final state.
+    pub state: TargetState,
+    /// Why it was skipped or failed, in a few words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

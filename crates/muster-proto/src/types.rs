@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::UnixMillis;
-use crate::ids::{AgentName, RunId};
+use crate::actions::{ActionCall, ActionInfo, ExecMode};
+use crate::codes::ErrorCode;
+use crate::ids::{AgentName, JobId, RunId};
 
 /// Whether an agent is connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -60,9 +62,17 @@ pub struct AgentInfo {
     /// Runs waiting in the agent's queue.
     #[serde(default)]
     pub queued: u32,
+    /// Whether the agent runs raw commands or its declared actions only, as it
+    /// last reported.
+    #[serde(default, skip_serializing_if = "ExecMode::is_any")]
+    pub exec: ExecMode,
+    /// The actions the agent declares, as it last reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionInfo>,
 }
 
-/// What to execute: an argument vector, or a string for `/bin/sh -c`.
+/// What to execute: an argument vector, a string for `/bin/sh -c`, or a
+/// declared action of the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandSpec {
@@ -70,6 +80,9 @@ pub enum CommandSpec {
     Argv(Vec<String>),
     /// Executed as `/bin/sh -c <string>`.
     Shell(String),
+    /// A named action the agent declares; the agent validates the parameters
+    /// and builds the argument vector from its own template.
+    Action(ActionCall),
 }
 
 impl CommandSpec {
@@ -79,6 +92,7 @@ impl CommandSpec {
             Self::Argv(argv) if argv.is_empty() => Err("argv must not be empty"),
             Self::Argv(argv) if argv[0].is_empty() => Err("argv[0] must not be empty"),
             Self::Shell(s) if s.trim().is_empty() => Err("shell command must not be empty"),
+            Self::Action(call) if call.name.is_empty() => Err("action name must not be empty"),
             _ => Ok(()),
         }
     }
@@ -88,7 +102,13 @@ impl CommandSpec {
         match self {
             Self::Argv(argv) => argv.join(" "),
             Self::Shell(s) => s.clone(),
+            Self::Action(call) => format!("action {}", call.display()),
         }
+    }
+
+    /// Whether this is a raw command rather than a declared action.
+    pub fn is_raw(&self) -> bool {
+        !matches!(self, Self::Action(_))
     }
 }
 
@@ -116,6 +136,9 @@ pub enum RunState {
     Expired,
     /// The agent vanished, or the hub restarted, while the run was in flight.
     Lost,
+    /// The agent refused to run it (`error_code` says why: `INVALID_PARAMS`,
+    /// `UNKNOWN_ACTION`, `COMMANDS_DISABLED`); nothing ran.
+    Rejected,
 }
 
 impl RunState {
@@ -136,6 +159,7 @@ impl RunState {
             Self::Cancelled => "cancelled",
             Self::Expired => "expired",
             Self::Lost => "lost",
+            Self::Rejected => "rejected",
         }
     }
 
@@ -151,6 +175,7 @@ impl RunState {
             "cancelled" => Self::Cancelled,
             "expired" => Self::Expired,
             "lost" => Self::Lost,
+            "rejected" => Self::Rejected,
             _ => return None,
         })
     }
@@ -258,9 +283,18 @@ pub struct RunInfo {
     /// Signal number that killed the process, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
-    /// Why the run failed, was lost or expired.
+    /// Why the run failed, was lost, expired or was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Machine-readable reason, when the agent rejected the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// The job this run belongs to, if a job created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+    /// The job step (0-based) this run executes, with `job`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
     /// Process id on the agent's host, once running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -308,6 +342,9 @@ impl RunInfo {
             exit_code: None,
             signal: None,
             error: None,
+            error_code: None,
+            job: None,
+            step: None,
             pid: None,
             output_bytes: 0,
             output_truncated: false,
