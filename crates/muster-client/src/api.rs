@@ -3,12 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use muster_proto::jobs::{JobInfo, JobSpec};
 use muster_proto::messages::{
-    AgentAdd, AgentAdded, AgentRef, Empty, MetricsQuery, RunAccepted, RunCreate, RunListQuery,
-    RunRef, SeriesPoint, Subscribe, Subscribed,
+    AgentAdd, AgentAdded, AgentListQuery, AgentRef, JobCreate, JobListQuery, JobRef, MetricsQuery,
+    RunAccepted, RunCreate, RunListQuery, RunRef, SeriesPoint, Subscribe, Subscribed,
 };
 use muster_proto::types::RunRequest;
-use muster_proto::{AgentInfo, AgentName, ClientToHub, HubToClient, RunId, RunInfo, UnixMillis};
+use muster_proto::{
+    AgentInfo, AgentName, ClientToHub, HubToClient, JobId, RunId, RunInfo, UnixMillis,
+};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -26,8 +29,42 @@ macro_rules! expect_reply {
 impl Client {
     /// Every registered agent, sorted by name.
     pub async fn agents(&self) -> Result<Vec<AgentInfo>, ClientError> {
-        expect_reply!(self, ClientToHub::AgentList(Empty {}), "agent.list",
-            HubToClient::AgentList(list) => list.agents)
+        let request = ClientToHub::AgentList(AgentListQuery::default());
+        expect_reply!(self, request, "agent.list", HubToClient::AgentList(list) => list.agents)
+    }
+
+    /// The agents `selector` matches, sorted by name; `INVALID_SELECTOR` names
+    /// the column of a selector that does not parse.
+    pub async fn agents_matching(&self, selector: &str) -> Result<Vec<AgentInfo>, ClientError> {
+        let request = ClientToHub::AgentList(AgentListQuery {
+            selector: Some(selector.to_owned()),
+        });
+        expect_reply!(self, request, "agent.list", HubToClient::AgentList(list) => list.agents)
+    }
+
+    /// Creates a job. With `subscribe`, this connection receives every event
+    /// on `job:<id>` from its very start.
+    pub async fn create_job(&self, spec: JobSpec, subscribe: bool) -> Result<JobInfo, ClientError> {
+        let request = ClientToHub::JobCreate(JobCreate { spec, subscribe });
+        expect_reply!(self, request, "job.accepted", HubToClient::JobAccepted(job) => job.job)
+    }
+
+    /// One job, with its targets.
+    pub async fn job(&self, id: JobId) -> Result<JobInfo, ClientError> {
+        let request = ClientToHub::JobGet(JobRef { job: id });
+        expect_reply!(self, request, "job.info", HubToClient::JobInfo(job) => job.job)
+    }
+
+    /// Recent jobs, newest first, without targets.
+    pub async fn jobs(&self, query: JobListQuery) -> Result<Vec<JobInfo>, ClientError> {
+        expect_reply!(self, ClientToHub::JobList(query), "job.list",
+            HubToClient::JobList(list) => list.jobs)
+    }
+
+    /// Cancels a job: waiting targets end `cancelled`, running runs are killed.
+    pub async fn cancel_job(&self, id: JobId) -> Result<(), ClientError> {
+        let request = ClientToHub::JobCancel(JobRef { job: id });
+        expect_reply!(self, request, "ok", HubToClient::Ok(_) => ())
     }
 
     /// One agent.

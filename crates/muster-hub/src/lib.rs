@@ -61,6 +61,8 @@ impl Hub {
             Arc::new(InProcessBroker::new()),
         ));
         core.recover().await.context("recovering runs")?;
+        core.recover_jobs().await.context("recovering jobs")?;
+        core.spawn_job_driver();
         let initial_admin_token = if core.store.api_key_count().await? == 0 {
             Some(core.mint_api_key("admin", core::ROLE_ADMIN, false).await?)
         } else {

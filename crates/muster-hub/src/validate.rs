@@ -29,6 +29,10 @@ pub(crate) fn run_request(request: &RunRequest) -> Result<(), ApiError> {
     let words: Vec<&str> = match &request.command {
         muster_proto::CommandSpec::Argv(argv) => argv.iter().map(String::as_str).collect(),
         muster_proto::CommandSpec::Shell(s) => vec![s.as_str()],
+        muster_proto::CommandSpec::Action(call) => {
+            action_call(call)?;
+            Vec::new()
+        }
     };
     if words
         .iter()
@@ -46,6 +50,94 @@ pub(crate) fn run_request(request: &RunRequest) -> Result<(), ApiError> {
         .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
     {
         return Err(invalid("idempotency_key must be 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// Longest job or step name.
+const MAX_NAME_LEN: usize = 128;
+
+/// Validates a job spec: its steps (each as a run request would be), names,
+/// batch size, priority and TTL. The selector is parsed by the caller.
+pub(crate) fn job_spec(spec: &muster_proto::jobs::JobSpec) -> Result<(), ApiError> {
+    use muster_proto::jobs::MAX_JOB_STEPS;
+    if spec.steps.is_empty() || spec.steps.len() > MAX_JOB_STEPS {
+        return Err(invalid(format!("a job needs 1 to {MAX_JOB_STEPS} steps")));
+    }
+    if spec
+        .name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.len() > MAX_NAME_LEN || n.chars().any(char::is_control))
+    {
+        return Err(invalid("job name must be 1 to 128 printable characters"));
+    }
+    if let Some(batch) = spec.batch {
+        batch.validate().map_err(invalid)?;
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let name_ok = !step.name.is_empty()
+            && step.name.len() <= MAX_NAME_LEN
+            && !step.name.chars().any(char::is_control);
+        if !name_ok {
+            return Err(invalid(format!(
+                "step {i}: name must be 1 to 128 printable characters"
+            )));
+        }
+        if !names.insert(step.name.as_str()) {
+            return Err(invalid(format!("step name {:?} is used twice", step.name)));
+        }
+        let mut request = RunRequest::new(
+            "validation".parse().expect("a valid agent name"),
+            step.command.clone(),
+        );
+        request.env = step.env.clone();
+        request.cwd = step.cwd.clone();
+        request.timeout_ms = step.timeout_ms;
+        request.priority = spec.priority;
+        request.ttl_ms = spec.ttl_ms;
+        run_request(&request)
+            .map_err(|e| invalid(format!("step {:?}: {}", step.name, e.message)))?;
+    }
+    Ok(())
+}
+
+/// Most parameters an action call may pass.
+const MAX_ACTION_PARAMS: usize = 64;
+/// Longest action parameter value; the agent applies the parameter's own rule.
+const MAX_PARAM_VALUE_LEN: usize = 4096;
+
+/// Checks an action call's shape: name and parameter names `[a-z][a-z0-9_]*`,
+/// bounded values. The agent checks the values against its declared rules.
+fn action_call(call: &muster_proto::actions::ActionCall) -> Result<(), ApiError> {
+    let ident = |s: &str| {
+        s.len() <= 64
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    if !ident(&call.name) {
+        return Err(invalid(format!(
+            "invalid action name {:?}: use [a-z][a-z0-9_]*",
+            call.name
+        )));
+    }
+    if call.params.len() > MAX_ACTION_PARAMS {
+        return Err(invalid(format!(
+            "at most {MAX_ACTION_PARAMS} action parameters"
+        )));
+    }
+    for (key, value) in &call.params {
+        if !ident(key) {
+            return Err(invalid(format!(
+                "invalid parameter name {key:?}: use [a-z][a-z0-9_]*"
+            )));
+        }
+        if value.len() > MAX_PARAM_VALUE_LEN {
+            return Err(invalid(format!(
+                "parameter {key:?} is longer than {MAX_PARAM_VALUE_LEN} bytes"
+            )));
+        }
     }
     Ok(())
 }

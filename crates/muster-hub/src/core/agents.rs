@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use muster_proto::messages::{AgentEnvelope, AgentHello, AgentLabel, Principal};
-use muster_proto::{AgentInfo, AgentName, AgentStatus, CloseCode, ErrorCode, HubToClient};
+use muster_proto::{
+    AgentInfo, AgentName, AgentStatus, CloseCode, ErrorCode, HubToClient, Selector,
+};
 
 use super::presence::{ConnControl, OnlineAgent};
 use super::{ApiError, Core, FLEET_CHANNEL, now_ms};
@@ -82,6 +84,12 @@ impl Core {
         name: AgentName,
         labels: BTreeMap<String, String>,
     ) -> Result<(AgentInfo, Secret), ApiError> {
+        if Selector::parse(name.as_str()).is_ok_and(|s| s.is_all()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidMessage,
+                "the name \"all\" is reserved: as a target it selects every agent",
+            ));
+        }
         let minted = auth::mint();
         let record = AgentRecord {
             name: name.clone(),
@@ -163,6 +171,13 @@ impl Core {
         Ok(records.iter().map(|r| self.agent_info(r)).collect())
     }
 
+    /// The agents `selector` matches (on name and effective labels), sorted by name.
+    pub async fn agents_matching(&self, selector: &Selector) -> Result<Vec<AgentInfo>, ApiError> {
+        let mut agents = self.agents().await?;
+        agents.retain(|a| selector.matches(a.name.as_str(), &a.labels));
+        Ok(agents)
+    }
+
     /// Whether an agent is connected now.
     pub fn is_online(&self, name: &AgentName) -> bool {
         self.presence
@@ -187,6 +202,8 @@ impl Core {
             version: hello.version.clone(),
             labels: hello.labels.clone(),
             max_concurrency: hello.max_concurrency.max(1),
+            exec: hello.exec,
+            actions: hello.actions.clone(),
         };
         let now = now_ms();
         self.store
@@ -347,6 +364,8 @@ impl Core {
             max_concurrency: facts.map(|f| f.max_concurrency),
             running,
             queued,
+            exec: facts.map(|f| f.exec).unwrap_or_default(),
+            actions: facts.map(|f| f.actions.clone()).unwrap_or_default(),
         }
     }
 }

@@ -29,14 +29,16 @@ impl Core {
         };
         self.store.append_event(&stored).await?;
         let channel = agent_channel(agent);
-        let frame =
-            Frame::text(Envelope::event(&channel, HubToClient::AgentEvent(stored)).encode());
+        let frame = Frame::text(
+            Envelope::event(&channel, HubToClient::AgentEvent(stored.clone())).encode(),
+        );
         self.broker.publish(Delivery {
             channel: Arc::from(channel.as_str()),
             seq: Some(seq),
             frame,
             last: false,
         });
+        self.job_step_event(agent, &stored.event).await;
         Ok(seq)
     }
 

@@ -10,6 +10,7 @@ mod delivery;
 mod error;
 mod events;
 mod fleet_metrics;
+mod jobs;
 mod presence;
 mod runs;
 
@@ -17,7 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use muster_proto::{Envelope, HubToClient, RunId, UnixMillis};
+use muster_proto::{Envelope, HubToClient, JobId, RunId, UnixMillis};
+use tokio::sync::mpsc;
 
 use crate::broker::{Broker, Delivery, Frame};
 use crate::config::HubConfig;
@@ -28,6 +30,7 @@ pub use agents::ROLE_ADMIN;
 pub use error::ApiError;
 pub use events::agent_channel;
 pub use fleet_metrics::metrics_channel;
+pub(crate) use jobs::{ActiveJob, JobSignal, JobSignals};
 pub use presence::{ConnControl, Presence};
 pub use runs::ActiveRun;
 
@@ -60,6 +63,16 @@ pub struct Core {
     hub_id: String,
     /// Runs not yet terminal, authoritative over their stored copy.
     active: Mutex<HashMap<RunId, ActiveRun>>,
+    /// Jobs not yet final, authoritative over their stored copy. Only the job
+    /// driver changes them; a std mutex, never held across an await.
+    jobs: Mutex<HashMap<JobId, ActiveJob>>,
+    /// Signals to the job driver. Unbounded because the driver itself sends
+    /// on it (a step's run changes state while the driver creates it): a
+    /// bounded channel could deadlock. What it holds is bounded by the run
+    /// transitions of job runs, each of which is already stored.
+    job_signals: mpsc::UnboundedSender<JobSignal>,
+    /// The driver's end, until [`Core::spawn_job_driver`] takes it.
+    job_driver: Mutex<Option<JobSignals>>,
 }
 
 impl Core {
@@ -70,7 +83,11 @@ impl Core {
             .hub_id
             .clone()
             .unwrap_or_else(|| format!("hub-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let (job_signals, job_driver) = mpsc::unbounded_channel();
         Self {
+            jobs: Mutex::new(HashMap::new()),
+            job_signals,
+            job_driver: Mutex::new(Some(job_driver)),
             event_seqs: Mutex::new(HashMap::new()),
             metrics_compacted_ms: std::sync::atomic::AtomicU64::new(0),
             hub_id,
@@ -80,6 +97,18 @@ impl Core {
             scheduler: Mutex::new(scheduler),
             presence: Mutex::new(Presence::default()),
             active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts the task that advances jobs; it ends when the core is dropped.
+    pub fn spawn_job_driver(self: &Arc<Self>) {
+        let signals = self
+            .job_driver
+            .lock()
+            .expect("job driver lock poisoned")
+            .take();
+        if let Some(signals) = signals {
+            tokio::spawn(jobs::drive(Arc::downgrade(self), signals));
         }
     }
 

@@ -13,7 +13,8 @@ use muster_proto::messages::{
 };
 use muster_proto::types::RunRequest;
 use muster_proto::{
-    AgentName, Envelope, ErrorCode, HubToAgent, HubToClient, OutputFrame, RunId, RunInfo, RunState,
+    AgentName, Envelope, ErrorCode, HubToAgent, HubToClient, JobId, OutputFrame, RunId, RunInfo,
+    RunState,
 };
 
 use super::{ApiError, Core, agent_inbox, agents::agent_not_found, now_ms};
@@ -42,6 +43,16 @@ impl Core {
         principal: &Principal,
         request: RunRequest,
     ) -> Result<(RunInfo, bool), ApiError> {
+        self.prepare_linked_run(principal, request, None).await
+    }
+
+    /// [`Core::prepare_run`] for a run that executes step `link.1` of job `link.0`.
+    pub(super) async fn prepare_linked_run(
+        &self,
+        principal: &Principal,
+        request: RunRequest,
+        link: Option<(JobId, u32)>,
+    ) -> Result<(RunInfo, bool), ApiError> {
         validate::run_request(&request)?;
         if let Some(key) = &request.idempotency_key
             && let Some(existing) = self
@@ -61,7 +72,11 @@ impl Core {
             ));
         }
         let ttl = request.ttl_ms.unwrap_or(self.config.default_run_ttl_ms);
-        let run = new_run(principal, request, ttl);
+        let mut run = new_run(principal, request, ttl);
+        if let Some((job, step)) = link {
+            run.job = Some(job);
+            run.step = Some(step);
+        }
         match self.store.insert_run(&run).await {
             Ok(()) => Ok((run, true)),
             Err(StoreError::Conflict) => Err(ApiError::new(
@@ -218,6 +233,7 @@ impl Core {
                 run.exit_code = exited.exit_code;
                 run.signal = exited.signal;
                 run.error = exited.error.clone();
+                run.error_code = exited.error_code;
                 run.output_truncated |= exited.output_truncated;
                 run.finished_ms = Some(now_ms());
             })
@@ -349,6 +365,9 @@ impl Core {
         }
         let status = HubToClient::RunStatus(RunEnvelope { run: run.clone() });
         self.publish(&id.channel(), status, run.state.is_terminal());
+        if run.job.is_some() {
+            self.signal_job(super::JobSignal::RunChanged(Box::new(run.clone())));
+        }
         Some(run)
     }
 

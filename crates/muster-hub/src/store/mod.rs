@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint, StoredEvent};
-use muster_proto::{AgentName, OutputStream, RunId, RunInfo, UnixMillis};
+use muster_proto::actions::{ActionInfo, ExecMode};
+use muster_proto::jobs::{JobInfo, JobTarget};
+use muster_proto::messages::{JobListQuery, MetricsSample, RunListQuery, SeriesPoint, StoredEvent};
+use muster_proto::{AgentName, JobId, OutputStream, RunId, RunInfo, UnixMillis};
 use serde::{Deserialize, Serialize};
 
 pub use sqlite::SqliteStore;
@@ -44,6 +46,12 @@ pub struct AgentFacts {
     pub labels: BTreeMap<String, String>,
     /// Concurrency limit.
     pub max_concurrency: u32,
+    /// Raw commands, or declared actions only.
+    #[serde(default)]
+    pub exec: ExecMode,
+    /// Declared actions.
+    #[serde(default)]
+    pub actions: Vec<ActionInfo>,
 }
 
 /// A stored agent.
@@ -196,6 +204,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> anyhow::Result<Vec<StoredEvent>>;
     /// The seq after an agent's highest stored event (0 when none).
     async fn next_event_seq(&self, agent: &AgentName) -> anyhow::Result<u64>;
+
+    /// Stores a new job and all its targets in one transaction.
+    async fn insert_job(&self, job: &JobInfo) -> anyhow::Result<()>;
+    /// Replaces a job's record (its targets are stored separately).
+    async fn update_job(&self, job: &JobInfo) -> anyhow::Result<()>;
+    /// Replaces one target of a job.
+    async fn update_job_target(&self, job: JobId, target: &JobTarget) -> anyhow::Result<()>;
+    /// One job with its targets.
+    async fn job(&self, id: JobId) -> anyhow::Result<Option<JobInfo>>;
+    /// Jobs matching a query, newest first, without targets.
+    async fn jobs(&self, query: &JobListQuery) -> anyhow::Result<Vec<JobInfo>>;
+    /// Jobs still `running`, with their targets, for recovery after a restart.
+    async fn unfinished_jobs(&self) -> anyhow::Result<Vec<JobInfo>>;
+    /// Stores a job event (a `HubToClient` message as JSON) under its seq.
+    async fn append_job_event(&self, job: JobId, seq: u64, msg: &str) -> anyhow::Result<()>;
+    /// A job's events with `seq >= since`, in order, at most `limit`.
+    async fn job_events_since(
+        &self,
+        job: JobId,
+        since: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<(u64, String)>>;
+    /// The seq after a job's highest stored event (0 when none).
+    async fn next_job_event_seq(&self, job: JobId) -> anyhow::Result<u64>;
 
     /// The seq after the highest stored chunk of a run (0 when none).
     async fn next_output_seq(&self, run: RunId) -> anyhow::Result<u64>;

@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
-use muster_proto::messages::{MetricsSample, RunListQuery, SeriesPoint, StoredEvent};
-use muster_proto::{AgentName, OutputStream, RunId, RunInfo, UnixMillis};
+use muster_proto::jobs::{JobInfo, JobTarget};
+use muster_proto::messages::{JobListQuery, MetricsSample, RunListQuery, SeriesPoint, StoredEvent};
+use muster_proto::{AgentName, JobId, OutputStream, RunId, RunInfo, UnixMillis};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -523,4 +524,142 @@ impl Store for SqliteStore {
         .await?;
         Ok(n as u64)
     }
+
+    async fn insert_job(&self, job: &JobInfo) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO jobs (id, state, created_ms, doc) VALUES (?, ?, ?, ?)")
+            .bind(job.id.to_string())
+            .bind(job.state.as_str())
+            .bind(job.created_ms as i64)
+            .bind(job_doc(job)?)
+            .execute(&mut *tx)
+            .await?;
+        for target in &job.targets {
+            sqlx::query("INSERT INTO job_targets (job_id, agent, doc) VALUES (?, ?, ?)")
+                .bind(job.id.to_string())
+                .bind(target.agent.as_str())
+                .bind(serde_json::to_string(target)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_job(&self, job: &JobInfo) -> anyhow::Result<()> {
+        sqlx::query("UPDATE jobs SET state = ?, doc = ? WHERE id = ?")
+            .bind(job.state.as_str())
+            .bind(job_doc(job)?)
+            .bind(job.id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn update_job_target(&self, job: JobId, target: &JobTarget) -> anyhow::Result<()> {
+        sqlx::query("UPDATE job_targets SET doc = ? WHERE job_id = ? AND agent = ?")
+            .bind(serde_json::to_string(target)?)
+            .bind(job.to_string())
+            .bind(target.agent.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn job(&self, id: JobId) -> anyhow::Result<Option<JobInfo>> {
+        let row = sqlx::query("SELECT doc FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut job: JobInfo = doc(&row, "job")?;
+        job.targets = self.job_targets(id).await?;
+        Ok(Some(job))
+    }
+
+    async fn jobs(&self, query: &JobListQuery) -> anyhow::Result<Vec<JobInfo>> {
+        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+        let rows = sqlx::query(
+            "SELECT doc FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(query.state.map(|s| s.as_str()))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| doc(row, "job")).collect()
+    }
+
+    async fn unfinished_jobs(&self) -> anyhow::Result<Vec<JobInfo>> {
+        let rows = sqlx::query("SELECT doc FROM jobs WHERE state = 'running' ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut job: JobInfo = doc(row, "job")?;
+            job.targets = self.job_targets(job.id).await?;
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+
+    async fn append_job_event(&self, job: JobId, seq: u64, msg: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO job_events (job_id, seq, msg) VALUES (?, ?, ?)")
+            .bind(job.to_string())
+            .bind(seq as i64)
+            .bind(msg)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn job_events_since(
+        &self,
+        job: JobId,
+        since: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<(u64, String)>> {
+        let rows = sqlx::query(
+            "SELECT seq, msg FROM job_events WHERE job_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(job.to_string())
+        .bind(since as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq")?;
+                Ok((seq as u64, row.try_get("msg")?))
+            })
+            .collect()
+    }
+
+    async fn next_job_event_seq(&self, job: JobId) -> anyhow::Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM job_events WHERE job_id = ?")
+                .bind(job.to_string())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n as u64)
+    }
+}
+
+impl SqliteStore {
+    /// A job's targets, sorted by agent name.
+    async fn job_targets(&self, job: JobId) -> anyhow::Result<Vec<JobTarget>> {
+        let rows = sqlx::query("SELECT doc FROM job_targets WHERE job_id = ? ORDER BY agent")
+            .bind(job.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| doc(row, "job target")).collect()
+    }
+}
+
+/// A job's record without its targets, which have their own rows.
+fn job_doc(job: &JobInfo) -> anyhow::Result<String> {
+    let mut record = job.clone();
+    record.targets = Vec::new();
+    Ok(serde_json::to_string(&record)?)
 }

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use muster_proto::messages::{
-    AgentAdded, AgentEnvelope, AgentList, Empty, ErrorData, Principal, RunAccepted, RunCreate,
-    RunEnvelope, RunList, StreamSynced, Subscribe, Subscribed,
+    AgentAdded, AgentEnvelope, AgentList, AgentListQuery, Empty, ErrorData, JobCreate, JobEnvelope,
+    JobList, Principal, RunAccepted, RunCreate, RunEnvelope, RunList, StreamSynced, Subscribe,
+    Subscribed,
 };
-use muster_proto::{AgentName, ClientToHub, Envelope, ErrorCode, HubToClient, RunId};
+use muster_proto::{
+    AgentName, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RunId, Selector,
+};
 
 use super::conn::Writer;
 use super::streams::StreamKey;
@@ -105,8 +108,8 @@ impl Session {
                     "already authenticated",
                 ));
             }
-            ClientToHub::AgentList(Empty {}) => HubToClient::AgentList(AgentList {
-                agents: core.agents().await?,
+            ClientToHub::AgentList(query) => HubToClient::AgentList(AgentList {
+                agents: agents(&core, query).await?,
             }),
             ClientToHub::AgentGet(r) => HubToClient::AgentInfo(AgentEnvelope {
                 agent: core.agent(&r.name).await?,
@@ -144,6 +147,17 @@ impl Session {
                 core.cancel_run(r.run).await?;
                 HubToClient::Ok(Empty {})
             }
+            ClientToHub::JobCreate(create) => self.create_job(create).await?,
+            ClientToHub::JobGet(r) => HubToClient::JobInfo(JobEnvelope {
+                job: core.job(r.job).await?,
+            }),
+            ClientToHub::JobList(q) => HubToClient::JobList(JobList {
+                jobs: core.jobs(&q).await?,
+            }),
+            ClientToHub::JobCancel(r) => {
+                core.cancel_job(r.job).await?;
+                HubToClient::Ok(Empty {})
+            }
             ClientToHub::Unsubscribe(c) => {
                 self.subs.remove(&c.channel);
                 HubToClient::Ok(Empty {})
@@ -169,6 +183,15 @@ impl Session {
         }
         let run = self.core.run(run.id).await?;
         Ok(HubToClient::RunAccepted(RunAccepted { run, created }))
+    }
+
+    async fn create_job(&mut self, create: JobCreate) -> Result<HubToClient, ApiError> {
+        let job = self.core.create_job(&self.principal, create.spec).await?;
+        if create.subscribe {
+            self.subscribe_live(&job.id.channel());
+        }
+        self.core.start_job(job.id);
+        Ok(HubToClient::JobAccepted(JobEnvelope { job }))
     }
 
     fn require_admin(&self) -> Result<(), ApiError> {
@@ -198,6 +221,7 @@ impl Session {
             || req.channel.starts_with("run:")
             || req.channel.starts_with("agent:")
             || req.channel.starts_with("metrics:")
+            || req.channel.starts_with("job:")
         {
             self.subscribe_live(&req.channel);
         }
@@ -273,7 +297,7 @@ impl Session {
         // the client wait for frames that do not exist.
         let truncated = match stream {
             StreamKey::Run(run) => self.core.run(run).await.is_ok_and(|r| r.output_truncated),
-            StreamKey::Events(_) => false,
+            StreamKey::Events(_) | StreamKey::Job(_) => false,
         };
         let synced = StreamSynced {
             channel: channel.to_owned(),
@@ -304,6 +328,14 @@ impl Session {
             return match self.core.agent(&name).await {
                 Ok(_) => Ok(None),
                 Err(e) if e.code == ErrorCode::AgentNotFound => Err(unknown()),
+                Err(e) => Err(e),
+            };
+        }
+        if let Some(id) = channel.strip_prefix("job:") {
+            let id: JobId = id.parse().map_err(|_| unknown())?;
+            return match self.core.job(id).await {
+                Ok(_) => Ok(None),
+                Err(e) if e.code == ErrorCode::JobNotFound => Err(unknown()),
                 Err(e) => Err(e),
             };
         }
@@ -371,6 +403,10 @@ impl Session {
         {
             self.fill_gap(writer, &stream, expected, seq).await?;
         }
+        if delivery.last {
+            // A job's final event: nothing follows on its channel.
+            self.subs.remove(&*delivery.channel);
+        }
         writer.feed(delivery.frame).await
     }
 
@@ -393,5 +429,20 @@ impl Session {
             writer.feed(frame).await?;
         }
         Ok(())
+    }
+}
+
+/// Every agent, or those a selector matches.
+async fn agents(
+    core: &Core,
+    query: AgentListQuery,
+) -> Result<Vec<muster_proto::AgentInfo>, ApiError> {
+    match query.selector {
+        None => core.agents().await,
+        Some(text) => {
+            let selector = Selector::parse(&text)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidSelector, e.to_string()))?;
+            core.agents_matching(&selector).await
+        }
     }
 }

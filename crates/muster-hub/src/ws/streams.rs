@@ -1,11 +1,11 @@
 //! The channels that carry numbered streams, and how to read their history:
-//! run output (`run:<id>`, binary frames) and agent events (`agent:<name>`,
-//! `agent.event` messages). Subscribing, replaying from `since`, dropping
+//! run output (`run:<id>`, binary frames), agent events (`agent:<name>`,
+//! `agent.event` messages) and job events (`job:<id>`, `job.*` messages). Subscribing, replaying from `since`, dropping
 //! duplicates and filling gaps work the same way for both; only where the
 //! history is read from differs, and that difference lives here.
 
 use muster_proto::messages::StoredEvent;
-use muster_proto::{AgentName, Envelope, HubToClient, OutputFrame, OutputHeader, RunId};
+use muster_proto::{AgentName, Envelope, HubToClient, JobId, OutputFrame, OutputHeader, RunId};
 
 use crate::broker::Frame;
 use crate::core::{Core, agent_channel};
@@ -18,6 +18,8 @@ pub(crate) enum StreamKey {
     Run(RunId),
     /// `agent:<name>`: events programs on the agent published.
     Events(AgentName),
+    /// `job:<id>`: a job's progress and step events.
+    Job(JobId),
 }
 
 impl StreamKey {
@@ -25,6 +27,9 @@ impl StreamKey {
     pub(crate) fn from_channel(channel: &str) -> Option<Self> {
         if let Some(id) = channel.strip_prefix("run:") {
             return id.parse().ok().map(Self::Run);
+        }
+        if let Some(id) = channel.strip_prefix("job:") {
+            return id.parse().ok().map(Self::Job);
         }
         channel
             .strip_prefix("agent:")
@@ -54,6 +59,14 @@ impl StreamKey {
                 .await?
                 .into_iter()
                 .map(|event| (event.seq, event_frame(event)))
+                .collect(),
+            // Stored as the envelope that was published: replayed as is.
+            Self::Job(job) => core
+                .store
+                .job_events_since(*job, since, limit)
+                .await?
+                .into_iter()
+                .map(|(seq, text)| (seq, Frame::text(text)))
                 .collect(),
         })
     }

@@ -64,16 +64,43 @@ impl TestHub {
         max_concurrency: u32,
         metrics_interval: Option<Duration>,
     ) -> CancellationToken {
+        self.agent_with(name, |options| {
+            options.max_concurrency = max_concurrency;
+            options.metrics_interval = metrics_interval;
+        })
+        .await
+    }
+
+    /// An agent with `labels`, running one command at a time.
+    pub(crate) async fn labeled_agent(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> CancellationToken {
+        self.agent_with(name, |options| {
+            options.labels = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+        })
+        .await
+    }
+
+    /// An in-process agent with options adjusted by `tune`, once it is online.
+    pub(crate) async fn agent_with(
+        &self,
+        name: &str,
+        tune: impl FnOnce(&mut AgentOptions),
+    ) -> CancellationToken {
         let name = AgentName::new(name).unwrap();
         let token = self.hub.agent_token(&name).await.unwrap();
-        let options = AgentOptions {
+        let mut options = AgentOptions {
             name: Some(name.clone()),
-            max_concurrency,
             kill_grace: Duration::from_secs(2),
             state_dir: Some(self.data_dir().join(format!("agent-{name}"))),
-            metrics_interval,
             ..AgentOptions::new(self.url.clone(), token.expose().to_owned())
         };
+        tune(&mut options);
         let stop = CancellationToken::new();
         tokio::spawn(muster_agent::run(options, stop.clone()));
         tokio::time::timeout(WAIT, self.hub.wait_online(&name))

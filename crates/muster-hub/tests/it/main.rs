@@ -5,6 +5,8 @@
 mod events;
 mod fixture;
 mod fleet;
+mod jobs;
+mod many_agents;
 mod metrics;
 mod protocol;
 mod queueing;
