@@ -19,12 +19,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use muster_proto::CloseCode;
+use muster_proto::actions::ExecMode;
 use muster_proto::backoff::Backoff;
 use muster_proto::messages::{AgentEvent, AgentHello};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::AgentOptions;
+use crate::admission::Admission;
 use crate::connection::{self, Ended, Queues, Stop, close};
 use crate::events::{self, EventQueue, EventSocket};
 use crate::executor::Executor;
@@ -56,6 +58,11 @@ pub(crate) async fn run(
         "metrics_interval must be more than zero"
     );
     let url = handshake::agent_ws_url(&options.hub_url)?;
+    if options.exec == ExecMode::ActionsOnly && options.actions.is_empty() {
+        tracing::warn!(
+            "exec is actions-only but no action is declared: every run will be rejected"
+        );
+    }
     let state_dir = options.state_dir.clone();
     let ledger = tokio::task::spawn_blocking(move || Ledger::open(state_dir.as_deref()))
         .await
@@ -70,7 +77,13 @@ pub(crate) async fn run(
     let agent = Agent {
         hello: handshake::hello(&options),
         url,
-        runs: Runs::new(executor, spool, ledger, event_socket.path().to_owned()),
+        runs: Runs::new(
+            executor,
+            spool,
+            ledger,
+            event_socket.path().to_owned(),
+            Admission::new(options.exec, options.actions.clone()),
+        ),
         stop: Stop {
             shutdown,
             grace: options.kill_grace + STOP_MARGIN,

@@ -20,8 +20,11 @@ use crate::connection::{Ended, closed, rejection, send};
 /// A WebSocket connection to the hub.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Features this agent announces in `hello`.
+/// Features every agent announces in `hello`.
 const CAPABILITIES: &[&str] = &["exec"];
+
+/// The feature an agent that declares actions adds to [`CAPABILITIES`].
+const ACTIONS_CAPABILITY: &str = "actions";
 
 /// The agent endpoint under the hub's base URL (`http://` or `ws://`).
 pub(crate) fn agent_ws_url(hub_url: &str) -> anyhow::Result<String> {
@@ -41,7 +44,8 @@ pub(crate) fn agent_ws_url(hub_url: &str) -> anyhow::Result<String> {
 }
 
 /// The `hello` this agent sends on every connection, before its run report
-/// (which the agent fills in for each attempt).
+/// (which the agent fills in for each attempt): who it is, its exec mode and
+/// its declared actions.
 pub(crate) fn hello(options: &AgentOptions) -> AgentHello {
     let hostname = nix::unistd::gethostname()
         .map(|name| name.to_string_lossy().into_owned())
@@ -54,10 +58,23 @@ pub(crate) fn hello(options: &AgentOptions) -> AgentHello {
         arch: std::env::consts::ARCH.to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         labels: options.labels.clone(),
-        capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
+        capabilities: capabilities(options),
         max_concurrency: options.max_concurrency,
+        exec: options.exec,
+        actions: options.actions.info(),
         runs: Vec::new(),
     }
+}
+
+/// [`CAPABILITIES`], plus `actions` when the agent declares any.
+fn capabilities(options: &AgentOptions) -> Vec<String> {
+    let actions = (!options.actions.is_empty()).then_some(ACTIONS_CAPABILITY);
+    CAPABILITIES
+        .iter()
+        .copied()
+        .chain(actions)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Connects, says hello and waits for the hub's `connection.ack`.

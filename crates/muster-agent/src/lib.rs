@@ -10,9 +10,12 @@
 //!
 //! Codemap:
 //! - `agent` — the reconnect loop, the `hello` run report, and shutdown;
+//! - [`actions`] — declared actions: config, validation, and turning a call
+//!   into an argument vector; [`config`] — the agent's TOML config file;
 //! - `handshake` — URL, `hello`, `connection.ack`;
 //! - `connection` — one served connection (a single `select!`) and close codes;
-//! - `runs` — the runs in flight, their tasks, and what `run.start`/`run.ack` do;
+//! - `runs` — the runs in flight, their tasks, and what `run.start`/`run.ack`
+//!   do; `admission` — which `run.start` may execute (actions, exec mode);
 //! - `spool` — every per-run message, in order, until the hub acknowledges it;
 //! - `ledger` — the run ids this agent started, durable in the state dir;
 //! - `metrics` — host sampling, and the per-connection feed of samples;
@@ -33,7 +36,10 @@
 //! Host metrics are the exception to delivery: they are never spooled, and a
 //! sample taken while disconnected is dropped. Events programs publish on the
 //! agent's socket are the other: they wait in a bounded in-memory queue, are
-//! refused once it is full, and are not acknowledged by the hub.
+//! refused once it is full, and are not acknowledged by the hub. A run the
+//! agent rejects (an unknown action, a parameter that breaks its rule, a raw
+//! command on an actions-only agent) executes nothing and is not recorded in
+//! the ledger: it is answered with a `rejected` exit report only.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,9 +47,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::AgentName;
+use muster_proto::actions::ExecMode;
 use tokio_util::sync::CancellationToken;
 
+pub mod actions;
+mod admission;
 mod agent;
+pub mod config;
 mod connection;
 pub mod emit;
 mod events;
@@ -56,6 +66,8 @@ mod runs;
 pub mod sink;
 mod spool;
 
+pub use actions::ActionSet;
+pub use config::AgentConfig;
 pub use emit::{RUN_ID_ENV, SOCKET_ENV, emit};
 pub use events::{CLIENT_IDLE_TIMEOUT, EVENT_BUFFER, MAX_EVENT_LINE_BYTES, SOCKET_FILE_NAME};
 pub use executor::Executor;
@@ -109,13 +121,18 @@ pub struct AgentOptions {
     /// sampling off. Samples are best effort: never spooled, and dropped while
     /// disconnected. [`DEFAULT_METRICS_INTERVAL`] by default.
     pub metrics_interval: Option<Duration>,
+    /// Whether raw commands (`argv`, `shell`) run, or only declared actions;
+    /// announced in `hello`. [`ExecMode::Any`] by default.
+    pub exec: ExecMode,
+    /// The actions this agent declares, announced in `hello`; none by default.
+    pub actions: ActionSet,
 }
 
 impl AgentOptions {
     /// Options for reaching `hub_url` with `token`, everything else at its
     /// default: no name (the token's agent), no labels,
     /// [`DEFAULT_MAX_CONCURRENCY`], [`DEFAULT_KILL_GRACE`], [`SPOOL_MAX_BYTES`],
-    /// no state dir, and [`DEFAULT_METRICS_INTERVAL`].
+    /// no state dir, [`DEFAULT_METRICS_INTERVAL`], any command, and no actions.
     pub fn new(hub_url: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             hub_url: hub_url.into(),
@@ -127,6 +144,8 @@ impl AgentOptions {
             spool_max_bytes: SPOOL_MAX_BYTES,
             state_dir: None,
             metrics_interval: Some(DEFAULT_METRICS_INTERVAL),
+            exec: ExecMode::Any,
+            actions: ActionSet::default(),
         }
     }
 }
@@ -143,6 +162,8 @@ impl std::fmt::Debug for AgentOptions {
             .field("spool_max_bytes", &self.spool_max_bytes)
             .field("state_dir", &self.state_dir)
             .field("metrics_interval", &self.metrics_interval)
+            .field("exec", &self.exec)
+            .field("actions", &self.actions.names().collect::<Vec<_>>())
             .finish()
     }
 }

@@ -95,6 +95,10 @@ fn spawn(start: &RunStart) -> Result<Child, String> {
             command.arg("-c").arg(script);
             command
         }
+        // The run table resolves actions to an argument vector before execution.
+        CommandSpec::Action(call) => {
+            return Err(format!("action {:?} was not resolved", call.name));
+        }
     };
     command
         .envs(&start.env)
@@ -115,6 +119,7 @@ fn program(command: &CommandSpec) -> &str {
     match command {
         CommandSpec::Argv(argv) => &argv[0],
         CommandSpec::Shell(_) => "/bin/sh",
+        CommandSpec::Action(call) => &call.name,
     }
 }
 
@@ -214,6 +219,7 @@ fn exited(start: &RunStart, outcome: RunOutcome) -> RunExited {
         exit_code: None,
         signal: None,
         error: None,
+        error_code: None,
         output_truncated: false,
     }
 }

@@ -1,7 +1,10 @@
 //! The runs on this agent, which outlive any one hub connection: the table of
 //! runs in flight, the spool of their messages and the ledger of started ids.
 //!
-//! Each `run.start` whose id the ledger does not know becomes a task that
+//! A `run.start` is first admitted (see [`Admission`]): an action becomes its
+//! argument vector, and a refused run is answered with a `rejected` exit
+//! report, which a task spools, and is neither recorded nor executed.
+//! Each admitted `run.start` whose id the ledger does not know becomes a task that
 //! records the id durably, then drives the executor, whose messages go to the
 //! spool. A repeated id is not executed: in flight, it is ignored; otherwise
 //! a task spools a `failed` exit report for it. A run stays in the table while
@@ -13,11 +16,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use muster_proto::RunId;
 use muster_proto::messages::{RunAck, RunExited, RunOutcome, RunReport, RunReportStatus, RunStart};
+use muster_proto::{CommandSpec, RunId};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::Refusal;
+use crate::admission::Admission;
 use crate::emit::{RUN_ID_ENV, SOCKET_ENV};
 use crate::executor::{Executor, drive};
 use crate::ledger::Ledger;
@@ -43,6 +48,8 @@ pub(crate) struct Runs {
     tasks: JoinSet<()>,
     /// The event socket, announced to every run in [`SOCKET_ENV`].
     event_socket: PathBuf,
+    /// Which runs may execute, and what an action executes.
+    admission: Admission,
 }
 
 impl Runs {
@@ -51,6 +58,7 @@ impl Runs {
         spool: Arc<Spool>,
         ledger: Ledger,
         event_socket: PathBuf,
+        admission: Admission,
     ) -> Self {
         Self {
             executor,
@@ -59,6 +67,7 @@ impl Runs {
             table: Table::default(),
             tasks: JoinSet::new(),
             event_socket,
+            admission,
         }
     }
 
@@ -67,17 +76,24 @@ impl Runs {
         &self.spool
     }
 
-    /// Starts a run, unless its id is in flight (ignored) or was started
-    /// before (answered with a `failed` exit report, not executed).
+    /// Starts a run, unless its id is in flight (ignored), it is not admitted
+    /// (answered with a `rejected` exit report), or it was started before
+    /// (answered with a `failed` exit report); only a started run is executed.
     pub(crate) fn start(&mut self, mut start: RunStart) {
         self.reap();
-        self.add_agent_env(&mut start);
         let run = start.run;
         let cancel = CancellationToken::new();
         let Some(entry) = Entry::insert(&self.table, run, cancel.clone()) else {
             tracing::warn!(%run, "ignoring run.start for a run already in flight");
             return;
         };
+        let action = action_name(&start.command);
+        if let Err(refusal) = self.admission.admit(&mut start) {
+            drop(entry);
+            self.reject(run, action, refusal);
+            return;
+        }
+        self.add_agent_env(&mut start);
         if !self.ledger.claim(run) {
             drop(entry);
             self.refuse(run);
@@ -113,6 +129,20 @@ impl Runs {
         let spool = self.spool.clone();
         let refusal = failed(run, ALREADY_STARTED.to_owned());
         self.tasks.spawn(async move { spool.push(refusal).await });
+    }
+
+    /// Answers a `run.start` that was not admitted with a `rejected` report;
+    /// the log names the action and the reason's code, never the values.
+    fn reject(&mut self, run: RunId, action: Option<String>, refusal: Refusal) {
+        match &action {
+            Some(name) => {
+                tracing::warn!(%run, action = ?name, code = %refusal.code, "rejecting an action run");
+            }
+            None => tracing::warn!(%run, code = %refusal.code, "rejecting a raw command"),
+        }
+        let spool = self.spool.clone();
+        self.tasks
+            .spawn(async move { spool.push(rejected(run, refusal)).await });
     }
 
     /// Applies a `run.ack`: drops what it covers from the spool, and settles
@@ -217,14 +247,37 @@ async fn execute(
 
 /// The exit report of a run that was not executed.
 fn failed(run: RunId, error: String) -> Outgoing {
-    Outgoing::Exited(RunExited {
+    Outgoing::Exited(exited_without_process(run, error))
+}
+
+/// A `failed` report with `error` and nothing a process would set.
+fn exited_without_process(run: RunId, error: String) -> RunExited {
+    RunExited {
         run,
         outcome: RunOutcome::Failed,
         exit_code: None,
         signal: None,
         error: Some(error),
+        error_code: None,
         output_truncated: false,
+    }
+}
+
+/// The exit report of a run this agent refused to execute.
+fn rejected(run: RunId, refusal: Refusal) -> Outgoing {
+    Outgoing::Exited(RunExited {
+        outcome: RunOutcome::Rejected,
+        error_code: Some(refusal.code),
+        ..exited_without_process(run, refusal.message)
     })
+}
+
+/// The name of the action a command calls, if it calls one.
+fn action_name(command: &CommandSpec) -> Option<String> {
+    match command {
+        CommandSpec::Action(call) => Some(call.name.clone()),
+        CommandSpec::Argv(_) | CommandSpec::Shell(_) => None,
+    }
 }
 
 fn log_panic(joined: Result<(), tokio::task::JoinError>) {

@@ -31,6 +31,7 @@ fn exited(run: RunId) -> Outgoing {
         exit_code: Some(0),
         signal: None,
         error: None,
+        error_code: None,
         output_truncated: false,
     })
 }

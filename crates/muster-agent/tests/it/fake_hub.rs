@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use muster_agent::{AgentOptions, Outgoing};
+use muster_agent::{ActionSet, AgentOptions, Outgoing};
+use muster_proto::actions::ExecMode;
 use muster_proto::limits::Limits;
 use muster_proto::messages::{
     AgentHello, ConnectionAck, Heartbeat, Principal, RunAck, RunExited, RunStart,
@@ -46,6 +47,16 @@ impl Harness {
         Self::launch(state_dir, None).await
     }
 
+    /// An agent with an in-memory ledger and the given exec mode and actions.
+    pub(crate) async fn start_with_actions(exec: ExecMode, actions: ActionSet) -> Self {
+        Self::launch_with(|options| AgentOptions {
+            exec,
+            actions,
+            ..options
+        })
+        .await
+    }
+
     /// An agent that sends host metrics every `interval`; the others send
     /// none, so that every message a test reads is one it expects.
     pub(crate) async fn start_with_metrics(interval: Duration) -> Self {
@@ -53,6 +64,16 @@ impl Harness {
     }
 
     async fn launch(state_dir: Option<&Path>, metrics_interval: Option<Duration>) -> Self {
+        Self::launch_with(|options| AgentOptions {
+            state_dir: state_dir.map(Path::to_owned),
+            metrics_interval,
+            ..options
+        })
+        .await
+    }
+
+    /// An agent with the test's options, adjusted by `adjust`.
+    async fn launch_with(adjust: impl FnOnce(AgentOptions) -> AgentOptions) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let options = AgentOptions {
@@ -60,10 +81,11 @@ impl Harness {
             labels: BTreeMap::from([("role".into(), "web".into())]),
             max_concurrency: 2,
             kill_grace: Duration::from_millis(500),
-            state_dir: state_dir.map(Path::to_owned),
-            metrics_interval,
+            state_dir: None,
+            metrics_interval: None,
             ..AgentOptions::new(url, "mst_test_token")
         };
+        let options = adjust(options);
         let shutdown = CancellationToken::new();
         let agent = tokio::spawn(muster_agent::run(options, shutdown.clone()));
         Self {
@@ -82,7 +104,7 @@ impl Harness {
         };
         assert_eq!(hello.token, "mst_test_token");
         assert_eq!(hello.name.as_ref().unwrap().as_str(), "web-1");
-        assert_eq!(hello.capabilities, ["exec"]);
+        assert_eq!(hello.capabilities[0], "exec");
         assert_eq!(hello.max_concurrency, 2);
         assert_eq!(hello.labels["role"], "web");
         (ws, hello)
@@ -260,9 +282,14 @@ pub(crate) async fn recv_until_exited(ws: &mut HubSide) -> (Vec<Outgoing>, RunEx
 }
 
 pub(crate) fn run_start(run: RunId, script: &str) -> HubToAgent {
+    run_command(run, CommandSpec::Shell(script.into()))
+}
+
+/// A `run.start` of `command`, without environment, cwd or timeout.
+pub(crate) fn run_command(run: RunId, command: CommandSpec) -> HubToAgent {
     HubToAgent::RunStart(RunStart {
         run,
-        command: CommandSpec::Shell(script.into()),
+        command,
         env: BTreeMap::new(),
         cwd: None,
         timeout_ms: None,

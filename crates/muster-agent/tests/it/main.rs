@@ -1,11 +1,14 @@
 //! Integration tests of the agent: the process executor on real processes, the
 //! connection loop, the delivery guarantees and host metrics against a scripted
 //! hub on a real socket, agent events on the local socket, and the reconnect
-//! schedule on paused time.
+//! schedule on paused time; declared actions and the example site scripts
+//! run through them.
 
+mod actions;
 mod connection;
 mod delivery;
 mod events;
+mod examples;
 mod fake_hub;
 mod metrics;
 mod process;
