@@ -44,10 +44,37 @@ enum Command {
     #[command(subcommand)]
     Agents(cli::agents::AgentsCommand),
     /// Run a command on an agent, stream its output and exit with its exit code.
+    ///
+    /// With a selector (-l SELECTOR, or a TARGET such as web-*, role=web, a,b
+    /// or all) the command runs on every matching agent as a job: each output
+    /// line is prefixed with its agent's name ("web-1  | text"; --group prints
+    /// one block per agent instead), events the command publishes with
+    /// `muster emit` go to stderr ("web-1  | event TYPE {json}", dimmed on a
+    /// terminal, where a live progress line is kept too), and a summary table
+    /// ends it on stderr (--json prints the final job as JSON instead). A job
+    /// exits 0 when every agent succeeded, 1 when the job failed, 130 when it
+    /// was cancelled (Ctrl-C once cancels it; twice stops waiting), 255 when
+    /// the hub refused it.
     Run(cli::run::RunArgs),
+    /// Invoke an action an agent declares: TARGET NAME [KEY=VALUE]...
+    ///
+    /// On one agent it runs like `muster run` (exit 126 when the agent
+    /// rejects the call); on a selector it is a job, followed like
+    /// `muster run -l`.
+    #[command(
+        override_usage = "muster action [OPTIONS] <TARGET> <NAME> [KEY=VALUE]...\n       \
+                          muster action [OPTIONS] -l <SELECTOR> <NAME> [KEY=VALUE]..."
+    )]
+    Action(cli::action::ActionArgs),
     /// List, inspect, replay and cancel runs.
     #[command(subcommand)]
     Runs(cli::runs::RunsCommand),
+    /// Run a workflow file on many agents, as a job.
+    #[command(subcommand)]
+    Job(cli::job::JobCommand),
+    /// List, inspect and cancel jobs.
+    #[command(subcommand)]
+    Jobs(cli::jobs::JobsCommand),
     /// Show every agent's status, CPU, memory, disk and load, live until Ctrl-C.
     Top(cli::top::TopArgs),
     /// Print an agent's events from an offset; with --follow, keep printing new ones.
@@ -105,8 +132,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Hub(args) => (serve::hub(args).await, EXIT_SERVE_FAILED),
         Command::Agent(args) => (serve::agent(args).await, EXIT_SERVE_FAILED),
         Command::Agents(command) => (command.run(json).await, cli::EXIT_ERROR),
-        Command::Run(args) => (cli::run::run(args).await, cli::EXIT_ERROR),
+        Command::Run(args) => (cli::run::run(args, json).await, cli::EXIT_ERROR),
+        Command::Action(args) => (cli::action::action(args, json).await, cli::EXIT_ERROR),
         Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Job(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Jobs(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Top(args) => (cli::top::top(args, json).await, cli::EXIT_ERROR),
         Command::Events(args) => (cli::events::events(args, json).await, cli::EXIT_ERROR),
         Command::Emit(args) => (cli::events::emit(args).await, cli::EXIT_ERROR),

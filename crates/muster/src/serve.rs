@@ -1,7 +1,8 @@
 //! The long-running subcommands: `muster dev`, `muster hub` and `muster agent`.
 //!
 //! Each parses its flags, layers configuration (defaults, then the TOML file,
-//! then `MUSTER_…` variables and flags, which clap merges), wires signals to one
+//! then `MUSTER_…` variables and flags, which clap merges; `muster agent`'s
+//! file also declares its actions), wires signals to one
 //! cancellation token, and hands over to the hub or agent library. Lines meant
 //! for people and scripts (`MUSTER_HUB=…`, `MUSTER_TOKEN=…`) go to stdout;
 //! logs go to stderr.
@@ -14,9 +15,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use muster_agent::AgentOptions;
+use muster_agent::{AgentConfig, AgentOptions, DEFAULT_MAX_CONCURRENCY};
 use muster_hub::{Hub, HubConfig};
 use muster_proto::AgentName;
+use muster_proto::actions::ExecMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,8 @@ const DEV_AGENT: &str = "local";
 const DEV_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long `muster dev` waits for its own agent before giving up.
 const DEV_AGENT_READY: Duration = Duration::from_secs(15);
+/// Where `muster agent` keeps its state unless told otherwise.
+const DEFAULT_STATE_DIR: &str = ".muster-agent";
 
 /// Flags shared by `muster dev` and `muster hub` that tune the hub.
 #[derive(Debug, clap::Args)]
@@ -111,21 +115,59 @@ pub(crate) struct AgentArgs {
     /// The agent's token, as printed by `muster agents add`.
     #[arg(long, env = "MUSTER_AGENT_TOKEN", hide_env_values = true)]
     pub(crate) token: String,
+    /// TOML configuration file: name, labels, state_dir, max_concurrency, exec
+    /// and [actions.NAME]; flags and MUSTER_… variables override it.
+    #[arg(long, env = "MUSTER_AGENT_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
     /// The agent's name; must match the token's agent.
     #[arg(long, env = "MUSTER_AGENT_NAME")]
     pub(crate) name: Option<AgentName>,
-    /// A label, k=v; repeatable. Overrides a registered label with the same key.
+    /// A label, k=v; repeatable. Merged over the config file's labels, and
+    /// overrides a registered label with the same key.
     #[arg(long = "label", value_parser = parse_label)]
     pub(crate) labels: Vec<(String, String)>,
-    /// Directory for the agent's state (the ledger of runs it started).
-    #[arg(long, env = "MUSTER_STATE_DIR", default_value = ".muster-agent")]
-    pub(crate) state_dir: PathBuf,
+    /// Directory for the agent's state (the ledger of runs it started)
+    /// [default: .muster-agent].
+    #[arg(long, env = "MUSTER_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
     /// How often to sample and report host metrics (e.g. 30s); 0 turns it off.
     #[arg(long, env = "MUSTER_METRICS_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub(crate) metrics_interval: Duration,
-    /// How many runs execute at once.
-    #[arg(long, env = "MUSTER_MAX_CONCURRENCY", default_value_t = 4)]
-    pub(crate) max_concurrency: u32,
+    /// How many runs execute at once [default: 4].
+    #[arg(long, env = "MUSTER_MAX_CONCURRENCY")]
+    pub(crate) max_concurrency: Option<u32>,
+}
+
+impl AgentArgs {
+    /// The agent's options: the config file (if any), then the flags over it.
+    /// A config file that cannot be read or is invalid is an error.
+    fn into_options(self) -> anyhow::Result<AgentOptions> {
+        let file = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        let mut labels = file.labels;
+        labels.extend(self.labels);
+        let max_concurrency = self
+            .max_concurrency
+            .or(file.max_concurrency)
+            .unwrap_or(DEFAULT_MAX_CONCURRENCY);
+        let state_dir = self
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let metrics = self.metrics_interval;
+        Ok(AgentOptions {
+            name: self.name.or(file.name),
+            labels,
+            max_concurrency: max_concurrency.max(1),
+            state_dir: Some(state_dir),
+            metrics_interval: (!metrics.is_zero()).then_some(metrics),
+            exec: file.exec,
+            actions: file.actions,
+            ..AgentOptions::new(self.hub, self.token)
+        })
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -206,16 +248,15 @@ pub(crate) async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `muster agent` until SIGINT or SIGTERM, or until the hub rejects its token.
 pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
-    let options = AgentOptions {
-        name: args.name,
-        labels: args.labels.into_iter().collect(),
-        max_concurrency: args.max_concurrency.max(1),
-        state_dir: Some(args.state_dir),
-        metrics_interval: (!args.metrics_interval.is_zero()).then_some(args.metrics_interval),
-        ..AgentOptions::new(args.hub, args.token)
-    };
+    let options = args.into_options()?;
+    if let Some(dir) = &options.state_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state dir {}", dir.display()))?;
+    }
+    if !options.actions.is_empty() || options.exec != ExecMode::Any {
+        let actions: Vec<_> = options.actions.names().collect();
+        tracing::info!(exec = options.exec.as_str(), ?actions, "declared actions");
+    }
     muster_agent::run(options, shutdown_on_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -249,4 +290,108 @@ fn shutdown_on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> AgentArgs {
+        AgentArgs {
+            hub: "http://hub:7070".into(),
+            token: "mst_test".into(),
+            config,
+            name: None,
+            labels: Vec::new(),
+            state_dir: None,
+            metrics_interval: Duration::ZERO,
+            max_concurrency: None,
+        }
+    }
+
+    fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    const CONFIG: &str = r#"
+        name = "from-file"
+        state_dir = "/var/lib/from-file"
+        max_concurrency = 7
+        exec = "actions-only"
+        [labels]
+        role = "web"
+        zone = "a"
+        [actions.reload]
+        argv = ["/usr/sbin/nginx", "-s", "reload"]
+    "#;
+
+    #[test]
+    fn without_a_config_file_the_defaults_apply() {
+        let options = args(None).into_options().unwrap();
+        assert_eq!(options.state_dir.unwrap(), Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(options.max_concurrency, DEFAULT_MAX_CONCURRENCY);
+        assert_eq!(options.exec, ExecMode::Any);
+        assert!(options.actions.is_empty() && options.name.is_none());
+        assert_eq!(options.metrics_interval, None);
+    }
+
+    #[test]
+    fn the_config_file_fills_what_flags_do_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = args(Some(write_config(&dir, CONFIG)))
+            .into_options()
+            .unwrap();
+        assert_eq!(options.name.unwrap().as_str(), "from-file");
+        assert_eq!(options.state_dir.unwrap(), Path::new("/var/lib/from-file"));
+        assert_eq!(options.max_concurrency, 7);
+        assert_eq!(options.exec, ExecMode::ActionsOnly);
+        assert_eq!(options.actions.names().collect::<Vec<_>>(), ["reload"]);
+        assert_eq!(options.labels.len(), 2);
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file_and_labels_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = AgentArgs {
+            name: Some(AgentName::new("from-flag").unwrap()),
+            labels: vec![("zone".into(), "b".into()), ("tier".into(), "1".into())],
+            state_dir: Some(PathBuf::from("flag-dir")),
+            max_concurrency: Some(2),
+            ..args(Some(write_config(&dir, CONFIG)))
+        }
+        .into_options()
+        .unwrap();
+        assert_eq!(options.name.unwrap().as_str(), "from-flag");
+        assert_eq!(options.state_dir.unwrap(), Path::new("flag-dir"));
+        assert_eq!(options.max_concurrency, 2);
+        let labels: Vec<_> = options
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(labels, ["role=web", "tier=1", "zone=b"]);
+    }
+
+    #[test]
+    fn an_invalid_config_file_is_a_one_line_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(&dir, "[actions.x]\nargv = [\"rel/prog\"]\n");
+        let error = format!("{:#}", args(Some(path.clone())).into_options().unwrap_err());
+        let expected = format!(
+            "config file {}: action \"x\": argv[0] \"rel/prog\" must be an absolute path or a bare program name",
+            path.display()
+        );
+        assert_eq!(error, expected);
+        let missing = dir.path().join("missing.toml");
+        let error = format!(
+            "{:#}",
+            args(Some(missing.clone())).into_options().unwrap_err()
+        );
+        assert!(error.starts_with(&format!("cannot read config file {}", missing.display())));
+        assert!(!error.contains('\n'), "{error}");
+    }
 }

@@ -4,20 +4,21 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use muster_proto::actions::{ActionInfo, ExecMode, ParamInfo};
 use muster_proto::messages::AgentLabel;
 use muster_proto::{AgentInfo, AgentName, AgentStatus, ClientToHub, HubToClient};
 
 use super::output::{self, Table};
-use super::{HubConn, agent_error, metrics, parse};
+use super::{HubConn, agent_error, metrics, parse, target};
 
 /// The `muster agents` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AgentsCommand {
-    /// List every registered agent with its status.
+    /// List every registered agent (or those a selector matches) with its status.
     List(ListArgs),
     /// Register an agent and print its token, which is shown only this once.
     Add(AddArgs),
-    /// Show one agent.
+    /// Show one agent, with the actions it declares.
     Show(NameArgs),
     /// Unregister an agent, revoke its token and disconnect it.
     Rm(NameArgs),
@@ -44,6 +45,10 @@ pub(crate) struct LabelArgs {
 pub(crate) struct ListArgs {
     #[command(flatten)]
     conn: HubConn,
+    /// Only the agents this selector matches: labels (role=web,env!=prod),
+    /// name globs (web-*), lists (a,b), or all.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    selector: Option<String>,
 }
 
 /// Arguments of `muster agents add`.
@@ -83,8 +88,13 @@ impl AgentsCommand {
 }
 
 async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
+    // A selector is checked here first, so a typo costs no round trip.
+    let selector = args.selector.as_deref().map(target::selector).transpose()?;
     let (client, _events) = args.conn.connect().await?;
-    let agents = client.agents().await?;
+    let agents = match &selector {
+        Some(selector) => client.agents_matching(selector.as_str()).await?,
+        None => client.agents().await?,
+    };
     client.close().await;
     if json {
         return output::print_json(&agents);
@@ -123,7 +133,9 @@ async fn show(args: NameArgs, json: bool) -> anyhow::Result<()> {
     if json {
         return output::print_json(&agent);
     }
-    output::print(&agent_fields(&agent, output::now_ms()))
+    let mut text = agent_fields(&agent, output::now_ms());
+    text.push_str(&actions(&agent.actions));
+    output::print(&text)
 }
 
 async fn remove(args: NameArgs, json: bool) -> anyhow::Result<()> {
@@ -196,7 +208,7 @@ fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
 
 fn agent_fields(agent: &AgentInfo, now_ms: u64) -> String {
     let time = |ms: Option<u64>| output::or_dash(ms.map(|ms| output::timestamp(now_ms, ms)));
-    output::fields(&[
+    let mut fields = vec![
         ("name", agent.name.to_string()),
         ("status", status(agent.status).to_owned()),
         ("last_seen", time(agent.last_seen_ms)),
@@ -209,7 +221,64 @@ fn agent_fields(agent: &AgentInfo, now_ms: u64) -> String {
         ("max_concurrency", output::or_dash(agent.max_concurrency)),
         ("running", agent.running.to_string()),
         ("queued", agent.queued.to_string()),
-    ])
+    ];
+    if agent.exec == ExecMode::ActionsOnly {
+        fields.push(("exec", "actions-only (raw commands are refused)".to_owned()));
+    }
+    let declared = agent.actions.len();
+    fields.push((
+        "actions",
+        output::or_dash((declared > 0).then_some(declared)),
+    ));
+    output::fields(&fields)
+}
+
+/// The declared actions, each with its parameters and their rules, below
+/// the `actions:` count:
+///
+/// ```text
+///   create_site  Create a site
+///     domain  hostname, required
+///     cache   bool, default false
+/// ```
+fn actions(actions: &[ActionInfo]) -> String {
+    let mut text = String::new();
+    let width = actions.iter().map(|a| a.name.len()).max().unwrap_or(0);
+    for action in actions {
+        let about = action.description.as_deref().unwrap_or("");
+        let line = format!("  {:<width$}  {about}", action.name);
+        text.push_str(line.trim_end());
+        text.push('\n');
+        let width = action
+            .params
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(0);
+        for param in &action.params {
+            text.push_str(&format!(
+                "    {:<width$}  {}\n",
+                param.name,
+                param_rule(param)
+            ));
+        }
+    }
+    text
+}
+
+/// A parameter's rule in a few words: `hostname, required`, `bool, default
+/// false — enable the cache`.
+fn param_rule(param: &ParamInfo) -> String {
+    let mut rule = param.kind.describe();
+    match (&param.default, param.required) {
+        (Some(default), _) => rule.push_str(&format!(", default {default}")),
+        (None, true) => rule.push_str(", required"),
+        (None, false) => rule.push_str(", optional"),
+    }
+    if let Some(about) = &param.description {
+        rule.push_str(&format!(" — {about}"));
+    }
+    rule
 }
 
 /// An agent's status as the tables print it.
@@ -260,6 +329,8 @@ mod tests {
             connected_since_ms: None,
             max_concurrency: Some(4),
             hub_id: None,
+            exec: Default::default(),
+            actions: Vec::new(),
             running: 0,
             queued: 0,
         }
@@ -287,6 +358,40 @@ mod tests {
         ] {
             assert!(row.contains(cell), "{row:?} lacks {cell}");
         }
+    }
+
+    #[test]
+    fn show_lists_the_exec_mode_and_each_action_with_its_rules() {
+        let mut web = agent("web-1");
+        let no_actions = agent_fields(&web, 10_000);
+        assert!(
+            no_actions.ends_with("actions:          -\n"),
+            "{no_actions}"
+        );
+        assert!(!no_actions.contains("exec:"), "{no_actions}");
+        web.exec = ExecMode::ActionsOnly;
+        web.actions = serde_json::from_value(serde_json::json!([
+            {"name": "create_site", "description": "Create a site", "params": [
+                {"name": "domain", "type": "hostname", "required": true},
+                {"name": "workers", "type": "int", "min": 1, "max": 8, "required": false,
+                 "default": "2", "description": "PHP workers"},
+            ]},
+            {"name": "restart", "params": []},
+        ]))
+        .unwrap();
+        let fields = agent_fields(&web, 10_000);
+        assert!(
+            fields.contains("exec:             actions-only"),
+            "{fields}"
+        );
+        assert!(fields.ends_with("actions:          2\n"), "{fields}");
+        assert_eq!(
+            actions(&web.actions),
+            "  create_site  Create a site\n\
+             \x20   domain   hostname, required\n\
+             \x20   workers  int 1..=8, default 2 — PHP workers\n\
+             \x20 restart\n"
+        );
     }
 
     #[test]

@@ -1,27 +1,58 @@
-//! Ctrl-C for `muster run`: counting interrupts, and cancelling the run on
-//! whichever connection to the hub is in use when the request goes out.
+//! Ctrl-C for `muster run` and jobs: counting interrupts, and cancelling the
+//! run or job on whichever connection to the hub is in use when the request
+//! goes out.
+
+use std::fmt;
 
 use anyhow::Context;
 use muster_client::{Client, ClientError};
-use muster_proto::{ErrorCode, RunId};
+use muster_proto::{ErrorCode, JobId, RunId};
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
 
-/// Asks the hub to cancel `run` on `client`. A run that already ended needs no
-/// cancelling, and a connection that closed meanwhile is reported elsewhere.
-pub(crate) async fn cancel(client: &Client, run: RunId) {
-    match client.cancel_run(run).await {
-        Ok(()) | Err(ClientError::Closed(_)) => {}
-        Err(err) if err.code() == Some(ErrorCode::InvalidState) => {}
-        Err(err) => eprintln!("muster: cannot cancel run {run}: {err}"),
+/// What Ctrl-C cancels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cancel {
+    /// One run.
+    Run(RunId),
+    /// A job: its waiting targets end, its runs are killed.
+    Job(JobId),
+}
+
+impl Cancel {
+    /// Sends the cancel request on `client`.
+    async fn send(self, client: &Client) -> Result<(), ClientError> {
+        match self {
+            Self::Run(run) => client.cancel_run(run).await,
+            Self::Job(job) => client.cancel_job(job).await,
+        }
     }
 }
 
-/// Asks the hub to cancel `run` without blocking the output stream, on the
+impl fmt::Display for Cancel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Run(run) => write!(f, "run {run}"),
+            Self::Job(job) => write!(f, "job {job}"),
+        }
+    }
+}
+
+/// Asks the hub to cancel `what` on `client`. What already ended needs no
+/// cancelling, and a connection that closed meanwhile is reported elsewhere.
+pub(crate) async fn cancel(client: &Client, what: Cancel) {
+    match what.send(client).await {
+        Ok(()) | Err(ClientError::Closed(_)) => {}
+        Err(err) if err.code() == Some(ErrorCode::InvalidState) => {}
+        Err(err) => eprintln!("muster: cannot cancel {what}: {err}"),
+    }
+}
+
+/// Asks the hub to cancel `what` without blocking the output stream, on the
 /// follower's connection: the current one, or the next one if it is
-/// reconnecting or the request was lost with a dropped connection. A run that
+/// reconnecting or the request was lost with a dropped connection. What
 /// already ended needs no cancelling.
-pub(crate) fn cancel_in_background(mut clients: watch::Receiver<Option<Client>>, run: RunId) {
+pub(crate) fn cancel_in_background(mut clients: watch::Receiver<Option<Client>>, what: Cancel) {
     tokio::spawn(async move {
         loop {
             let client = match clients.wait_for(Option::is_some).await {
@@ -29,7 +60,7 @@ pub(crate) fn cancel_in_background(mut clients: watch::Receiver<Option<Client>>,
                 Err(_) => return, // the follower has stopped
             };
             let Some(client) = client else { return };
-            match client.cancel_run(run).await {
+            match what.send(&client).await {
                 Ok(()) => return,
                 Err(ClientError::Closed(_)) => {
                     if clients.changed().await.is_err() {
@@ -38,7 +69,7 @@ pub(crate) fn cancel_in_background(mut clients: watch::Receiver<Option<Client>>,
                 }
                 Err(err) if err.code() == Some(ErrorCode::InvalidState) => return,
                 Err(err) => {
-                    eprintln!("muster: cannot cancel run {run}: {err}");
+                    eprintln!("muster: cannot cancel {what}: {err}");
                     return;
                 }
             }

@@ -27,6 +27,11 @@ pub(crate) struct RunExit {
     pub(crate) message: Option<String>,
 }
 
+/// Exit code when the agent refused the run and nothing ran (invalid action
+/// parameters, unknown action, raw commands disabled), like a shell's
+/// "cannot execute".
+pub(crate) const EXIT_REJECTED: u8 = 126;
+
 /// Maps a run in a terminal state to the exit code of `muster run`.
 pub(crate) fn run_exit(run: &RunInfo) -> RunExit {
     let plain = |code| RunExit {
@@ -53,6 +58,16 @@ pub(crate) fn run_exit(run: &RunInfo) -> RunExit {
         RunState::Failed => failure("failed"),
         RunState::Lost => failure("lost"),
         RunState::Expired => failure("expired"),
+        RunState::Rejected => RunExit {
+            code: EXIT_REJECTED,
+            message: Some(match (&run.error_code, &run.error) {
+                (Some(code), Some(error)) => {
+                    format!("{} rejected the run: {code}: {error}", run.agent)
+                }
+                (_, Some(error)) => format!("{} rejected the run: {error}", run.agent),
+                _ => format!("{} rejected the run", run.agent),
+            }),
+        },
         RunState::Queued | RunState::Dispatched | RunState::Running => {
             failure(&format!("is still {}", run.state))
         }

@@ -153,6 +153,8 @@ mod tests {
             connected_since_ms: None,
             max_concurrency: None,
             hub_id: None,
+            exec: Default::default(),
+            actions: Vec::new(),
             running: 0,
             queued: 0,
         }

@@ -1,4 +1,5 @@
-//! The client subcommands: `agents`, `run`, `runs` and `top`.
+//! The client subcommands: `agents`, `run`, `action`, `runs`, `job`, `jobs`
+//! and `top`.
 //!
 //! Each talks to a hub through `muster-client`. This module owns what they
 //! share: the `--hub`/`--token` arguments, connecting, and turning hub errors
@@ -6,19 +7,25 @@
 //! surfaces as an error that `main` prints as `muster: <reason>` and maps to
 //! [`EXIT_ERROR`].
 
+pub(crate) mod action;
 pub(crate) mod agents;
 pub(crate) mod cancel;
 pub(crate) mod events;
 pub(crate) mod exit;
 pub(crate) mod fleet;
+pub(crate) mod job;
+pub(crate) mod job_follow;
+pub(crate) mod jobs;
 pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod parse;
 pub(crate) mod run;
 pub(crate) mod runs;
 pub(crate) mod stream;
+pub(crate) mod target;
 pub(crate) mod top;
 pub(crate) mod units;
+pub(crate) mod workflow;
 
 use std::fmt;
 use std::str::FromStr;
@@ -50,6 +57,17 @@ impl HubConn {
     /// Connects and authenticates.
     pub(crate) async fn connect(&self) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
         Client::connect(&self.hub, &self.token.0).await
+    }
+
+    /// Connects and authenticates, unless Ctrl-C comes first (`None`).
+    pub(crate) async fn connect_or_interrupt(
+        &self,
+        interrupts: &mut cancel::Interrupts,
+    ) -> Result<Option<(Client, mpsc::Receiver<Event>)>, ClientError> {
+        tokio::select! {
+            connected = self.connect() => connected.map(Some),
+            _ = interrupts.recv() => Ok(None),
+        }
     }
 
     /// Follows `run` to its end, starting on `connection` and reconnecting to

@@ -1,5 +1,8 @@
 //! `muster run TARGET -- CMD…`: run one command on an agent, stream its output
-//! live to the local stdout and stderr, and exit with its exit code.
+//! live to the local stdout and stderr, and exit with its exit code. When
+//! TARGET is a selector rather than a plain name (or `-l SELECTOR` is given),
+//! the command runs as a job of one step on every matching agent, followed by
+//! `job_follow`. `muster action` shares all of this through [`Invocation`].
 //!
 //! The run survives dropped connections and hub restarts: `run.create` always
 //! carries an idempotency key (a random one unless `--idempotency-key` is
@@ -13,6 +16,7 @@
 //! use) and keeps streaming until it ends (exit 130), and a second one stops
 //! waiting (exit 130 at once).
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,13 +26,16 @@ use muster_client::{
     Client, DEFAULT_GIVE_UP_AFTER, Event, RunAccepted, RunFollower, create_run_retrying,
     new_idempotency_key,
 };
+use muster_proto::jobs::StepSpec;
 use muster_proto::types::RunRequest;
 use muster_proto::{AgentName, AgentStatus, CommandSpec, RunInfo, RunState};
 use tokio::sync::mpsc;
 
-use super::cancel::{Interrupts, cancel, cancel_in_background};
+use super::cancel::{Cancel, Interrupts, cancel, cancel_in_background};
 use super::exit::{EXIT_CANCELLED, run_exit};
+use super::job_follow::{self, JobOptions};
 use super::stream::{Printer, Step, event_or_error};
+use super::target::{self, JobFlags, QueueFlags, Target, Targets, millis};
 use super::{HubConn, agent_error, output, parse};
 
 /// Arguments of `muster run`.
@@ -36,22 +43,12 @@ use super::{HubConn, agent_error, output, parse};
 pub(crate) struct RunArgs {
     #[command(flatten)]
     conn: HubConn,
-    /// The agent that runs the command.
-    target: AgentName,
-    /// Kill the command after this long (30s, 5m, 1h).
-    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
-    timeout: Option<Duration>,
-    /// How long the run may wait for its agent (offline or busy) before it
-    /// expires; 0 runs it only if the agent is online now. The hub's default when absent.
-    #[arg(long, value_name = "DURATION", value_parser = parse::ttl)]
-    ttl: Option<Duration>,
-    /// Queue priority: an integer from -100 to 100, or low, normal, high.
-    #[arg(long, value_name = "P", value_parser = parse::priority, default_value = "normal",
-          allow_negative_numbers = true)]
-    priority: i32,
-    /// Print the run id and exit without waiting for the command.
-    #[arg(long)]
-    detach: bool,
+    #[command(flatten)]
+    targets: Targets,
+    #[command(flatten)]
+    queue: QueueFlags,
+    #[command(flatten)]
+    run: RunFlags,
     /// An environment variable for the command, as KEY=VALUE; repeat for several.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse::key_value)]
     env: Vec<(String, String)>,
@@ -62,71 +59,165 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     shell: bool,
     /// Repeating a request with the same key returns the first run instead of
-    /// starting another; a random key is used when absent.
+    /// starting another; a random key is used when absent. Single runs only.
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
-    /// Report queue positions, and an offline agent, on stderr.
-    #[arg(long, short)]
-    verbose: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
+/// Flags of a single run that `run` and `action` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunFlags {
+    /// Kill the command after this long (30s, 5m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
+    pub(crate) timeout: Option<Duration>,
+    /// Report queue positions, and an offline agent, on stderr (single runs).
+    #[arg(long, short)]
+    pub(crate) verbose: bool,
+}
+
 impl RunArgs {
-    fn request(&self) -> RunRequest {
+    /// What to run, with every option that shapes the run or the job's step.
+    fn invocation(&self) -> Invocation<'_> {
         let command = if self.shell {
             CommandSpec::Shell(self.command.join(" "))
         } else {
             CommandSpec::Argv(self.command.clone())
         };
-        RunRequest {
-            agent: self.target.clone(),
+        Invocation {
+            conn: &self.conn,
+            job: &self.targets.job,
+            queue: &self.queue,
+            run: &self.run,
             command,
+            step_name: "run".to_owned(),
             env: self.env.iter().cloned().collect(),
             cwd: self.cwd.clone(),
-            timeout_ms: self.timeout.map(millis),
-            priority: self.priority,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+}
+
+/// Runs `muster run`.
+pub(crate) async fn run(args: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let target = args.targets.resolve()?;
+    args.invocation().execute(target, json).await
+}
+
+/// A command (or action) and everything that shapes how it runs: what
+/// `muster run` and `muster action` share.
+pub(crate) struct Invocation<'a> {
+    /// How to reach the hub.
+    pub(crate) conn: &'a HubConn,
+    /// Job flags; only for a selector.
+    pub(crate) job: &'a JobFlags,
+    /// Priority, time to live, detach.
+    pub(crate) queue: &'a QueueFlags,
+    /// Timeout, verbosity.
+    pub(crate) run: &'a RunFlags,
+    /// What to execute.
+    pub(crate) command: CommandSpec,
+    /// The step's name when it runs as a job.
+    pub(crate) step_name: String,
+    /// Extra environment variables.
+    pub(crate) env: BTreeMap<String, String>,
+    /// Working directory.
+    pub(crate) cwd: Option<String>,
+    /// The run's idempotency key (single runs only); random when absent.
+    pub(crate) idempotency_key: Option<String>,
+}
+
+impl Invocation<'_> {
+    /// Runs once on a plainly named agent, or as a job of one step on every
+    /// agent a selector matches.
+    pub(crate) async fn execute(self, target: Target, json: bool) -> anyhow::Result<ExitCode> {
+        if let Err(why) = self.command.validate() {
+            target::usage_error(why);
+        }
+        match target {
+            Target::Agent(agent) => {
+                target::refuse_job_flags(self.job);
+                let request = self.request(agent);
+                single(self.conn, request, self.queue.detach, self.run.verbose).await
+            }
+            Target::Selector(selector) => {
+                if self.idempotency_key.is_some() {
+                    target::usage_error("--idempotency-key applies to single runs");
+                }
+                let spec = target::job_spec(&selector, vec![self.step()], self.job, self.queue);
+                let options = JobOptions {
+                    group: self.job.group,
+                    detach: self.queue.detach,
+                    json,
+                };
+                job_follow::run_job(self.conn, spec, options).await
+            }
+        }
+    }
+
+    /// The run on `agent`; it always carries an idempotency key, so it can be
+    /// re-sent safely when the connection drops.
+    fn request(&self, agent: AgentName) -> RunRequest {
+        RunRequest {
+            agent,
+            command: self.command.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            timeout_ms: self.run.timeout.map(millis),
+            priority: self.queue.priority,
             idempotency_key: Some(
                 self.idempotency_key
                     .clone()
                     .unwrap_or_else(new_idempotency_key),
             ),
-            ttl_ms: self.ttl.map(millis),
+            ttl_ms: self.queue.ttl.map(millis),
+        }
+    }
+
+    /// The job's one step.
+    fn step(&self) -> StepSpec {
+        StepSpec {
+            name: self.step_name.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            timeout_ms: self.run.timeout.map(millis),
+            continue_on_failure: false,
         }
     }
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Runs `muster run`.
-pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let request = args.request();
-    if let Err(why) = request.command.validate() {
-        clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{why}\n")).exit();
-    }
+/// Runs `request` once: creates it (re-sending on a new connection if need
+/// be), streams its output and returns its exit code; with `detach`, prints
+/// the run id instead.
+pub(crate) async fn single(
+    conn: &HubConn,
+    request: RunRequest,
+    detach: bool,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
     let mut interrupts = Interrupts::install()?;
-    let connection = tokio::select! {
-        connected = args.conn.connect() => connected?,
-        _ = interrupts.recv() => return Ok(ExitCode::from(EXIT_CANCELLED)),
+    let Some(connection) = conn.connect_or_interrupt(&mut interrupts).await? else {
+        return Ok(ExitCode::from(EXIT_CANCELLED));
     };
+    let ttl = request.ttl_ms.map(Duration::from_millis);
     let Some((client, events, accepted)) =
-        create(connection, request, &args, &mut interrupts).await?
+        create(connection, request, conn, detach, &mut interrupts).await?
     else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
     let run = accepted.run;
-    if args.detach {
+    if detach {
         return detached(client, &run, interrupts.count > 0).await;
     }
-    report_offline(&client, &run, &args).await;
-    let mut follower = args.conn.follow((client, events), run.id);
+    report_offline(&client, &run, verbose, ttl).await;
+    let mut follower = conn.follow((client, events), run.id);
     if interrupts.count > 0 {
-        cancel_in_background(follower.clients(), run.id);
+        cancel_in_background(follower.clients(), Cancel::Run(run.id));
     }
-    let mut printer = Printer::new(args.verbose);
+    let mut printer = Printer::new(verbose);
     if let Some(position) = run.queue_position {
         printer.queued_at(position);
     }
@@ -156,11 +247,13 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn create(
     connection: (Client, mpsc::Receiver<Event>),
     request: RunRequest,
-    args: &RunArgs,
+    conn: &HubConn,
+    detach: bool,
     interrupts: &mut Interrupts,
 ) -> anyhow::Result<Option<(Client, mpsc::Receiver<Event>, RunAccepted)>> {
-    let (hub, token) = (&args.conn.hub, &args.conn.token.0);
-    let subscribe = !args.detach;
+    let (hub, token) = (&conn.hub, &conn.token.0);
+    let subscribe = !detach;
+    let agent = request.agent.clone();
     let create = create_run_retrying(
         connection,
         hub,
@@ -172,7 +265,7 @@ async fn create(
     tokio::pin!(create);
     loop {
         tokio::select! {
-            result = &mut create => return Ok(Some(result.map_err(agent_error(&args.target))?)),
+            result = &mut create => return Ok(Some(result.map_err(agent_error(&agent))?)),
             count = interrupts.recv() => if count > 1 {
                 return Ok(None);
             },
@@ -184,7 +277,7 @@ async fn create(
 async fn detached(client: Client, run: &RunInfo, interrupted: bool) -> anyhow::Result<ExitCode> {
     output::print(&format!("{}\n", run.id))?;
     if interrupted {
-        cancel(&client, run.id).await;
+        cancel(&client, Cancel::Run(run.id)).await;
     }
     client.close().await;
     Ok(ExitCode::from(if interrupted { EXIT_CANCELLED } else { 0 }))
@@ -192,15 +285,15 @@ async fn detached(client: Client, run: &RunInfo, interrupted: bool) -> anyhow::R
 
 /// Says on stderr that the run waits because its agent is offline — when a
 /// person is likely watching (stderr is a terminal) or `--verbose` asked.
-async fn report_offline(client: &Client, run: &RunInfo, args: &RunArgs) {
-    if run.state != RunState::Queued || !(args.verbose || std::io::stderr().is_terminal()) {
+async fn report_offline(client: &Client, run: &RunInfo, verbose: bool, ttl: Option<Duration>) {
+    if run.state != RunState::Queued || !(verbose || std::io::stderr().is_terminal()) {
         return;
     }
     // A failed lookup only costs the notice.
     if let Ok(agent) = client.agent(&run.agent).await
         && agent.status == AgentStatus::Offline
     {
-        eprintln!("muster: {}", offline_notice(run, args.ttl));
+        eprintln!("muster: {}", offline_notice(run, ttl));
     }
 }
 
@@ -238,7 +331,7 @@ async fn follow(
                     return Ok(None);
                 }
                 eprintln!("muster: cancelling run {run}; press Ctrl-C again to stop waiting");
-                cancel_in_background(follower.clients(), run);
+                cancel_in_background(follower.clients(), Cancel::Run(run));
                 continue;
             }
         };
@@ -267,18 +360,27 @@ mod tests {
         Harness::try_parse_from(base.iter().chain(words)).map(|h| h.run)
     }
 
+    /// The single run `muster run` would create for these words.
+    fn request(words: &[&str]) -> RunRequest {
+        let args = parse(words).unwrap();
+        let Ok(Target::Agent(agent)) = args.targets.resolve() else {
+            panic!("{words:?} names one agent");
+        };
+        args.invocation().request(agent)
+    }
+
     #[test]
     fn words_after_double_dash_become_argv_or_a_shell_string() {
-        let args = parse(&["web-1", "--", "echo", "a b", "--flag"]).unwrap();
-        let request = args.request();
+        let request = request(&["web-1", "--", "echo", "a b", "--flag"]);
         assert_eq!(
             request.command,
             CommandSpec::Argv(vec!["echo".into(), "a b".into(), "--flag".into()])
         );
         assert_eq!(request.priority, 0);
-        let args = parse(&["web-1", "--shell", "--", "echo", "$HOME", "|", "wc"]).unwrap();
+        let request =
+            super::tests::request(&["web-1", "--shell", "--", "echo", "$HOME", "|", "wc"]);
         assert_eq!(
-            args.request().command,
+            request.command,
             CommandSpec::Shell("echo $HOME | wc".into())
         );
     }
@@ -300,7 +402,7 @@ mod tests {
             "--",
             "true",
         ];
-        let request = parse(&words).unwrap().request();
+        let request = request(&words);
         assert_eq!(request.timeout_ms, Some(300_000));
         assert_eq!(request.priority, -5);
         assert_eq!(request.env.get("A").map(String::as_str), Some("1"));
@@ -309,6 +411,7 @@ mod tests {
         assert_eq!(
             parse(&["web-1", "--priority", "high", "--", "true"])
                 .unwrap()
+                .queue
                 .priority,
             10
         );
@@ -316,8 +419,10 @@ mod tests {
 
     #[test]
     fn every_request_carries_an_idempotency_key() {
-        let args = parse(&["web-1", "--", "true"]).unwrap();
-        let (first, second) = (args.request(), args.request());
+        let (first, second) = (
+            request(&["web-1", "--", "true"]),
+            request(&["web-1", "--", "true"]),
+        );
         let key = first.idempotency_key.unwrap();
         assert_eq!(key.len(), 32);
         assert!(key.chars().all(|c| c.is_ascii_hexdigit()), "{key}");
@@ -326,15 +431,55 @@ mod tests {
 
     #[test]
     fn ttl_becomes_milliseconds_and_may_be_zero() {
-        let ttl =
-            |value| parse(&["web-1", "--ttl", value, "--", "true"]).map(|a| a.request().ttl_ms);
-        assert_eq!(ttl("2h").unwrap(), Some(7_200_000));
-        assert_eq!(ttl("0").unwrap(), Some(0));
-        assert!(ttl("whenever").is_err());
-        assert_eq!(
-            parse(&["web-1", "--", "true"]).unwrap().request().ttl_ms,
-            None
+        let ttl = |value| request(&["web-1", "--ttl", value, "--", "true"]).ttl_ms;
+        assert_eq!(ttl("2h"), Some(7_200_000));
+        assert_eq!(ttl("0"), Some(0));
+        assert!(parse(&["web-1", "--ttl", "whenever", "--", "true"]).is_err());
+        assert_eq!(request(&["web-1", "--", "true"]).ttl_ms, None);
+    }
+
+    #[test]
+    fn a_selector_makes_a_job_of_one_step_named_run() {
+        let args = parse(&[
+            "-l",
+            "role=web",
+            "--batch",
+            "2",
+            "--fail-fast",
+            "--env",
+            "A=1",
+            "--timeout",
+            "1m",
+            "--ttl",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            "exit 0",
+        ])
+        .unwrap();
+        let Ok(Target::Selector(selector)) = args.targets.resolve() else {
+            panic!("a selector");
+        };
+        let invocation = args.invocation();
+        let spec = target::job_spec(
+            &selector,
+            vec![invocation.step()],
+            &args.targets.job,
+            &args.queue,
         );
+        assert_eq!(spec.selector, "role=web");
+        assert_eq!(spec.batch, Some(muster_proto::jobs::BatchSize::Count(2)));
+        assert!(spec.fail_fast && !spec.online_only);
+        assert_eq!(spec.ttl_ms, Some(30_000));
+        let [step] = &spec.steps[..] else {
+            panic!("one step")
+        };
+        assert_eq!(step.name, "run");
+        assert_eq!(step.timeout_ms, Some(60_000));
+        assert_eq!(step.env.get("A").map(String::as_str), Some("1"));
+        let glob = parse(&["web-*", "--", "true"]).unwrap();
+        assert!(matches!(glob.targets.resolve(), Ok(Target::Selector(_))));
     }
 
     #[test]
@@ -363,6 +508,16 @@ mod tests {
         assert!(parse(&["web-1"]).is_err());
         assert!(parse(&["web-1", "--priority", "101", "--", "true"]).is_err());
         assert!(parse(&["web-1", "--timeout", "soon", "--", "true"]).is_err());
-        assert!(parse(&["not a name", "--", "true"]).is_err());
+        assert!(parse(&["--", "true"]).is_err(), "a target is required");
+        assert!(
+            parse(&["web-1", "-l", "web-2", "--", "true"]).is_err(),
+            "not both"
+        );
+        let bad = parse(&["not a name", "--", "true"]).unwrap();
+        let err = bad.targets.resolve().unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid selector at column 5"),
+            "{err}"
+        );
     }
 }

@@ -96,21 +96,30 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Printer<O, E> {
 }
 
 /// One local output stream. Once its reader has gone (`| head`), further
-/// output for it is discarded so the run can still be followed to its end.
-struct Sink<W> {
+/// output for it is discarded so the run (or job) can still be followed to
+/// its end.
+pub(crate) struct Sink<W> {
     writer: W,
     closed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Sink<W> {
-    fn new(writer: W) -> Self {
+    /// Writes to `writer`.
+    pub(crate) fn new(writer: W) -> Self {
         Self {
             writer,
             closed: false,
         }
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    /// What was written, for tests that write to memory.
+    #[cfg(test)]
+    pub(crate) fn writer(&self) -> &W {
+        &self.writer
+    }
+
+    /// Writes and flushes `bytes`; a closed pipe is not an error.
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         if self.closed {
             return Ok(());
         }

@@ -6,22 +6,15 @@
 //! once, the run reaches `completed`, and the command ran exactly once (it
 //! appends one line to a marker file per execution).
 
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use muster_testkit::Proxy;
 use nix::sys::signal::{Signal, kill};
 use serde_json::Value;
 
-use crate::fixture::{Cli, Server, path_in, tempdir};
-
-/// Longest a test waits for a run to progress or end, and for a CLI to exit.
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::fixture::{Captured, Cli, PATIENCE, Server, path_in, tempdir};
 /// Lines the paced command prints.
 const LINES: u32 = 20_000;
 /// How often the proxy cuts every connection through it.
@@ -134,92 +127,6 @@ fn assert_same(actual: &[u8], expected: &str, what: &str) {
         around(actual),
         around(expected)
     );
-}
-
-/// A CLI process whose stdout and stderr are collected by threads.
-struct Captured {
-    child: Child,
-    /// Stdout so far, appended as it arrives.
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stdout_reader: JoinHandle<()>,
-    stderr: JoinHandle<Vec<u8>>,
-}
-
-impl Captured {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn muster");
-        let mut out = child.stdout.take().expect("stdout");
-        let mut err = child.stderr.take().expect("stderr");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let sink = stdout.clone();
-        Self {
-            child,
-            stdout,
-            stdout_reader: std::thread::spawn(move || {
-                let mut buf = [0u8; 16 * 1024];
-                while let Ok(n @ 1..) = out.read(&mut buf) {
-                    sink.lock()
-                        .expect("stdout lock")
-                        .extend_from_slice(&buf[..n]);
-                }
-            }),
-            stderr: std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = err.read_to_end(&mut buf);
-                buf
-            }),
-        }
-    }
-
-    /// Waits until the process has printed something on stdout.
-    fn wait_for_stdout(&mut self, what: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while self.stdout.lock().expect("stdout lock").is_empty() {
-            let exited = self.child.try_wait().expect("try_wait");
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "{what} printed nothing (exit: {exited:?})"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Bytes printed on stdout so far.
-    fn stdout_len(&self) -> usize {
-        self.stdout.lock().expect("stdout lock").len()
-    }
-
-    /// Waits for the exit, at most `PATIENCE`; kills the process and panics
-    /// past that.
-    fn finish(mut self, what: &str) -> Output {
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let stderr = self.stderr.join().unwrap_or_default();
-                panic!(
-                    "{what} did not exit within {PATIENCE:?}; stderr: {}",
-                    String::from_utf8_lossy(&stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        self.stdout_reader.join().expect("stdout reader");
-        let stdout = std::mem::take(&mut *self.stdout.lock().expect("stdout lock"));
-        Output {
-            status,
-            stdout,
-            stderr: self.stderr.join().expect("stderr reader"),
-        }
-    }
 }
 
 /// Checks a finished run: completed with 0, output exact, executed once.

@@ -1,9 +1,10 @@
 //! Test fixtures: real `muster` processes on loopback, stopped on drop.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -12,6 +13,9 @@ use serde_json::Value;
 
 /// Longest a fixture waits for a readiness line or a state.
 pub(crate) const READY: Duration = Duration::from_secs(30);
+
+/// Longest a [`Captured`] process may take to print or to exit.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The `muster` binary under test.
 pub(crate) fn muster_bin() -> &'static str {
@@ -65,7 +69,21 @@ impl Server {
         state_dir: &Path,
         extra: &[&str],
     ) -> Self {
+        Self::agent_with_env(hub, token, name, state_dir, extra, &[])
+    }
+
+    /// Starts `muster agent` like [`Server::agent`], with extra environment
+    /// variables, which the commands it runs inherit.
+    pub(crate) fn agent_with_env(
+        hub: &str,
+        token: &str,
+        name: &str,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(muster_bin())
+            .envs(env.iter().copied())
             .args([
                 "agent",
                 "--hub",
@@ -238,6 +256,167 @@ impl Cli {
         while !check() {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One agent of a [`Fleet`].
+pub(crate) struct FleetAgent<'a> {
+    /// Its name.
+    pub(crate) name: &'a str,
+    /// Its labels, as `k=v`.
+    pub(crate) labels: &'a [&'a str],
+    /// Environment variables of the agent process, inherited by its commands.
+    pub(crate) env: &'a [(&'a str, &'a str)],
+    /// The agent's config file (TOML, such as `[actions.NAME]` tables); none
+    /// when empty.
+    pub(crate) config: &'a str,
+}
+
+/// A hub and several agents with labels, all online; stopped on drop.
+pub(crate) struct Fleet {
+    /// Agents first, so they stop before the hub.
+    _agents: Vec<Server>,
+    /// The hub.
+    pub(crate) hub: Server,
+    /// A client of the hub with its admin token.
+    pub(crate) cli: Cli,
+    /// Data and state directories.
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// Starts a hub, registers and starts `agents` (labels given as agent
+    /// flags), and waits until every one is online.
+    pub(crate) fn start(agents: &[FleetAgent<'_>]) -> Self {
+        let dir = tempdir();
+        let hub = Server::hub(&path_in(&dir, "hub"), true);
+        let cli = hub.cli(hub.token.as_deref().expect("first start prints a token"));
+        let servers = agents
+            .iter()
+            .map(|agent| Self::agent(&hub, &cli, &dir, agent))
+            .collect();
+        let names: Vec<&str> = agents.iter().map(|a| a.name).collect();
+        cli.wait_until_json("every agent online", &["agents", "list", "--json"], |v| {
+            let online = v.as_array().map_or(0, |list| {
+                list.iter()
+                    .filter(|a| a["status"] == "online" && names.iter().any(|n| a["name"] == *n))
+                    .count()
+            });
+            online == names.len()
+        });
+        Self {
+            _agents: servers,
+            hub,
+            cli,
+            dir,
+        }
+    }
+
+    /// Registers `agent` and starts its process, with its labels, config and
+    /// environment.
+    fn agent(hub: &Server, cli: &Cli, dir: &tempfile::TempDir, agent: &FleetAgent<'_>) -> Server {
+        let added = cli.json(&["agents", "add", agent.name, "--json"]);
+        let token = added["token"].as_str().expect("agent token");
+        let mut flags: Vec<&str> = agent.labels.iter().flat_map(|l| ["--label", l]).collect();
+        let config = path_in(dir, &format!("{}.toml", agent.name));
+        if !agent.config.is_empty() {
+            std::fs::write(&config, agent.config).expect("write the agent config");
+            flags.extend(["--config", config.to_str().expect("a UTF-8 path")]);
+        }
+        let state = path_in(dir, agent.name);
+        Server::agent_with_env(&hub.hub, token, agent.name, &state, &flags, agent.env)
+    }
+}
+
+/// A CLI process whose stdout and stderr are collected by threads.
+pub(crate) struct Captured {
+    child: Child,
+    /// Stdout so far, appended as it arrives.
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stdout_reader: JoinHandle<()>,
+    stderr: JoinHandle<Vec<u8>>,
+}
+
+impl Captured {
+    /// Starts `cmd` with both output streams captured.
+    pub(crate) fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn muster");
+        let mut out = child.stdout.take().expect("stdout");
+        let mut err = child.stderr.take().expect("stderr");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let sink = stdout.clone();
+        Self {
+            child,
+            stdout,
+            stdout_reader: std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n @ 1..) = out.read(&mut buf) {
+                    sink.lock()
+                        .expect("stdout lock")
+                        .extend_from_slice(&buf[..n]);
+                }
+            }),
+            stderr: std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = err.read_to_end(&mut buf);
+                buf
+            }),
+        }
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits until the process has printed something on stdout.
+    pub(crate) fn wait_for_stdout(&mut self, what: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.stdout.lock().expect("stdout lock").is_empty() {
+            let exited = self.child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "{what} printed nothing (exit: {exited:?})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Bytes printed on stdout so far.
+    pub(crate) fn stdout_len(&self) -> usize {
+        self.stdout.lock().expect("stdout lock").len()
+    }
+
+    /// Waits for the exit, at most `PATIENCE`; kills the process and panics
+    /// past that.
+    pub(crate) fn finish(mut self, what: &str) -> Output {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr = self.stderr.join().unwrap_or_default();
+                panic!(
+                    "{what} did not exit within {PATIENCE:?}; stderr: {}",
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.stdout_reader.join().expect("stdout reader");
+        let stdout = std::mem::take(&mut *self.stdout.lock().expect("stdout lock"));
+        Output {
+            status,
+            stdout,
+            stderr: self.stderr.join().expect("stderr reader"),
         }
     }
 }

@@ -2,9 +2,11 @@
 //! processes, driven through the CLI exactly as an operator would.
 
 mod fault_agents;
+mod fault_jobs;
 mod fault_streams;
 mod fixture;
 mod fleet;
+mod jobs;
 mod slow_client;
 
 use std::io::Read as _;

@@ -1,0 +1,191 @@
+//! What the follower knows of each step run of the job: which agent and step
+//! it belongs to, which output frame is due next, the bytes not printed yet,
+//! and where its current subscription stands.
+
+use muster_proto::{AgentName, OutputStream, RunInfo, RunState};
+
+/// An unfinished line longer than this is printed as a line of its own
+/// rather than held back without bound.
+const MAX_PARTIAL_LINE: usize = 64 * 1024;
+
+/// What to do with an output frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// The frame is the one due next: take it.
+    Take,
+    /// The frame came before: drop it.
+    Duplicate,
+    /// Frames before this one are missing.
+    Gap,
+}
+
+/// Where one subscription to a run's channel stands.
+#[derive(Debug, Default)]
+pub(super) struct Subscription {
+    /// `stream.synced` arrived: the replay is complete.
+    pub(super) synced: bool,
+    /// The `subscribe` reply said the run had already ended; it is over once
+    /// the replay is complete.
+    pub(super) ended: Option<Box<RunInfo>>,
+}
+
+/// One run of the job, from its `job.step.started` on.
+#[derive(Debug)]
+pub(super) struct RunTrack {
+    /// The agent it runs on.
+    pub(super) agent: AgentName,
+    /// The step's name.
+    pub(super) step_name: String,
+    /// The output frame due next; what to resubscribe `since`.
+    pub(super) next_seq: u64,
+    /// Stdout bytes not printed yet.
+    stdout: Vec<u8>,
+    /// Stderr bytes not printed yet.
+    stderr: Vec<u8>,
+    /// The current subscription to `run:<id>`.
+    pub(super) sub: Subscription,
+    /// All of its output was printed and it has ended.
+    pub(super) done: bool,
+}
+
+impl RunTrack {
+    /// A run of `step_name` on `agent`, nothing received yet.
+    pub(super) fn new(agent: AgentName, step_name: String) -> Self {
+        Self {
+            agent,
+            step_name,
+            next_seq: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            sub: Subscription::default(),
+            done: false,
+        }
+    }
+
+    /// Judges the frame numbered `seq`, moving past it when it is taken.
+    pub(super) fn frame(&mut self, seq: u64) -> Verdict {
+        match seq.cmp(&self.next_seq) {
+            std::cmp::Ordering::Less => Verdict::Duplicate,
+            std::cmp::Ordering::Greater => Verdict::Gap,
+            std::cmp::Ordering::Equal => {
+                self.next_seq += 1;
+                Verdict::Take
+            }
+        }
+    }
+
+    /// Holds `bytes` of `stream` until they are printed.
+    pub(super) fn push(&mut self, stream: OutputStream, bytes: &[u8]) {
+        self.buffer(stream).extend_from_slice(bytes);
+    }
+
+    /// The complete lines of `stream` held so far, taken out; an unfinished
+    /// line stays until it is completed, the run ends, or it grows too long.
+    pub(super) fn take_lines(&mut self, stream: OutputStream) -> Vec<u8> {
+        let buffer = self.buffer(stream);
+        if buffer.len() > MAX_PARTIAL_LINE {
+            return std::mem::take(buffer);
+        }
+        match buffer.iter().rposition(|&b| b == b'\n') {
+            Some(end) => {
+                let rest = buffer.split_off(end + 1);
+                std::mem::replace(buffer, rest)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Everything of `stream` held so far, taken out.
+    pub(super) fn take_all(&mut self, stream: OutputStream) -> Vec<u8> {
+        std::mem::take(self.buffer(stream))
+    }
+
+    /// The pending bytes of `stream`.
+    fn buffer(&mut self, stream: OutputStream) -> &mut Vec<u8> {
+        match stream {
+            OutputStream::Stdout => &mut self.stdout,
+            OutputStream::Stderr => &mut self.stderr,
+        }
+    }
+}
+
+/// How a run ended, in a few words: `exit 0`, `signal 9`, `timed out`,
+/// `rejected: INVALID_PARAMS: …`.
+pub(super) fn outcome(run: &RunInfo) -> String {
+    let with_error = |what: &str| match (&run.error_code, &run.error) {
+        (Some(code), Some(error)) => format!("{what}: {code}: {error}"),
+        (None, Some(error)) => format!("{what}: {error}"),
+        (Some(code), None) => format!("{what}: {code}"),
+        (None, None) => what.to_owned(),
+    };
+    match (run.state, run.exit_code, run.signal) {
+        (RunState::Completed, Some(code), _) => format!("exit {code}"),
+        (RunState::Completed, None, Some(signal)) => format!("signal {signal}"),
+        (RunState::TimedOut, ..) => "timed out".to_owned(),
+        (state, ..) => with_error(state.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn track() -> RunTrack {
+        RunTrack::new(AgentName::new("web-1").unwrap(), "run".into())
+    }
+
+    #[test]
+    fn frames_are_taken_once_and_in_order() {
+        let mut t = track();
+        assert_eq!(t.frame(0), Verdict::Take);
+        assert_eq!(t.frame(0), Verdict::Duplicate);
+        assert_eq!(t.frame(2), Verdict::Gap);
+        assert_eq!(t.frame(1), Verdict::Take);
+        assert_eq!(t.next_seq, 2);
+    }
+
+    #[test]
+    fn complete_lines_are_taken_and_the_rest_waits() {
+        let mut t = track();
+        t.push(OutputStream::Stdout, b"a\nb");
+        assert_eq!(t.take_lines(OutputStream::Stdout), b"a\n");
+        assert_eq!(t.take_lines(OutputStream::Stdout), b"");
+        t.push(OutputStream::Stdout, b"c\nd");
+        assert_eq!(t.take_lines(OutputStream::Stdout), b"bc\n");
+        assert_eq!(t.take_all(OutputStream::Stdout), b"d");
+        assert!(t.take_all(OutputStream::Stderr).is_empty());
+    }
+
+    #[test]
+    fn an_endless_line_is_not_held_forever() {
+        let mut t = track();
+        t.push(OutputStream::Stderr, &vec![b'x'; MAX_PARTIAL_LINE + 1]);
+        assert_eq!(
+            t.take_lines(OutputStream::Stderr).len(),
+            MAX_PARTIAL_LINE + 1
+        );
+    }
+
+    #[test]
+    fn outcomes_read_like_the_summary() {
+        let json = serde_json::json!({
+            "id": muster_proto::RunId::generate(), "agent": "web-1",
+            "command": {"argv": ["true"]}, "priority": 0, "state": "completed",
+            "exit_code": 3, "created_ms": 1,
+        });
+        let mut run: RunInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(outcome(&run), "exit 3");
+        run.exit_code = None;
+        run.signal = Some(9);
+        assert_eq!(outcome(&run), "signal 9");
+        run.state = RunState::Rejected;
+        run.error = Some("domain: not a hostname".into());
+        run.error_code = Some(muster_proto::ErrorCode::InvalidParams);
+        assert_eq!(
+            outcome(&run),
+            "rejected: INVALID_PARAMS: domain: not a hostname"
+        );
+        run.state = RunState::TimedOut;
+        assert_eq!(outcome(&run), "timed out");
+    }
+}
