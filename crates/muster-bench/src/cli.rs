@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use muster_proto::AgentName;
+use muster_proto::jobs::BatchSize;
 use muster_proto::limits::{Limits, MAX_OUTPUT_CHUNK_BYTES};
 
+use crate::job::JobPlan;
 use crate::output::OutputPlan;
 use crate::roundtrip::RoundtripPlan;
 
@@ -21,10 +23,18 @@ const MAX_MODE_DURATION: Duration = Duration::from_secs(600);
 /// Largest slice the output executor may hand its sink at once.
 const MAX_SLICE_BYTES: u64 = 1024 * 1024;
 
-/// Load generator for a Muster hub on loopback: command round trip and output throughput.
+/// Most sim agents of the job scenario: each is a connection and a socket in
+/// this process, so this stays well under a 20 000 file-descriptor limit.
+const MAX_JOB_AGENTS: i64 = 5_000;
+
+/// Longest accepted `--timeout` of the job scenario.
+const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Load generator for a Muster hub on loopback: command round trip, output
+/// throughput, and one job over many agents.
 ///
-/// Registers (or re-registers) a simulated agent on the hub, runs it in this
-/// process, and measures the hub through it.
+/// Registers (or re-registers) simulated agents on the hub, runs them in this
+/// process, and measures the hub through them.
 #[derive(Debug, Parser)]
 #[command(name = "muster-bench", version)]
 pub(crate) struct Cli {
@@ -35,7 +45,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "MUSTER_TOKEN", hide_env_values = true)]
     pub(crate) token: Secret,
     /// Name of the simulated agent; an existing agent of that name is replaced
-    /// only if it carries the label sim=true.
+    /// only if it carries the label sim=true. The job scenario's agents are
+    /// named <NAME>-0000, <NAME>-0001, …
     #[arg(long, env = "MUSTER_BENCH_AGENT", default_value = "bench-sim")]
     pub(crate) agent_name: AgentName,
     /// Print one JSON object with every figure instead of a table.
@@ -53,8 +64,20 @@ pub(crate) enum Scenario {
     Roundtrip(RoundtripArgs),
     /// Throughput of one run's output, checked byte for byte.
     Output(OutputArgs),
-    /// Both scenarios, round trip first.
+    /// Round trip, then output (not job).
     All(AllArgs),
+    /// One job over many sim agents: time to accepted, first and last result.
+    ///
+    /// Registers --agents sim agents named <agent-name>-0000… with the labels
+    /// sim=true and bench=job (replacing earlier sim agents of those names, and
+    /// removing stale sim agents labelled bench=job), runs them in this process,
+    /// waits until all are online, then creates one job over the selector
+    /// bench=job whose single step completes at once. Measured from sending
+    /// job.create: job.accepted, the first job.step.completed, and the final
+    /// job.progress. The finished job must list every agent, succeeded, with
+    /// one step that exited 0; otherwise the bench exits 2. The whole scenario
+    /// fails after --timeout.
+    Job(JobArgs),
 }
 
 /// Flags of the round-trip scenario.
@@ -86,6 +109,27 @@ pub(crate) struct OutputArgs {
     /// Size of each write the simulated process makes.
     #[arg(long, default_value_t = MAX_OUTPUT_CHUNK_BYTES as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_SLICE_BYTES))]
     chunk: u64,
+}
+
+/// Flags of the job scenario.
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    /// Sim agents to register and run, hence targets of the job.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=MAX_JOB_AGENTS))]
+    agents: u32,
+    /// Bytes of output the step writes on each agent.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_OUTPUT_CHUNK_BYTES as i64))]
+    command_bytes: u32,
+    /// Targets in progress at once: a count (10) or a percentage (25%) [default: all].
+    #[arg(long, value_name = "N|N%", value_parser = parse_batch)]
+    batch: Option<BatchSize>,
+    /// Bound on the whole scenario, setup included; past it the bench fails.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn parse_batch(s: &str) -> Result<BatchSize, String> {
+    s.parse()
 }
 
 /// Flags of `all`: those of both scenarios.
@@ -129,6 +173,8 @@ pub(crate) struct Plan {
     pub(crate) roundtrip: Option<RoundtripPlan>,
     /// The output scenario, if selected.
     pub(crate) output: Option<OutputPlan>,
+    /// The job scenario, if selected; it runs alone.
+    pub(crate) job: Option<JobPlan>,
     /// Output bytes of each round-trip run.
     pub(crate) payload: usize,
 }
@@ -138,6 +184,14 @@ impl Cli {
     pub(crate) fn plan(&self) -> anyhow::Result<Plan> {
         let all;
         let (roundtrip, output) = match &self.scenario {
+            Some(Scenario::Job(args)) => {
+                return Ok(Plan {
+                    roundtrip: None,
+                    output: None,
+                    job: Some(args.plan()?),
+                    payload: 0,
+                });
+            }
             Some(Scenario::Roundtrip(args)) => (Some(args), None),
             Some(Scenario::Output(args)) => (None, Some(args)),
             Some(Scenario::All(args)) => (Some(&args.roundtrip), Some(&args.output)),
@@ -149,6 +203,7 @@ impl Cli {
         Ok(Plan {
             roundtrip: roundtrip.map(RoundtripArgs::plan).transpose()?,
             output: output.map(OutputArgs::plan),
+            job: None,
             payload: roundtrip.map_or(0, |args| args.payload as usize),
         })
     }
@@ -183,12 +238,29 @@ impl OutputArgs {
     }
 }
 
+impl JobArgs {
+    fn plan(&self) -> anyhow::Result<JobPlan> {
+        if self.timeout.is_zero() || self.timeout > MAX_JOB_TIMEOUT {
+            bail!("--timeout must be between 1ms and {MAX_JOB_TIMEOUT:?}");
+        }
+        Ok(JobPlan {
+            agents: self.agents,
+            command_bytes: self.command_bytes as usize,
+            batch: self.batch,
+            timeout: self.timeout,
+        })
+    }
+}
+
 impl Plan {
-    /// Scheduled time of every scenario, before setup and grace.
+    /// Scheduled time of every scenario, before setup and grace; for the job
+    /// scenario, its timeout.
     pub(crate) fn budget(&self) -> Duration {
-        self.roundtrip
+        let roundtrip = self
+            .roundtrip
             .as_ref()
-            .map_or(Duration::ZERO, RoundtripPlan::budget)
+            .map_or(Duration::ZERO, RoundtripPlan::budget);
+        roundtrip + self.job.as_ref().map_or(Duration::ZERO, |job| job.timeout)
     }
 
     /// Checks the plan against the limits the hub announced.
@@ -289,6 +361,50 @@ mod tests {
         };
         let err = plan.check_limits(&limits).unwrap_err().to_string();
         assert!(err.contains("per-run output cap of 99 bytes"), "{err}");
+    }
+
+    #[test]
+    fn job_runs_alone_with_its_defaults() {
+        let plan = parse(&["job"]).unwrap();
+        assert!(plan.roundtrip.is_none() && plan.output.is_none());
+        let job = plan.job.unwrap();
+        assert_eq!((job.agents, job.command_bytes, job.batch), (200, 0, None));
+        assert_eq!(job.timeout, Duration::from_secs(120));
+        assert_eq!(parse(&["job"]).unwrap().budget(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn job_flags_parse_and_are_bounded() {
+        let plan = parse(&[
+            "job",
+            "--agents",
+            "7",
+            "--command-bytes",
+            "12",
+            "--batch",
+            "25%",
+            "--timeout",
+            "5s",
+        ])
+        .unwrap();
+        let job = plan.job.unwrap();
+        assert_eq!((job.agents, job.command_bytes), (7, 12));
+        assert_eq!(job.batch, Some(BatchSize::Percent(25)));
+        assert_eq!(job.timeout, Duration::from_secs(5));
+        let count = parse(&["job", "--batch", "3"]).unwrap().job.unwrap();
+        assert_eq!(count.batch, Some(BatchSize::Count(3)));
+        for bad in [
+            &["job", "--agents", "0"][..],
+            &["job", "--agents", "5001"],
+            &["job", "--batch", "0"],
+            &["job", "--batch", "101%"],
+            &["job", "--batch", "x"],
+            &["job", "--command-bytes", "10241"],
+            &["job", "--timeout", "0s"],
+            &["job", "--timeout", "11m"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

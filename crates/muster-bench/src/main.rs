@@ -8,16 +8,19 @@
 //! Codemap:
 //! - `cli` — flags and the [`Plan`](cli::Plan) they describe; `target` — the loopback rule;
 //! - `sim` — the in-memory executor; `sim_agent` — registering and running it;
-//! - `roundtrip` and `output` — the two scenarios; `waiters` — routing terminal
-//!   statuses to round trips;
+//!   `sim_fleet` — many of them at once;
+//! - `roundtrip`, `output` and `job` — the scenarios; `waiters` — routing
+//!   terminal statuses to round trips;
 //! - `stats` — exact percentiles; `report` — the table and the JSON object.
 
 mod cli;
+mod job;
 mod output;
 mod report;
 mod roundtrip;
 mod sim;
 mod sim_agent;
+mod sim_fleet;
 mod stats;
 mod target;
 mod waiters;
@@ -104,29 +107,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Connects, checks the plan against the hub's limits, starts the sim agent,
-/// runs the scenarios and stops the agent again.
+/// Connects, checks the plan against the hub's limits, runs the scenarios
+/// with their sim agents, and closes the control connection again.
 async fn execute(cli: &Cli, plan: &Plan) -> anyhow::Result<BenchReport> {
     let (control, control_events) = Client::connect(&cli.hub, cli.token.expose())
         .await
         .context("connecting to the hub")?;
     let discarding = tokio::spawn(discard(control_events));
-    let limits = control.ack().limits.clone();
-    plan.check_limits(&limits)?;
-    let chunk = plan.output.as_ref().map_or(1, |output| output.chunk);
-    let executor = SimExecutor::new(Pattern::new(chunk), plan.payload);
-    let agent = SimAgent::start(&control, &cli.hub, &cli.agent_name, executor).await?;
-    let measured = scenarios(cli, plan, limits.max_output_bytes_per_run).await;
-    agent.stop().await;
+    let measured = measure(cli, plan, &control).await;
     control.close().await;
     discarding.abort();
-    let (roundtrip, output) = measured?;
-    Ok(BenchReport {
+    measured
+}
+
+async fn measure(cli: &Cli, plan: &Plan, control: &Client) -> anyhow::Result<BenchReport> {
+    let limits = control.ack().limits.clone();
+    plan.check_limits(&limits)?;
+    let mut report = BenchReport {
         hub: cli.hub.clone(),
         agent: cli.agent_name.to_string(),
-        roundtrip,
-        output,
-    })
+        roundtrip: Vec::new(),
+        output: None,
+        job: None,
+    };
+    if let Some(job) = &plan.job {
+        let names = job::agent_names(&cli.agent_name, job.agents)?;
+        if let (Some(first), Some(last)) = (names.first(), names.last()) {
+            report.agent = format!("{first}..{last}");
+        }
+        let token = cli.token.expose();
+        report.job = Some(job::run(control, &cli.hub, token, &names, job).await?);
+        return Ok(report);
+    }
+    let chunk = plan.output.as_ref().map_or(1, |output| output.chunk);
+    let executor = SimExecutor::new(Pattern::new(chunk), plan.payload);
+    let agent = SimAgent::start(control, &cli.hub, &cli.agent_name, executor).await?;
+    let measured = scenarios(cli, plan, limits.max_output_bytes_per_run).await;
+    agent.stop().await;
+    (report.roundtrip, report.output) = measured?;
+    Ok(report)
 }
 
 async fn scenarios(

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use muster_proto::jobs::JobState;
 use serde::Serialize;
 
 use crate::stats::LatencySummary;
@@ -13,12 +14,15 @@ use crate::stats::LatencySummary;
 pub(crate) struct BenchReport {
     /// Hub base URL.
     pub(crate) hub: String,
-    /// Name of the simulated agent.
+    /// Name of the simulated agent; for the job scenario, the first and last
+    /// of its agents (`bench-sim-0000..bench-sim-0199`).
     pub(crate) agent: String,
     /// Round-trip modes, in the order they ran.
     pub(crate) roundtrip: Vec<ModeReport>,
     /// The output scenario, when it ran.
     pub(crate) output: Option<OutputReport>,
+    /// The job scenario, when it ran.
+    pub(crate) job: Option<JobReport>,
 }
 
 /// How a round-trip mode paced its requests.
@@ -105,11 +109,45 @@ pub(crate) struct OutputReport {
     pub(crate) problems: Vec<String>,
 }
 
+/// Figures of the job scenario. Times are from sending `job.create`.
+#[derive(Debug, Serialize)]
+pub(crate) struct JobReport {
+    /// Job id.
+    pub(crate) job: String,
+    /// The job's selector.
+    pub(crate) selector: String,
+    /// Sim agents, hence targets.
+    pub(crate) agents: usize,
+    /// Targets in progress at once, as the hub computed it.
+    pub(crate) batch_limit: u32,
+    /// Output bytes the step wrote on each agent.
+    pub(crate) command_bytes: usize,
+    /// Registering the agents and waiting for all of them to be online.
+    pub(crate) setup_s: f64,
+    /// To `job.accepted`.
+    pub(crate) accepted_ms: f64,
+    /// To the first `job.step.completed`, if there was one.
+    pub(crate) first_result_ms: Option<f64>,
+    /// To the final `job.progress` (terminal state).
+    pub(crate) last_result_ms: f64,
+    /// `job.step.completed` events counted.
+    pub(crate) results: u64,
+    /// `job.step.failed` events counted.
+    pub(crate) failed_steps: u64,
+    /// The job's final state.
+    pub(crate) state: JobState,
+    /// Whether every target, step and event checked out.
+    pub(crate) verified: bool,
+    /// What did not check out.
+    pub(crate) problems: Vec<String>,
+}
+
 impl BenchReport {
     /// Whether any request failed or any check did not hold.
     pub(crate) fn has_failures(&self) -> bool {
         self.roundtrip.iter().any(|mode| mode.errors > 0)
             || self.output.as_ref().is_some_and(|output| !output.verified)
+            || self.job.as_ref().is_some_and(|job| !job.verified)
     }
 
     /// The human-readable rendering.
@@ -120,6 +158,9 @@ impl BenchReport {
         }
         if let Some(output) = &self.output {
             out.push_str(&output_table(output));
+        }
+        if let Some(job) = &self.job {
+            out.push_str(&job_table(job));
         }
         out
     }
@@ -194,4 +235,86 @@ fn output_table(o: &OutputReport) -> String {
         let _ = writeln!(out, "  PROBLEM   {problem}");
     }
     out
+}
+
+fn job_table(j: &JobReport) -> String {
+    let mut out = format!(
+        "\njob (one step on every agent matching {}, at most {} at once; times from job.create)\n",
+        j.selector, j.batch_limit
+    );
+    let _ = writeln!(
+        out,
+        "{:>8} {:>12} {:>16} {:>15} {:>9}",
+        "agents", "accepted ms", "first result ms", "last result ms", "results"
+    );
+    let first = j
+        .first_result_ms
+        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}"));
+    let _ = writeln!(
+        out,
+        "{:>8} {:>12.2} {:>16} {:>15.2} {:>9}",
+        j.agents,
+        j.accepted_ms,
+        first,
+        j.last_result_ms,
+        format!("{}/{}", j.results, j.agents),
+    );
+    if j.verified {
+        let _ = writeln!(
+            out,
+            "  verified  job {} {}: {} targets, each one step exited 0 (setup {:.2} s)",
+            j.job, j.state, j.agents, j.setup_s
+        );
+    }
+    for problem in &j.problems {
+        let _ = writeln!(out, "  PROBLEM   {problem}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_table_has_one_row_and_its_problems() {
+        let mut report = BenchReport {
+            hub: "http://127.0.0.1:1".to_owned(),
+            agent: "bench-sim-0000..bench-sim-0001".to_owned(),
+            roundtrip: Vec::new(),
+            output: None,
+            job: Some(JobReport {
+                job: "job_x".to_owned(),
+                selector: "bench=job".to_owned(),
+                agents: 2,
+                batch_limit: 2,
+                command_bytes: 0,
+                setup_s: 0.5,
+                accepted_ms: 1.5,
+                first_result_ms: Some(3.25),
+                last_result_ms: 9.0,
+                results: 2,
+                failed_steps: 0,
+                state: JobState::Succeeded,
+                verified: true,
+                problems: Vec::new(),
+            }),
+        };
+        let table = report.table();
+        assert!(
+            table.contains("       2         1.50             3.25            9.00       2/2\n"),
+            "{table}"
+        );
+        assert!(table.contains("verified  job job_x succeeded"), "{table}");
+        assert!(!report.has_failures());
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["job"]["state"], "succeeded");
+        assert_eq!(json["job"]["results"], 2);
+
+        let job = report.job.as_mut().unwrap();
+        job.verified = false;
+        job.problems.push("target x is failed".to_owned());
+        assert!(report.has_failures());
+        assert!(report.table().contains("PROBLEM   target x is failed"));
+    }
 }

@@ -158,6 +158,7 @@ fn exited(start: &RunStart, outcome: RunOutcome, error: Option<String>) -> RunEx
         exit_code: (outcome == RunOutcome::Completed).then_some(0),
         signal: None,
         error,
+        error_code: None,
         output_truncated: false,
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::sim::SimExecutor;
 
 /// The label that marks agents this tool owns.
-const SIM_LABEL: (&str, &str) = ("sim", "true");
+pub(crate) const SIM_LABEL: (&str, &str) = ("sim", "true");
 
 /// Runs the sim agent executes at once: far above any round-trip concurrency,
 /// so the agent never queues work and the hub's dispatch is what is measured.
@@ -54,7 +54,7 @@ impl SimAgent {
         name: &AgentName,
         executor: SimExecutor,
     ) -> anyhow::Result<Self> {
-        let token = register(control, name).await?;
+        let token = register(control, name, &sim_labels()).await?;
         let options = AgentOptions {
             name: Some(name.clone()),
             labels: sim_labels(),
@@ -113,10 +113,14 @@ impl SimAgent {
     }
 }
 
-/// Adds `name` with the sim label and returns its token, replacing an earlier
-/// sim registration of the same name.
-async fn register(control: &Client, name: &AgentName) -> anyhow::Result<String> {
-    match control.add_agent(name.clone(), sim_labels()).await {
+/// Adds `name` with `labels` (which hold the sim label) and returns its token,
+/// replacing an earlier sim registration of the same name.
+pub(crate) async fn register(
+    control: &Client,
+    name: &AgentName,
+    labels: &BTreeMap<String, String>,
+) -> anyhow::Result<String> {
+    match control.add_agent(name.clone(), labels.clone()).await {
         Ok(added) => return Ok(added.token),
         Err(e) if e.code() == Some(ErrorCode::Conflict) => {}
         Err(e) => return Err(e).with_context(|| format!("registering sim agent {name}")),
@@ -125,8 +129,8 @@ async fn register(control: &Client, name: &AgentName) -> anyhow::Result<String> 
         .agent(name)
         .await
         .with_context(|| format!("looking up existing agent {name}"))?;
-    let (key, value) = SIM_LABEL;
-    if existing.labels.get(key).map(String::as_str) != Some(value) {
+    if !is_sim(&existing.labels) {
+        let (key, value) = SIM_LABEL;
         bail!(
             "agent {name} already exists and is not a sim agent (no {key}={value} label); \
              pick another --agent-name"
@@ -137,13 +141,20 @@ async fn register(control: &Client, name: &AgentName) -> anyhow::Result<String> 
         .await
         .with_context(|| format!("removing the previous sim agent {name}"))?;
     let added = control
-        .add_agent(name.clone(), sim_labels())
+        .add_agent(name.clone(), labels.clone())
         .await
         .with_context(|| format!("registering sim agent {name} again"))?;
     Ok(added.token)
 }
 
-fn sim_labels() -> BTreeMap<String, String> {
+/// Whether `labels` mark an agent this tool owns.
+pub(crate) fn is_sim(labels: &BTreeMap<String, String>) -> bool {
+    let (key, value) = SIM_LABEL;
+    labels.get(key).map(String::as_str) == Some(value)
+}
+
+/// The sim label alone.
+pub(crate) fn sim_labels() -> BTreeMap<String, String> {
     let (key, value) = SIM_LABEL;
     BTreeMap::from([(key.to_owned(), value.to_owned())])
 }
