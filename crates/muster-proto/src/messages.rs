@@ -626,6 +626,11 @@ pub struct Subscribed {
     /// For `run:<id>`: the run as it is now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunInfo>,
+    /// For `agent:<name>`: the offset the agent's next event will get. Every
+    /// event from this offset on reaches this subscription live, so a client
+    /// that resubscribes later with `since` set to it misses none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_seq: Option<u64>,
 }
 
 /// `stream.synced`.

@@ -41,6 +41,7 @@ async fn answer_subscribe(hub: &mut HubSide, run: RunId, since: u64, state: RunS
     let subscribed = Subscribed {
         channel: run.channel(),
         run: Some(run_info(run, state)),
+        next_seq: None,
     };
     let reply = HubToClient::Subscribed(subscribed);
     send(hub, Envelope::reply(request.id, reply)).await;

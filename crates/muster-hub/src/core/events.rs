@@ -42,6 +42,20 @@ impl Core {
         Ok(seq)
     }
 
+    /// The offset `agent`'s next event will get, without taking it.
+    pub async fn peek_event_seq(&self, agent: &AgentName) -> anyhow::Result<u64> {
+        let known = self
+            .event_seqs
+            .lock()
+            .expect("event seq lock poisoned")
+            .get(agent)
+            .copied();
+        match known {
+            Some(next) => Ok(next),
+            None => self.store.next_event_seq(agent).await,
+        }
+    }
+
     /// Takes the next event seq of an agent, loading the counter from the store once.
     async fn next_event_seq(&self, agent: &AgentName) -> anyhow::Result<u64> {
         let known = self

@@ -234,9 +234,26 @@ impl Session {
                 return writer.send_error(re, e.to_data(), HubToClient::Error).await;
             }
         };
+        // Read after the live subscription: every event numbered from here on
+        // is published to it.
+        let next_seq = match req
+            .channel
+            .strip_prefix("agent:")
+            .map(str::parse::<AgentName>)
+        {
+            Some(Ok(agent)) => match self.core.peek_event_seq(&agent).await {
+                Ok(next) => Some(next),
+                Err(e) => {
+                    let error = ApiError::from(e).to_data();
+                    return writer.send_error(re, error, HubToClient::Error).await;
+                }
+            },
+            _ => None,
+        };
         let subscribed = Subscribed {
             channel: req.channel.clone(),
             run: run.clone(),
+            next_seq,
         };
         writer
             .send(&Envelope::reply(re, HubToClient::Subscribed(subscribed)))
@@ -269,6 +286,7 @@ impl Session {
         let subscribed = Subscribed {
             channel: WILDCARD_CHANNEL.to_owned(),
             run: None,
+            next_seq: None,
         };
         writer
             .send(&Envelope::reply(re, HubToClient::Subscribed(subscribed)))

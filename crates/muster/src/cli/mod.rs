@@ -20,6 +20,7 @@ pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod parse;
 pub(crate) mod run;
+pub(crate) mod run_events;
 pub(crate) mod runs;
 pub(crate) mod stream;
 pub(crate) mod target;
@@ -38,7 +39,7 @@ use tokio::sync::mpsc;
 pub(crate) const EXIT_ERROR: u8 = 255;
 
 /// How to reach the hub, shared by every client subcommand.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub(crate) struct HubConn {
     /// Hub base URL, such as http://127.0.0.1:7070.
     #[arg(long, env = "MUSTER_HUB", value_name = "URL")]

@@ -27,6 +27,7 @@ use muster_client::{
     new_idempotency_key,
 };
 use muster_proto::jobs::StepSpec;
+use muster_proto::messages::StoredEvent;
 use muster_proto::types::RunRequest;
 use muster_proto::{AgentName, AgentStatus, CommandSpec, RunInfo, RunState};
 use tokio::sync::mpsc;
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 use super::cancel::{Cancel, Interrupts, cancel, cancel_in_background};
 use super::exit::{EXIT_CANCELLED, run_exit};
 use super::job_follow::{self, JobOptions};
+use super::run_events::RunEvents;
 use super::stream::{Printer, Step, event_or_error};
 use super::target::{self, JobFlags, QueueFlags, Target, Targets, millis};
 use super::{HubConn, agent_error, output, parse};
@@ -199,7 +201,17 @@ pub(crate) async fn single(
     verbose: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut interrupts = Interrupts::install()?;
-    let Some(connection) = conn.connect_or_interrupt(&mut interrupts).await? else {
+    // Watching the agent's events starts before the run exists, so none the
+    // run publishes can be missed.
+    let watch = async {
+        match detach {
+            true => None,
+            false => RunEvents::start(conn, &request.agent).await,
+        }
+    };
+    let (connection, mut run_events) =
+        tokio::join!(conn.connect_or_interrupt(&mut interrupts), watch);
+    let Some(connection) = connection? else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
     let ttl = request.ttl_ms.map(Duration::from_millis);
@@ -212,6 +224,9 @@ pub(crate) async fn single(
     if detach {
         return detached(client, &run, interrupts.count > 0).await;
     }
+    if let Some(watcher) = run_events.as_mut() {
+        watcher.set_run(run.id);
+    }
     report_offline(&client, &run, verbose, ttl).await;
     let mut follower = conn.follow((client, events), run.id);
     if interrupts.count > 0 {
@@ -221,9 +236,21 @@ pub(crate) async fn single(
     if let Some(position) = run.queue_position {
         printer.queued_at(position);
     }
-    let Some(finished) = follow(&mut follower, &mut printer, &mut interrupts).await? else {
+    let followed = follow(
+        &mut follower,
+        &mut printer,
+        &mut interrupts,
+        run_events.as_mut(),
+    )
+    .await?;
+    let Some(finished) = followed else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
+    if let Some(watcher) = run_events {
+        for event in watcher.finish().await {
+            printer.event(&event).await.context("writing output")?;
+        }
+    }
     follower.close().await;
     if interrupts.count > 0 {
         return Ok(ExitCode::from(EXIT_CANCELLED));
@@ -319,6 +346,7 @@ async fn follow(
     follower: &mut RunFollower,
     printer: &mut Printer,
     interrupts: &mut Interrupts,
+    mut run_events: Option<&mut RunEvents>,
 ) -> anyhow::Result<Option<RunInfo>> {
     let run = follower.run();
     loop {
@@ -326,6 +354,10 @@ async fn follow(
         // so no output is half written.
         let item = tokio::select! {
             item = follower.next() => item,
+            event = next_event(&mut run_events) => {
+                printer.event(&event).await.context("writing output")?;
+                continue;
+            }
             count = interrupts.recv() => {
                 if count > 1 {
                     return Ok(None);
@@ -339,6 +371,14 @@ async fn follow(
         if let Step::Finished(info) = printer.print(event).await.context("writing output")? {
             return Ok(Some(*info));
         }
+    }
+}
+
+/// The run's next event, if its events are watched; pending otherwise.
+async fn next_event(run_events: &mut Option<&mut RunEvents>) -> StoredEvent {
+    match run_events {
+        Some(watcher) => watcher.next().await,
+        None => std::future::pending().await,
     }
 }
 

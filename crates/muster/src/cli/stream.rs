@@ -8,6 +8,7 @@
 use std::io;
 
 use muster_client::{FollowError, FollowEvent};
+use muster_proto::messages::StoredEvent;
 use muster_proto::{OutputStream, RunId, RunInfo};
 use tokio::io::{AsyncWrite, AsyncWriteExt, Stderr, Stdout};
 
@@ -84,6 +85,13 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Printer<O, E> {
             FollowEvent::Synced { .. } => Ok(Step::Synced),
             FollowEvent::Finished(run) => Ok(Step::Finished(run)),
         }
+    }
+
+    /// Writes an event the run's process published to stderr, as one line:
+    /// `event site.operation {"status":"progress"}`.
+    pub(crate) async fn event(&mut self, event: &StoredEvent) -> io::Result<()> {
+        let line = format!("event {} {}\n", event.event.kind, event.event.data);
+        self.stderr.write(line.as_bytes()).await
     }
 
     /// Reports a queue position on stderr, when verbose and when it changed.

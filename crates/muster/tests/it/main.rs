@@ -1,6 +1,7 @@
 //! End-to-end tests of the `muster` binary: real hubs, real agents, real
 //! processes, driven through the CLI exactly as an operator would.
 
+mod actions;
 mod fault_agents;
 mod fault_jobs;
 mod fault_streams;
