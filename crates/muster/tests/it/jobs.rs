@@ -450,6 +450,13 @@ fn a_workflow_runs_its_steps_in_order_and_stops_where_one_fails() {
         stdout(&out),
         "web-2  | step1-3\nweb-2  | step2-3\nweb-2  | step3-3\n"
     );
+    assert!(
+        stderr(&out).contains(
+            "web-2  | muster: step \"two\" failed (exit 3); continuing, as the step allows\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
     let job = show(cli, &job_id(&out));
     assert_eq!(job["state"], "succeeded");
     let ran = targets(&job);

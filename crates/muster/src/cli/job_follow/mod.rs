@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use self::screen::Screen;
-use self::tracks::{RunTrack, Verdict, outcome};
+use self::tracks::{RunTrack, Verdict, outcome, step_outcome};
 use super::cancel::{Cancel, Interrupts, cancel, cancel_in_background};
 use super::exit::EXIT_CANCELLED;
 use super::{HubConn, jobs, output};
@@ -398,6 +398,17 @@ impl<'a> Follower<'a> {
         match msg {
             HubToClient::JobStepStarted(started) => self.step_started(started, link),
             HubToClient::JobStepProgress(event) => self.step_progress(&event).await,
+            HubToClient::JobStepFailed(event) if event.continued && !self.options.json => {
+                // The summary shows only how the target ended: say which step
+                // failed on the way.
+                let note = format!(
+                    "step {:?} failed ({}); continuing, as the step allows",
+                    event.name,
+                    step_outcome(&event)
+                );
+                let written = self.screen.note(event.agent.as_str(), &note).await;
+                written.map_err(write_failed)
+            }
             HubToClient::JobProgress(event) => {
                 self.progress = event.progress;
                 if event.state.is_terminal() {
