@@ -45,8 +45,19 @@ impl Client {
     /// Creates a job. With `subscribe`, this connection receives every event
     /// on `job:<id>` from its very start.
     pub async fn create_job(&self, spec: JobSpec, subscribe: bool) -> Result<JobInfo, ClientError> {
-        let request = ClientToHub::JobCreate(JobCreate { spec, subscribe });
-        expect_reply!(self, request, "job.accepted", HubToClient::JobAccepted(job) => job.job)
+        let create = JobCreate {
+            spec,
+            subscribe,
+            idempotency_key: None,
+        };
+        Ok(self.submit_job(create).await?.job)
+    }
+
+    /// Sends `job.create` as given, idempotency key included; `created` in
+    /// the reply is false when the key found an earlier job.
+    pub async fn submit_job(&self, create: JobCreate) -> Result<crate::JobAccepted, ClientError> {
+        let request = ClientToHub::JobCreate(create);
+        expect_reply!(self, request, "job.accepted", HubToClient::JobAccepted(accepted) => accepted)
     }
 
     /// One job, with its targets.

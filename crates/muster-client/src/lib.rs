@@ -42,11 +42,12 @@ pub use client::{Client, EVENT_CHANNEL_CAPACITY, Event};
 pub use error::ClientError;
 pub use follow::{FollowError, FollowEvent, FollowOptions, RunFollower};
 pub use muster_proto::messages::{
-    AgentAdded, ConnectionAck, MetricsSample, RunAccepted, RunListQuery, SeriesPoint, Subscribed,
+    AgentAdded, ConnectionAck, JobAccepted, JobCreate, MetricsSample, RunAccepted, RunListQuery,
+    SeriesPoint, Subscribed,
 };
 pub use muster_proto::types::RunRequest;
 pub use reconnect::DEFAULT_GIVE_UP_AFTER;
-pub use submit::{create_run_retrying, new_idempotency_key};
+pub use submit::{create_job_retrying, create_run_retrying, new_idempotency_key};
 pub use url::ws_url;
 
 /// The name this library announces in `hello`.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use muster_proto::types::RunRequest;
 use tokio::sync::mpsc;
 
+use muster_proto::messages::{JobAccepted, JobCreate};
+
 use crate::RunAccepted;
 use crate::client::{Client, Event};
 use crate::error::ClientError;
@@ -46,18 +48,80 @@ pub async fn create_run_retrying(
     request
         .idempotency_key
         .get_or_insert_with(new_idempotency_key);
-    let mut reconnector = Reconnector::new(hub_url, token, give_up_after);
-    let (mut client, mut events) = connection;
-    loop {
-        match client.create_run(request.clone(), subscribe).await {
-            Ok(accepted) => return Ok((client, events, accepted)),
-            Err(ClientError::Closed(reason)) => {
-                (client, events) = reconnector
-                    .reconnect("creating the run", reason)
-                    .await
-                    .map_err(into_client_error)?;
+    let retry = Retry {
+        hub_url,
+        token,
+        give_up_after,
+        what: "creating the run",
+    };
+    retry
+        .send(connection, |client| {
+            let request = request.clone();
+            async move { client.create_run(request, subscribe).await }
+        })
+        .await
+}
+
+/// Creates a job through `connection`, surviving drops of the connection, as
+/// [`create_run_retrying`] does for a run: the request gets an idempotency key
+/// if it has none, and is sent again on a new connection until the hub
+/// answers. When `created` is false in the reply, an earlier copy made the job
+/// and it may be under way; `subscribe` then has no effect: subscribe to
+/// `job:<id>` with `since` to replay its events.
+pub async fn create_job_retrying(
+    connection: (Client, mpsc::Receiver<Event>),
+    hub_url: &str,
+    token: &str,
+    mut create: JobCreate,
+    give_up_after: Duration,
+) -> Result<(Client, mpsc::Receiver<Event>, JobAccepted), ClientError> {
+    create
+        .idempotency_key
+        .get_or_insert_with(new_idempotency_key);
+    let retry = Retry {
+        hub_url,
+        token,
+        give_up_after,
+        what: "creating the job",
+    };
+    retry
+        .send(connection, |client| {
+            let create = create.clone();
+            async move { client.submit_job(create).await }
+        })
+        .await
+}
+
+/// Re-sends one idempotent request on new connections until the hub answers.
+struct Retry<'a> {
+    hub_url: &'a str,
+    token: &'a str,
+    give_up_after: Duration,
+    what: &'static str,
+}
+
+impl Retry<'_> {
+    async fn send<T, F>(
+        &self,
+        connection: (Client, mpsc::Receiver<Event>),
+        mut request: impl FnMut(Client) -> F,
+    ) -> Result<(Client, mpsc::Receiver<Event>, T), ClientError>
+    where
+        F: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut reconnector = Reconnector::new(self.hub_url, self.token, self.give_up_after);
+        let (mut client, mut events) = connection;
+        loop {
+            match request(client.clone()).await {
+                Ok(reply) => return Ok((client, events, reply)),
+                Err(ClientError::Closed(reason)) => {
+                    (client, events) = reconnector
+                        .reconnect(self.what, reason)
+                        .await
+                        .map_err(into_client_error)?;
+                }
+                Err(err) => return Err(err),
             }
-            Err(err) => return Err(err),
         }
     }
 }

@@ -31,6 +31,15 @@ pub(crate) fn run_request(request: &RunRequest) -> Result<(), ApiError> {
         muster_proto::CommandSpec::Shell(s) => vec![s.as_str()],
         muster_proto::CommandSpec::Action(call) => {
             action_call(call)?;
+            // Refused here too, not only by the agent, so a job is refused
+            // before anything starts.
+            if !request.env.is_empty() || request.cwd.is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidParams,
+                    "an action run cannot set environment variables or a working directory; \
+                     an action takes its declared parameters only",
+                ));
+            }
             Vec::new()
         }
     };
@@ -44,11 +53,12 @@ pub(crate) fn run_request(request: &RunRequest) -> Result<(), ApiError> {
     if request.ttl_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
         return Err(invalid("ttl_ms must be at most 30 days"));
     }
-    if request
-        .idempotency_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
-    {
+    idempotency_key(request.idempotency_key.as_deref())
+}
+
+/// Checks the length of an idempotency key.
+pub(crate) fn idempotency_key(key: Option<&str>) -> Result<(), ApiError> {
+    if key.is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
         return Err(invalid("idempotency_key must be 1 to 128 characters"));
     }
     Ok(())
@@ -97,7 +107,7 @@ pub(crate) fn job_spec(spec: &muster_proto::jobs::JobSpec) -> Result<(), ApiErro
         request.priority = spec.priority;
         request.ttl_ms = spec.ttl_ms;
         run_request(&request)
-            .map_err(|e| invalid(format!("step {:?}: {}", step.name, e.message)))?;
+            .map_err(|e| ApiError::new(e.code, format!("step {:?}: {}", step.name, e.message)))?;
     }
     Ok(())
 }

@@ -162,7 +162,7 @@ pub enum HubToClient {
     MetricsSeries(MetricsSeries),
     /// Reply to `job.create`.
     #[serde(rename = "job.accepted")]
-    JobAccepted(JobEnvelope),
+    JobAccepted(JobAccepted),
     /// One job, with its targets.
     #[serde(rename = "job.info")]
     JobInfo(JobEnvelope),
@@ -916,6 +916,19 @@ pub struct JobCreate {
     /// event is missed.
     #[serde(default)]
     pub subscribe: bool,
+    /// Makes the request safe to send again: a later `job.create` from the
+    /// same key name with the same key returns the job this one created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `job.accepted`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAccepted {
+    /// The job, in its current state.
+    pub job: JobInfo,
+    /// False when an idempotency key matched an earlier job, which is returned instead.
+    pub created: bool,
 }
 
 /// A reference to a job.

@@ -1,13 +1,14 @@
-//! The resumable follower and the retrying `run.create`, against a fake hub
+//! The resumable follower and the retrying `run.create` and `job.create`, against a fake hub
 //! that drops connections on purpose.
 
 use std::time::Duration;
 
-use muster_proto::messages::{ErrorData, RunEnvelope};
+use muster_proto::jobs::{JobInfo, JobSpec};
+use muster_proto::messages::{ErrorData, JobAccepted, JobCreate, RunEnvelope};
 use muster_proto::messages::{RunAccepted, StreamSynced, Subscribed};
 use muster_proto::types::RunRequest;
 use muster_proto::{
-    AgentName, ClientToHub, CloseCode, CommandSpec, Envelope, ErrorCode, HubToClient, RunId,
+    AgentName, ClientToHub, CloseCode, CommandSpec, Envelope, ErrorCode, HubToClient, JobId, RunId,
     RunInfo, RunState,
 };
 use tokio::net::TcpListener;
@@ -335,4 +336,58 @@ async fn run_create_errors_from_the_hub_are_not_retried() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Hub(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn job_create_is_resent_with_the_same_key_after_a_drop() {
+    let (listener, url) = listen().await;
+    let spec: JobSpec = serde_json::from_value(serde_json::json!({
+        "selector": "role=web",
+        "steps": [{"name": "run", "command": {"argv": ["true"]}}],
+    }))
+    .unwrap();
+    let job: JobInfo = serde_json::from_value(serde_json::json!({
+        "id": JobId::generate(),
+        "spec": spec,
+        "state": "running",
+        "progress": {"total": 1, "pending": 1, "queued": 0, "running": 0,
+                     "succeeded": 0, "failed": 0, "skipped": 0, "cancelled": 0},
+        "batch_limit": 1,
+        "created_ms": 1,
+    }))
+    .unwrap();
+    let reply = job.clone();
+    tokio::spawn(async move {
+        let mut hub = accept(&listener).await;
+        let first = recv(&mut hub).await;
+        drop(hub);
+        let mut hub = accept(&listener).await;
+        let second = recv(&mut hub).await;
+        let (ClientToHub::JobCreate(first), ClientToHub::JobCreate(again)) =
+            (first.msg, second.msg)
+        else {
+            panic!("expected two job.create")
+        };
+        assert!(first.idempotency_key.is_some());
+        assert_eq!(first, again, "the re-sent request differs");
+        let accepted = HubToClient::JobAccepted(JobAccepted {
+            job: reply,
+            created: false,
+        });
+        send(&mut hub, Envelope::reply(second.id, accepted)).await;
+        close_code(&mut hub).await;
+    });
+    let connection = Client::connect(&url, "tok").await.unwrap();
+    let create = JobCreate {
+        spec,
+        subscribe: true,
+        idempotency_key: None,
+    };
+    let give_up = Duration::from_secs(10);
+    let (_client, _events, accepted) =
+        crate::create_job_retrying(connection, &url, "tok", create, give_up)
+            .await
+            .unwrap();
+    assert_eq!(accepted.job.id, job.id);
+    assert!(!accepted.created);
 }

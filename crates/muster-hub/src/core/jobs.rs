@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::{ApiError, Core, now_ms};
 use crate::broker::{Delivery, Frame};
+use crate::store::StoreError;
 use crate::validate;
 
 /// What the job driver acts on.
@@ -212,13 +213,25 @@ const OFFLINE: &str = "not started: the agent was offline (online-only)";
 
 impl Core {
     /// Validates `spec`, resolves its selector and stores the job; the caller
-    /// subscribes if it wants to, then calls [`Core::start_job`].
+    /// subscribes if it wants to, then calls [`Core::start_job`]. With an
+    /// idempotency key this principal already used, returns the job it
+    /// created instead (`false`), however far that job has got.
     pub async fn create_job(
         &self,
         principal: &Principal,
         spec: JobSpec,
-    ) -> Result<JobInfo, ApiError> {
+        idempotency_key: Option<String>,
+    ) -> Result<(JobInfo, bool), ApiError> {
         validate::job_spec(&spec)?;
+        validate::idempotency_key(idempotency_key.as_deref())?;
+        if let Some(key) = &idempotency_key
+            && let Some(existing) = self
+                .store
+                .job_by_idempotency_key(&principal.name, key)
+                .await?
+        {
+            return Ok((self.job(existing.id).await?, false));
+        }
         let selector = Selector::parse(&spec.selector)
             .map_err(|e| ApiError::new(ErrorCode::InvalidSelector, e.to_string()))?;
         let agents = self.agents_matching(&selector).await?;
@@ -261,17 +274,27 @@ impl Core {
             state: JobState::Running,
             batch_limit,
             requested_by: Some(principal.name.clone()),
+            idempotency_key,
             cancel_requested: false,
             created_ms: now_ms(),
             finished_ms: None,
             targets,
         };
-        self.store.insert_job(&job).await?;
+        match self.store.insert_job(&job).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "idempotency key raced with another request",
+                ));
+            }
+            Err(StoreError::Other(e)) => return Err(e.into()),
+        }
         self.jobs
             .lock()
             .expect("jobs lock poisoned")
             .insert(job.id, ActiveJob::new(job.clone(), 0, false));
-        Ok(job)
+        Ok((job, true))
     }
 
     /// Lets the driver start a stored job's first targets.

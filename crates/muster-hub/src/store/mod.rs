@@ -205,8 +205,15 @@ pub trait Store: Send + Sync + 'static {
     /// The seq after an agent's highest stored event (0 when none).
     async fn next_event_seq(&self, agent: &AgentName) -> anyhow::Result<u64>;
 
-    /// Stores a new job and all its targets in one transaction.
-    async fn insert_job(&self, job: &JobInfo) -> anyhow::Result<()>;
+    /// Stores a new job and all its targets in one transaction; `Conflict`
+    /// if its idempotency key is taken.
+    async fn insert_job(&self, job: &JobInfo) -> Result<(), StoreError>;
+    /// The job an idempotency key already created, with its targets.
+    async fn job_by_idempotency_key(
+        &self,
+        requested_by: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<JobInfo>>;
     /// Replaces a job's record (its targets are stored separately).
     async fn update_job(&self, job: &JobInfo) -> anyhow::Result<()>;
     /// Replaces one target of a job.

@@ -525,25 +525,48 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
-    async fn insert_job(&self, job: &JobInfo) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO jobs (id, state, created_ms, doc) VALUES (?, ?, ?, ?)")
-            .bind(job.id.to_string())
-            .bind(job.state.as_str())
-            .bind(job.created_ms as i64)
-            .bind(job_doc(job)?)
-            .execute(&mut *tx)
-            .await?;
+    async fn insert_job(&self, job: &JobInfo) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(anyhow::Error::from)?;
+        sqlx::query(
+            "INSERT INTO jobs (id, state, created_ms, doc, requested_by, idempotency_key)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(job.id.to_string())
+        .bind(job.state.as_str())
+        .bind(job.created_ms as i64)
+        .bind(job_doc(job)?)
+        .bind(&job.requested_by)
+        .bind(&job.idempotency_key)
+        .execute(&mut *tx)
+        .await
+        .map_err(conflict_or_other)?;
         for target in &job.targets {
+            let doc = serde_json::to_string(target).map_err(anyhow::Error::from)?;
             sqlx::query("INSERT INTO job_targets (job_id, agent, doc) VALUES (?, ?, ?)")
                 .bind(job.id.to_string())
                 .bind(target.agent.as_str())
-                .bind(serde_json::to_string(target)?)
+                .bind(doc)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(anyhow::Error::from)?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(anyhow::Error::from)?;
         Ok(())
+    }
+
+    async fn job_by_idempotency_key(
+        &self,
+        requested_by: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<JobInfo>> {
+        let row = sqlx::query("SELECT id FROM jobs WHERE requested_by = ? AND idempotency_key = ?")
+            .bind(requested_by)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get("id")?;
+        self.job(id.parse()?).await
     }
 
     async fn update_job(&self, job: &JobInfo) -> anyhow::Result<()> {

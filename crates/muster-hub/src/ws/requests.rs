@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use muster_proto::messages::{
-    AgentAdded, AgentEnvelope, AgentList, AgentListQuery, Empty, ErrorData, JobCreate, JobEnvelope,
-    JobList, Principal, RunAccepted, RunCreate, RunEnvelope, RunList, StreamSynced, Subscribe,
-    Subscribed,
+    AgentAdded, AgentEnvelope, AgentList, AgentListQuery, Empty, ErrorData, JobAccepted, JobCreate,
+    JobEnvelope, JobList, Principal, RunAccepted, RunCreate, RunEnvelope, RunList, StreamSynced,
+    Subscribe, Subscribed,
 };
 use muster_proto::{
     AgentName, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RunId, Selector,
@@ -186,12 +186,19 @@ impl Session {
     }
 
     async fn create_job(&mut self, create: JobCreate) -> Result<HubToClient, ApiError> {
-        let job = self.core.create_job(&self.principal, create.spec).await?;
-        if create.subscribe {
-            self.subscribe_live(&job.id.channel());
+        let (job, created) = self
+            .core
+            .create_job(&self.principal, create.spec, create.idempotency_key)
+            .await?;
+        // A job found by its key is already under way; its first events went
+        // elsewhere, so the client subscribes with `since` to replay them.
+        if created {
+            if create.subscribe {
+                self.subscribe_live(&job.id.channel());
+            }
+            self.core.start_job(job.id);
         }
-        self.core.start_job(job.id);
-        Ok(HubToClient::JobAccepted(JobEnvelope { job }))
+        Ok(HubToClient::JobAccepted(JobAccepted { job, created }))
     }
 
     fn require_admin(&self) -> Result<(), ApiError> {

@@ -1,8 +1,9 @@
 //! Jobs through the client crate: selectors, step events in order, batches,
 //! fail-fast, continue-on-failure, cancellation and replay of `job:<id>`.
 
-use muster_client::{Client, Event};
+use muster_client::{Client, ClientError, Event, JobCreate, RunListQuery};
 use muster_proto::jobs::{BatchSize, JobInfo, JobSpec, JobState, StepSpec, TargetState};
+use muster_proto::messages::JobListQuery;
 use muster_proto::{CommandSpec, ErrorCode, HubToClient, JobId, RunState};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -324,6 +325,23 @@ async fn selectors_pick_agents_and_bad_ones_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(none.code(), Some(ErrorCode::NoTargets));
+
+    // An action step cannot bring its own environment: refused before any
+    // job exists, with the code the agent would use.
+    let mut with_env = step("greet", &[], 0);
+    with_env.command = CommandSpec::Action(muster_proto::actions::ActionCall {
+        name: "greet".into(),
+        params: Default::default(),
+    });
+    with_env.env.insert("LD_PRELOAD".into(), "/tmp/x.so".into());
+    let refused = client
+        .create_job(spec("role=web", vec![with_env]), false)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::InvalidParams), "{refused}");
+    assert!(refused.to_string().contains("step \"greet\""), "{refused}");
+    let jobs = client.jobs(JobListQuery::default()).await.unwrap();
+    assert!(jobs.is_empty(), "{jobs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,4 +372,57 @@ async fn online_only_skips_offline_agents_and_the_job_still_succeeds() {
     let info = finished(&client, job.id).await;
     assert_eq!(info.state, JobState::Succeeded);
     assert_eq!((info.progress.succeeded, info.progress.skipped), (3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_create_sent_again_with_its_key_finds_the_same_job() {
+    let hub = TestHub::start().await;
+    let _fleet = fleet(&hub).await;
+    let (client, mut events) = hub.client().await;
+
+    let create = JobCreate {
+        spec: spec("role=web", vec![step("one", &[], 0)]),
+        subscribe: true,
+        idempotency_key: Some("deploy-42".into()),
+    };
+    let first = client.submit_job(create.clone()).await.unwrap();
+    assert!(first.created);
+    let seen = job_events(&mut events, first.job.id).await;
+
+    // The same request again, as after a lost reply, on a new connection:
+    // the same job, not a second one, and no subscription made for it.
+    let (again, mut again_events) = hub.client().await;
+    let second = again.submit_job(create.clone()).await.unwrap();
+    assert!(!second.created);
+    assert_eq!(second.job.id, first.job.id);
+    assert_eq!(second.job.idempotency_key.as_deref(), Some("deploy-42"));
+    again
+        .subscribe(&first.job.id.channel(), Some(0))
+        .await
+        .unwrap();
+    assert_eq!(job_events(&mut again_events, first.job.id).await, seen);
+
+    let jobs = client.jobs(JobListQuery::default()).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let runs = client.runs(RunListQuery::default()).await.unwrap();
+    assert_eq!(runs.len(), 3, "one run per web agent: {runs:?}");
+
+    // The key belongs to this job only; another key makes another job, and
+    // a bad key is refused.
+    let other = JobCreate {
+        idempotency_key: Some("deploy-43".into()),
+        ..create.clone()
+    };
+    let third = client.submit_job(other).await.unwrap();
+    assert!(third.created);
+    assert_ne!(third.job.id, first.job.id);
+    let bad = JobCreate {
+        idempotency_key: Some(String::new()),
+        ..create
+    };
+    let err = client.submit_job(bad).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Hub(e) if e.code == ErrorCode::InvalidMessage),
+        "{err:?}"
+    );
 }

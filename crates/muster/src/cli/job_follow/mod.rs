@@ -34,7 +34,10 @@ use std::time::Duration;
 use anyhow::anyhow;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use muster_client::{Client, ClientError, DEFAULT_GIVE_UP_AFTER, Event, Subscribed};
+use muster_client::{
+    Client, ClientError, DEFAULT_GIVE_UP_AFTER, Event, JobAccepted, JobCreate, Subscribed,
+    create_job_retrying, new_idempotency_key,
+};
 use muster_proto::backoff::Backoff;
 use muster_proto::jobs::{JobInfo, JobProgress, JobSpec, JobState};
 use muster_proto::messages::{StepProgressEvent, StepStartedEvent};
@@ -85,51 +88,67 @@ pub(crate) async fn run_job(
     let Some(connection) = conn.connect_or_interrupt(&mut interrupts).await? else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
-    let Some((job, connection)) =
-        create(connection, spec, !options.detach, &mut interrupts).await?
+    let Some((accepted, connection)) =
+        create(connection, conn, spec, !options.detach, &mut interrupts).await?
     else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
+    let job = accepted.job;
     if options.detach {
         return detached(connection.0, job.id, interrupts.count > 0).await;
     }
     Follower::new(conn, &job, options, interrupts)
-        .follow(connection)
+        .follow(connection, !accepted.created)
         .await
 }
 
 /// Creates the job; `None` when a second Ctrl-C said to stop waiting. A first
 /// Ctrl-C is counted, and the caller cancels the job once it exists.
 ///
-/// `job.create` carries no idempotency key, so it is never re-sent: if the
-/// connection drops before the reply, the job may or may not exist.
+/// The request carries an idempotency key and is sent again on a new
+/// connection if the connection drops before the reply, so exactly one job
+/// is created. `created` is false when a repeat found the job an earlier copy
+/// made: it is not subscribed to, and its events so far are replayed.
 async fn create(
-    (client, events): Connection,
+    connection: Connection,
+    conn: &HubConn,
     spec: JobSpec,
     subscribe: bool,
     interrupts: &mut Interrupts,
-) -> anyhow::Result<Option<(JobInfo, Connection)>> {
-    let sender = client.clone();
-    let request = sender.create_job(spec, subscribe);
+) -> anyhow::Result<Option<(JobAccepted, Connection)>> {
+    let create = JobCreate {
+        spec,
+        subscribe,
+        idempotency_key: Some(new_idempotency_key()),
+    };
+    let request = create_job_retrying(
+        connection,
+        &conn.hub,
+        &conn.token.0,
+        create,
+        DEFAULT_GIVE_UP_AFTER,
+    );
     tokio::pin!(request);
     // Events are left queued: with `subscribe`, the job's first ones may come
     // before the reply.
-    let job = loop {
+    loop {
         tokio::select! {
-            result = &mut request => break result.map_err(create_error)?,
+            result = &mut request => {
+                let (client, events, accepted) = result.map_err(create_error)?;
+                return Ok(Some((accepted, (client, events))));
+            }
             count = interrupts.recv() => if count > 1 {
                 return Ok(None);
             },
         }
-    };
-    Ok(Some((job, (client, events))))
+    }
 }
 
 /// Describes a failed `job.create`.
 fn create_error(err: ClientError) -> anyhow::Error {
     match err {
-        ClientError::Closed(reason) => anyhow!(
-            "the connection to the hub closed before it accepted the job ({reason}); \
+        ClientError::Connect(reason) => anyhow!(
+            "lost the hub before it accepted the job ({reason}); \
              check muster jobs list before trying again"
         ),
         other => other.into(),
@@ -252,11 +271,16 @@ impl<'a> Follower<'a> {
 
     /// Follows the job to its end, starting on `first` (already subscribed
     /// to the job from its start); prints the outcome and returns the exit code.
-    async fn follow(mut self, first: Connection) -> anyhow::Result<ExitCode> {
+    /// Follows the job on `first`, subscribed to it live; with `replay`, its
+    /// events so far are replayed first.
+    async fn follow(mut self, first: Connection, replay: bool) -> anyhow::Result<ExitCode> {
         if self.interrupts.count > 0 {
             self.cancel_job();
         }
         let mut link = Link::new(first);
+        if replay {
+            self.resubscribe(&mut link);
+        }
         loop {
             self.clients.send_replace(Some(link.client.clone()));
             match self.serve(&mut link).await {
