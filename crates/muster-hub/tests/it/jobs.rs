@@ -219,7 +219,27 @@ async fn a_batch_of_two_never_has_more_than_two_runs_in_flight() {
     job_spec.batch = Some(BatchSize::Count(2));
     let job = client.create_job(job_spec, true).await.unwrap();
     assert_eq!(job.batch_limit, 2);
-    job_events(&mut events, job.id).await;
+    let seen = job_events(&mut events, job.id).await;
+
+    // From the job's own events: a step is in flight from its
+    // `job.step.started` (the run is created) to its `job.step.completed`.
+    let mut open = 0usize;
+    let mut most_open = 0usize;
+    let mut last_ts = 0;
+    for msg in &seen {
+        let (ts, delta) = match msg {
+            HubToClient::JobStepStarted(e) => (e.ts_ms, 1),
+            HubToClient::JobStepCompleted(e) | HubToClient::JobStepFailed(e) => (e.ts_ms, -1),
+            _ => continue,
+        };
+        assert!(ts >= last_ts, "event timestamps go back: {seen:?}");
+        last_ts = ts;
+        open = open
+            .checked_add_signed(delta)
+            .expect("an end before its start");
+        most_open = most_open.max(open);
+    }
+    assert_eq!(most_open, 2, "{seen:?}");
 
     let info = finished(&client, job.id).await;
     assert_eq!(info.state, JobState::Succeeded);
