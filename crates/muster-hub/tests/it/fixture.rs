@@ -6,7 +6,7 @@ use std::time::Duration;
 use muster_agent::AgentOptions;
 use muster_client::{Client, Event};
 use muster_hub::{Hub, HubConfig};
-use muster_proto::AgentName;
+use muster_proto::{AgentName, HubToClient, JobId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -153,4 +153,41 @@ pub(crate) async fn until_run_ends(
     .await
     .expect("the run ends");
     (finished, received)
+}
+
+/// Every message on `job:<id>` until its final `job.progress`, in arrival order.
+pub(crate) async fn job_events(events: &mut mpsc::Receiver<Event>, job: JobId) -> Vec<HubToClient> {
+    let channel = job.channel();
+    let mut seen = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await.expect("events open") {
+                Event::Message(env) if env.channel.as_deref() == Some(channel.as_str()) => {
+                    let last =
+                        matches!(&env.msg, HubToClient::JobProgress(p) if p.state.is_terminal());
+                    seen.push(env.msg);
+                    if last {
+                        return;
+                    }
+                }
+                Event::Closed { reason, .. } => panic!("closed: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the job ends");
+    seen
+}
+
+/// The `seq` of a job event.
+pub(crate) fn seq_of(msg: &HubToClient) -> u64 {
+    match msg {
+        HubToClient::JobProgress(e) => e.seq,
+        HubToClient::JobStepStarted(e) => e.seq,
+        HubToClient::JobStepProgress(e) => e.seq,
+        HubToClient::JobStepCompleted(e) | HubToClient::JobStepFailed(e) => e.seq,
+        HubToClient::JobTarget(e) => e.seq,
+        other => panic!("not a job event: {other:?}"),
+    }
 }

@@ -5,10 +5,9 @@ use muster_client::{Client, ClientError, Event, JobCreate, RunListQuery};
 use muster_proto::jobs::{BatchSize, JobInfo, JobSpec, JobState, StepSpec, TargetState};
 use muster_proto::messages::JobListQuery;
 use muster_proto::{CommandSpec, ErrorCode, HubToClient, JobId, RunState};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::fixture::{TestHub, WAIT};
+use crate::fixture::{TestHub, WAIT, job_events, seq_of};
 
 /// A shell step that exits `code` on the agents named in `failing`, 0 elsewhere.
 /// Each in-process agent's event socket lives in its own state dir, named after it.
@@ -56,42 +55,6 @@ async fn fleet(hub: &TestHub) -> Vec<CancellationToken> {
         stops.push(hub.labeled_agent(name, &labels).await);
     }
     stops
-}
-
-/// Every message on `job:<id>` until its final `job.progress`, in arrival order.
-async fn job_events(events: &mut mpsc::Receiver<Event>, job: JobId) -> Vec<HubToClient> {
-    let channel = job.channel();
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("events open") {
-                Event::Message(env) if env.channel.as_deref() == Some(channel.as_str()) => {
-                    let last =
-                        matches!(&env.msg, HubToClient::JobProgress(p) if p.state.is_terminal());
-                    seen.push(env.msg);
-                    if last {
-                        return;
-                    }
-                }
-                Event::Closed { reason, .. } => panic!("closed: {reason}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the job ends");
-    seen
-}
-
-fn seq_of(msg: &HubToClient) -> u64 {
-    match msg {
-        HubToClient::JobProgress(e) => e.seq,
-        HubToClient::JobStepStarted(e) => e.seq,
-        HubToClient::JobStepProgress(e) => e.seq,
-        HubToClient::JobStepCompleted(e) | HubToClient::JobStepFailed(e) => e.seq,
-        HubToClient::JobTarget(e) => e.seq,
-        other => panic!("not a job event: {other:?}"),
-    }
 }
 
 /// `(agent, kind, step)` of each step event, in order.

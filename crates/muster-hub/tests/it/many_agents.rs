@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use muster_agent::{AgentOptions, Executor, RunSink};
-use muster_client::Event;
 use muster_proto::jobs::{BatchSize, JobSpec, JobState, StepSpec, TargetState};
 use muster_proto::messages::{RunExited, RunOutcome, RunStart};
-use muster_proto::{AgentName, CommandSpec, HubToClient, JobId, OutputStream, RunState};
-use tokio::sync::mpsc;
+use muster_proto::{AgentName, CommandSpec, HubToClient, OutputStream, RunState};
 use tokio_util::sync::CancellationToken;
 
-use crate::fixture::{TestHub, WAIT};
+use crate::fixture::{TestHub, WAIT, job_events, seq_of};
 
 /// Agents in the fleet; every other one also carries `half=a`.
 const AGENTS: usize = 200;
@@ -87,42 +85,6 @@ async fn big_fleet(hub: &TestHub) -> (CancellationToken, Vec<AgentName>) {
     (stop, names)
 }
 
-/// Every message on `job:<id>` until its final `job.progress`, in arrival order.
-async fn until_job_ends(events: &mut mpsc::Receiver<Event>, job: JobId) -> Vec<HubToClient> {
-    let channel = job.channel();
-    let mut seen = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await.expect("events open") {
-                Event::Message(env) if env.channel.as_deref() == Some(channel.as_str()) => {
-                    let last =
-                        matches!(&env.msg, HubToClient::JobProgress(p) if p.state.is_terminal());
-                    seen.push(env.msg);
-                    if last {
-                        return;
-                    }
-                }
-                Event::Closed { reason, .. } => panic!("closed: {reason}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the job ends");
-    seen
-}
-
-fn seq_of(msg: &HubToClient) -> u64 {
-    match msg {
-        HubToClient::JobProgress(e) => e.seq,
-        HubToClient::JobStepStarted(e) => e.seq,
-        HubToClient::JobStepProgress(e) => e.seq,
-        HubToClient::JobStepCompleted(e) | HubToClient::JobStepFailed(e) => e.seq,
-        HubToClient::JobTarget(e) => e.seq,
-        other => panic!("not a job event: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_over_200_agents_reports_exactly_200_results() {
     let hub = TestHub::start().await;
@@ -156,7 +118,7 @@ async fn a_job_over_200_agents_reports_exactly_200_results() {
     let job = client.create_job(spec, true).await.unwrap();
     assert_eq!(job.targets.len(), AGENTS);
     assert_eq!(job.batch_limit as usize, AGENTS / 4);
-    let seen = until_job_ends(&mut events, job.id).await;
+    let seen = job_events(&mut events, job.id).await;
 
     // The channel is numbered 0, 1, 2, … without gaps.
     let seqs: Vec<u64> = seen.iter().map(seq_of).collect();
