@@ -310,6 +310,16 @@ impl Core {
         self.store.job(id).await?.ok_or_else(|| job_not_found(id))
     }
 
+    /// Whether a job has ended and published its last event: nothing more
+    /// will ever be published on its channel.
+    pub async fn job_settled(&self, id: JobId) -> Result<bool, ApiError> {
+        if self.jobs.lock().expect("jobs lock poisoned").contains_key(&id) {
+            return Ok(false);
+        }
+        let job = self.store.job(id).await?.ok_or_else(|| job_not_found(id))?;
+        Ok(job.state.is_terminal())
+    }
+
     /// Jobs matching a query, newest first, without targets.
     pub async fn jobs(&self, query: &JobListQuery) -> Result<Vec<JobInfo>, ApiError> {
         let mut jobs = self.store.jobs(query).await?;

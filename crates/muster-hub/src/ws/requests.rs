@@ -232,8 +232,8 @@ impl Session {
         {
             self.subscribe_live(&req.channel);
         }
-        let run = match self.check_channel(&req.channel).await {
-            Ok(run) => run,
+        let (run, ended) = match self.check_channel(&req.channel).await {
+            Ok(checked) => checked,
             Err(e) => {
                 if !was_subscribed {
                     self.subs.remove(&req.channel);
@@ -265,7 +265,6 @@ impl Session {
         writer
             .send(&Envelope::reply(re, HubToClient::Subscribed(subscribed)))
             .await?;
-        let ended = run.as_ref().is_some_and(|r| r.state.is_terminal());
         let sent = match (StreamKey::from_channel(&req.channel), req.since) {
             (Some(stream), Some(since)) => {
                 self.replay_and_sync(writer, &req.channel, stream, since)
@@ -274,7 +273,7 @@ impl Session {
             _ => Ok(()),
         };
         if ended {
-            // Nothing will be published on an ended run's channel any more.
+            // Nothing will be published on an ended run's or job's channel any more.
             self.subs.remove(&req.channel);
         }
         sent
@@ -334,14 +333,16 @@ impl Session {
             .await
     }
 
-    /// Which channels exist: `fleet`, `agent:<name>` of a registered agent and
-    /// `run:<id>` of an existing run.
+    /// Which channels exist: `fleet`, `agent:<name>` and `metrics:<name>` of a
+    /// registered agent, `run:<id>` of an existing run and `job:<id>` of an
+    /// existing job. Returns the run of a run channel, and whether the
+    /// channel's stream has ended (nothing more will be published on it).
     async fn check_channel(
         &self,
         channel: &str,
-    ) -> Result<Option<muster_proto::RunInfo>, ApiError> {
+    ) -> Result<(Option<muster_proto::RunInfo>, bool), ApiError> {
         if channel == FLEET_CHANNEL {
-            return Ok(None);
+            return Ok((None, false));
         }
         let unknown =
             || ApiError::new(ErrorCode::UnknownChannel, format!("no channel {channel:?}"));
@@ -351,15 +352,15 @@ impl Session {
         if let Some(name) = agent_channel {
             let name: AgentName = name.parse().map_err(|_| unknown())?;
             return match self.core.agent(&name).await {
-                Ok(_) => Ok(None),
+                Ok(_) => Ok((None, false)),
                 Err(e) if e.code == ErrorCode::AgentNotFound => Err(unknown()),
                 Err(e) => Err(e),
             };
         }
         if let Some(id) = channel.strip_prefix("job:") {
             let id: JobId = id.parse().map_err(|_| unknown())?;
-            return match self.core.job(id).await {
-                Ok(_) => Ok(None),
+            return match self.core.job_settled(id).await {
+                Ok(settled) => Ok((None, settled)),
                 Err(e) if e.code == ErrorCode::JobNotFound => Err(unknown()),
                 Err(e) => Err(e),
             };
@@ -369,7 +370,10 @@ impl Session {
             .and_then(|id| id.parse().ok())
             .ok_or_else(unknown)?;
         match self.core.run(id).await {
-            Ok(run) => Ok(Some(run)),
+            Ok(run) => {
+                let ended = run.state.is_terminal();
+                Ok((Some(run), ended))
+            }
             Err(e) if e.code == ErrorCode::RunNotFound => Err(unknown()),
             Err(e) => Err(e),
         }
