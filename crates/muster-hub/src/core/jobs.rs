@@ -73,6 +73,29 @@ struct Numbered {
     last: bool,
 }
 
+/// What the driver changed in one job and has not written yet: which
+/// targets, whether the job's record, and the events it numbered. Written
+/// in one transaction by [`Core::commit`], then the events are published.
+#[derive(Default)]
+struct Unsaved {
+    targets: Vec<usize>,
+    job: bool,
+    events: Vec<Numbered>,
+}
+
+impl Unsaved {
+    fn events(events: Vec<Numbered>) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
+}
+
+/// Targets started by one fill before their changes are written: bounds how
+/// long the first of them waits to be seen.
+const STARTS_PER_COMMIT: usize = 64;
+
 impl ActiveJob {
     fn new(info: JobInfo, next_seq: u64, announced: bool) -> Self {
         let index = info
@@ -313,7 +336,12 @@ impl Core {
     /// Whether a job has ended and published its last event: nothing more
     /// will ever be published on its channel.
     pub async fn job_settled(&self, id: JobId) -> Result<bool, ApiError> {
-        if self.jobs.lock().expect("jobs lock poisoned").contains_key(&id) {
+        if self
+            .jobs
+            .lock()
+            .expect("jobs lock poisoned")
+            .contains_key(&id)
+        {
             return Ok(false);
         }
         let job = self.store.job(id).await?.ok_or_else(|| job_not_found(id))?;
@@ -400,7 +428,7 @@ impl Core {
                         announce(job, out);
                     }
                 });
-                self.emit(events).await;
+                self.commit(id, Unsaved::events(events)).await;
                 self.fill_slots(id).await;
             }
             JobSignal::RunChanged(run) => self.job_run_changed(*run).await,
@@ -424,7 +452,7 @@ impl Core {
                         })
                     });
                 });
-                self.emit(events).await;
+                self.commit(id, Unsaved::events(events)).await;
             }
         }
     }
@@ -444,14 +472,17 @@ impl Core {
 
     /// Starts waiting targets while the batch has room, skips them once
     /// fail-fast applies, and settles the job when every target has ended.
+    /// What it changes is written a few dozen targets at a time, with one
+    /// `job.progress` for each write.
     async fn fill_slots(&self, id: JobId) {
+        let mut changes = Unsaved::default();
+        let mut started = 0;
         loop {
             let mut next = None;
-            let mut skipped = Vec::new();
             let events = self.with_job(id, |job, out| {
                 if !job.may_start() {
                     if job.info.spec.fail_fast && !job.info.cancel_requested {
-                        skipped = skip_pending(job, out);
+                        changes.targets.extend(skip_pending(job, out));
                     }
                     return;
                 }
@@ -464,21 +495,25 @@ impl Core {
                     .iter()
                     .position(|t| t.state == TargetState::Pending);
             });
-            for i in skipped {
-                self.persist_target(id, i).await;
-            }
-            self.emit(events).await;
+            changes.events.extend(events);
             let Some(target) = next else { break };
-            if !self.start_step(id, target, 0).await {
+            if !self.start_step(id, target, 0, &mut changes).await {
                 break;
             }
+            started += 1;
+            if started % STARTS_PER_COMMIT == 0 {
+                self.commit_with_progress(id, std::mem::take(&mut changes))
+                    .await;
+            }
         }
+        self.commit_with_progress(id, changes).await;
         self.settle_job(id).await;
     }
 
-    /// Creates the run of step `step` for target `i` and records it; false
-    /// if the job or step is gone.
-    async fn start_step(&self, id: JobId, i: usize, step: u32) -> bool {
+    /// Creates the run of step `step` for target `i` and records it in
+    /// `changes`; false if the job or step is gone. The counts are left to
+    /// the caller's next `job.progress`.
+    async fn start_step(&self, id: JobId, i: usize, step: u32, changes: &mut Unsaved) -> bool {
         let Some((principal, request)) = self.step_request(id, i, step) else {
             return false;
         };
@@ -500,15 +535,12 @@ impl Core {
         let ended = run.as_ref().ok().filter(|r| r.state.is_terminal()).cloned();
         let events = self.with_job(id, |job, out| match run {
             Ok(run) => record_step(job, out, i, step, &run),
-            Err(error) => {
-                job.end_target(out, i, TargetState::Failed, Some(error));
-                job.progress(out);
-            }
+            Err(error) => job.end_target(out, i, TargetState::Failed, Some(error)),
         });
-        self.persist_target(id, i).await;
-        self.emit(events).await;
+        changes.targets.push(i);
+        changes.events.extend(events);
         // A run found by its key that ended before a restart sends no more
-        // transitions: replay its end.
+        // transitions: replay its end (after this change is written).
         if let Some(run) = ended {
             self.signal_job(JobSignal::RunChanged(Box::new(run)));
         }
@@ -560,12 +592,14 @@ impl Core {
             }
             job.progress(out);
         });
-        if let Some(i) = index {
-            self.persist_target(id, i).await;
-        }
-        self.emit(events).await;
-        if let (Some(i), Some(s)) = (index, next_step) {
-            self.start_step(id, i, s).await;
+        let mut changes = Unsaved::events(events);
+        changes.targets.extend(index);
+        match (index, next_step) {
+            (Some(i), Some(s)) => {
+                self.start_step(id, i, s, &mut changes).await;
+                self.commit_with_progress(id, changes).await;
+            }
+            _ => self.commit(id, changes).await,
         }
         if target_ended || next_step.is_some() {
             self.fill_slots(id).await;
@@ -597,11 +631,12 @@ impl Core {
             }
             job.progress(out);
         });
-        for i in ended {
-            self.persist_target(id, i).await;
-        }
-        self.persist_job(id).await;
-        self.emit(events).await;
+        let changes = Unsaved {
+            targets: ended,
+            job: true,
+            events,
+        };
+        self.commit(id, changes).await;
         for run in runs {
             if let Err(e) = self.cancel_run(run).await
                 && e.code != ErrorCode::InvalidState
@@ -625,45 +660,57 @@ impl Core {
         if !settled {
             return;
         }
-        self.persist_job(id).await;
-        self.emit(events).await;
+        let changes = Unsaved {
+            job: true,
+            ..Unsaved::events(events)
+        };
+        self.commit(id, changes).await;
         self.jobs.lock().expect("jobs lock poisoned").remove(&id);
     }
 
-    async fn persist_target(&self, id: JobId, i: usize) {
-        let target = {
-            let jobs = self.jobs.lock().expect("jobs lock poisoned");
-            jobs.get(&id).and_then(|j| j.info.targets.get(i).cloned())
-        };
-        if let Some(target) = target
-            && let Err(e) = self.store.update_job_target(id, &target).await
-        {
-            tracing::error!(job = %id, error = %format!("{e:#}"), "persisting a job target failed");
-        }
+    /// Numbers a `job.progress` if the counts changed, then commits.
+    async fn commit_with_progress(&self, id: JobId, mut changes: Unsaved) {
+        let events = self.with_job(id, |job, out| job.progress(out));
+        changes.events.extend(events);
+        self.commit(id, changes).await;
     }
 
-    async fn persist_job(&self, id: JobId) {
-        let job = {
-            let jobs = self.jobs.lock().expect("jobs lock poisoned");
-            jobs.get(&id).map(|j| j.info.clone())
-        };
-        if let Some(job) = job
-            && let Err(e) = self.store.update_job(&job).await
-        {
-            tracing::error!(job = %id, error = %format!("{e:#}"), "persisting a job failed");
+    /// Writes `changes` in one transaction, then publishes its events in the
+    /// order they were numbered: a client never sees an event the store
+    /// could not replay.
+    async fn commit(&self, id: JobId, mut changes: Unsaved) {
+        if changes.targets.is_empty() && !changes.job && changes.events.is_empty() {
+            return;
         }
-    }
-
-    /// Stores, then publishes, events in the order they were numbered.
-    async fn emit(&self, events: Vec<Numbered>) {
-        for event in events {
-            if let Err(e) = self
-                .store
-                .append_job_event(event.job, event.seq, &event.text)
-                .await
-            {
-                tracing::error!(job = %event.job, error = %format!("{e:#}"), "storing a job event failed");
+        changes.targets.sort_unstable();
+        changes.targets.dedup();
+        let (job, targets) = {
+            let jobs = self.jobs.lock().expect("jobs lock poisoned");
+            match jobs.get(&id) {
+                Some(active) => (
+                    changes.job.then(|| active.info.clone()),
+                    changes
+                        .targets
+                        .iter()
+                        .filter_map(|&i| active.info.targets.get(i).cloned())
+                        .collect(),
+                ),
+                None => (None, Vec::new()),
             }
+        };
+        let events: Vec<(u64, &str)> = changes
+            .events
+            .iter()
+            .map(|e| (e.seq, e.text.as_str()))
+            .collect();
+        let saved = self
+            .store
+            .save_job_changes(id, job.as_ref(), &targets, &events)
+            .await;
+        if let Err(e) = saved {
+            tracing::error!(job = %id, error = %format!("{e:#}"), "storing a job's changes failed");
+        }
+        for event in changes.events {
             self.broker.publish(Delivery {
                 channel: Arc::from(event.job.channel()),
                 seq: Some(event.seq),
@@ -747,7 +794,6 @@ fn record_step(job: &mut ActiveJob, out: &mut Vec<Numbered>, i: usize, step: u32
             run,
         })
     });
-    job.progress(out);
 }
 
 /// Records a run's new state on its step. Returns the step's outcome once the

@@ -214,18 +214,23 @@ pub trait Store: Send + Sync + 'static {
         requested_by: &str,
         key: &str,
     ) -> anyhow::Result<Option<JobInfo>>;
-    /// Replaces a job's record (its targets are stored separately).
-    async fn update_job(&self, job: &JobInfo) -> anyhow::Result<()>;
-    /// Replaces one target of a job.
-    async fn update_job_target(&self, job: JobId, target: &JobTarget) -> anyhow::Result<()>;
+    /// Writes what the job driver changed, in one transaction: the job's
+    /// record (when given; its targets are stored separately), the targets
+    /// in `targets`, and the new events (`HubToClient` messages as JSON) under
+    /// their seqs.
+    async fn save_job_changes(
+        &self,
+        id: JobId,
+        job: Option<&JobInfo>,
+        targets: &[JobTarget],
+        events: &[(u64, &str)],
+    ) -> anyhow::Result<()>;
     /// One job with its targets.
     async fn job(&self, id: JobId) -> anyhow::Result<Option<JobInfo>>;
     /// Jobs matching a query, newest first, without targets.
     async fn jobs(&self, query: &JobListQuery) -> anyhow::Result<Vec<JobInfo>>;
     /// Jobs still `running`, with their targets, for recovery after a restart.
     async fn unfinished_jobs(&self) -> anyhow::Result<Vec<JobInfo>>;
-    /// Stores a job event (a `HubToClient` message as JSON) under its seq.
-    async fn append_job_event(&self, job: JobId, seq: u64, msg: &str) -> anyhow::Result<()>;
     /// A job's events with `seq >= since`, in order, at most `limit`.
     async fn job_events_since(
         &self,

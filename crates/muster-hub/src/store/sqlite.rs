@@ -569,23 +569,40 @@ impl Store for SqliteStore {
         self.job(id.parse()?).await
     }
 
-    async fn update_job(&self, job: &JobInfo) -> anyhow::Result<()> {
-        sqlx::query("UPDATE jobs SET state = ?, doc = ? WHERE id = ?")
-            .bind(job.state.as_str())
-            .bind(job_doc(job)?)
-            .bind(job.id.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn update_job_target(&self, job: JobId, target: &JobTarget) -> anyhow::Result<()> {
-        sqlx::query("UPDATE job_targets SET doc = ? WHERE job_id = ? AND agent = ?")
-            .bind(serde_json::to_string(target)?)
-            .bind(job.to_string())
-            .bind(target.agent.as_str())
-            .execute(&self.pool)
-            .await?;
+    async fn save_job_changes(
+        &self,
+        id: JobId,
+        job: Option<&JobInfo>,
+        targets: &[JobTarget],
+        events: &[(u64, &str)],
+    ) -> anyhow::Result<()> {
+        let id = id.to_string();
+        let mut tx = self.pool.begin().await?;
+        if let Some(job) = job {
+            sqlx::query("UPDATE jobs SET state = ?, doc = ? WHERE id = ?")
+                .bind(job.state.as_str())
+                .bind(job_doc(job)?)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for target in targets {
+            sqlx::query("UPDATE job_targets SET doc = ? WHERE job_id = ? AND agent = ?")
+                .bind(serde_json::to_string(target)?)
+                .bind(&id)
+                .bind(target.agent.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (seq, msg) in events {
+            sqlx::query("INSERT OR IGNORE INTO job_events (job_id, seq, msg) VALUES (?, ?, ?)")
+                .bind(&id)
+                .bind(*seq as i64)
+                .bind(*msg)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -625,16 +642,6 @@ impl Store for SqliteStore {
             jobs.push(job);
         }
         Ok(jobs)
-    }
-
-    async fn append_job_event(&self, job: JobId, seq: u64, msg: &str) -> anyhow::Result<()> {
-        sqlx::query("INSERT OR IGNORE INTO job_events (job_id, seq, msg) VALUES (?, ?, ?)")
-            .bind(job.to_string())
-            .bind(seq as i64)
-            .bind(msg)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn job_events_since(
