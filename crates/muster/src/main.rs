@@ -45,6 +45,10 @@ enum Command {
     Agents(cli::agents::AgentsCommand),
     /// Run a command on an agent, stream its output and exit with its exit code.
     ///
+    /// On one agent, events the command publishes with `muster emit` go to
+    /// stderr as "event TYPE {json}"; 126 means the agent refused the run
+    /// (nothing ran).
+    ///
     /// With a selector (-l SELECTOR, or a TARGET such as web-*, role=web, a,b
     /// or all) the command runs on every matching agent as a job: each output
     /// line is prefixed with its agent's name ("web-1  | text"; --group prints
@@ -58,9 +62,10 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Invoke an action an agent declares: TARGET NAME [KEY=VALUE]...
     ///
-    /// On one agent it runs like `muster run` (exit 126 when the agent
-    /// rejects the call); on a selector it is a job, followed like
-    /// `muster run -l`.
+    /// On one agent it runs like `muster run`: output streamed, the events
+    /// the action's process publishes on stderr as "event TYPE {json}", exit
+    /// 126 when the agent rejects the call (naming the parameter and its
+    /// rule). On a selector it is a job, followed like `muster run -l`.
     #[command(
         override_usage = "muster action [OPTIONS] <TARGET> <NAME> [KEY=VALUE]...\n       \
                           muster action [OPTIONS] -l <SELECTOR> <NAME> [KEY=VALUE]..."
