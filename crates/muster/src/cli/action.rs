@@ -42,7 +42,6 @@ pub(crate) async fn action(args: ActionArgs, json: bool) -> anyhow::Result<ExitC
         command: CommandSpec::Action(call),
         env: BTreeMap::new(),
         cwd: None,
-        idempotency_key: None,
     };
     invocation.execute(target, json).await
 }

@@ -59,7 +59,8 @@ async fn run(args: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
         detach: args.queue.detach,
         json,
     };
-    job_follow::run_job(&args.conn, spec, options).await
+    let key = args.queue.idempotency_key.clone();
+    job_follow::run_job(&args.conn, spec, options, key).await
 }
 
 /// A workflow always runs as a job, even on one agent named plainly.

@@ -60,10 +60,6 @@ pub(crate) struct RunArgs {
     /// Join the words after `--` into one string run by /bin/sh -c.
     #[arg(long)]
     shell: bool,
-    /// Repeating a request with the same key returns the first run instead of
-    /// starting another; a random key is used when absent. Single runs only.
-    #[arg(long, value_name = "KEY")]
-    idempotency_key: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -97,7 +93,6 @@ impl RunArgs {
             step_name: "run".to_owned(),
             env: self.env.iter().cloned().collect(),
             cwd: self.cwd.clone(),
-            idempotency_key: self.idempotency_key.clone(),
         }
     }
 }
@@ -127,8 +122,6 @@ pub(crate) struct Invocation<'a> {
     pub(crate) env: BTreeMap<String, String>,
     /// Working directory.
     pub(crate) cwd: Option<String>,
-    /// The run's idempotency key (single runs only); random when absent.
-    pub(crate) idempotency_key: Option<String>,
 }
 
 impl Invocation<'_> {
@@ -145,16 +138,14 @@ impl Invocation<'_> {
                 single(self.conn, request, self.queue.detach, self.run.verbose).await
             }
             Target::Selector(selector) => {
-                if self.idempotency_key.is_some() {
-                    target::usage_error("--idempotency-key applies to single runs");
-                }
                 let spec = target::job_spec(&selector, vec![self.step()], self.job, self.queue);
                 let options = JobOptions {
                     group: self.job.group,
                     detach: self.queue.detach,
                     json,
                 };
-                job_follow::run_job(self.conn, spec, options).await
+                let key = self.queue.idempotency_key.clone();
+                job_follow::run_job(self.conn, spec, options, key).await
             }
         }
     }
@@ -170,7 +161,8 @@ impl Invocation<'_> {
             timeout_ms: self.run.timeout.map(millis),
             priority: self.queue.priority,
             idempotency_key: Some(
-                self.idempotency_key
+                self.queue
+                    .idempotency_key
                     .clone()
                     .unwrap_or_else(new_idempotency_key),
             ),

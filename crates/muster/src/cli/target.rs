@@ -118,6 +118,10 @@ pub(crate) struct QueueFlags {
     /// Print the run id (or, for a job, the job id) and exit without waiting.
     #[arg(long)]
     pub(crate) detach: bool,
+    /// Repeating a request with the same key creates nothing new: it follows
+    /// the run (or job) the first one created. A random key is used when absent.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) idempotency_key: Option<String>,
 }
 
 /// A job over `selector` running `steps`, paced by `flags` and queued by `queue`.

@@ -647,3 +647,73 @@ fn overlap_counts_half_open_intervals() {
     assert_eq!(max_overlap(&[(0, 10), (10, 20), (5, 15)]), 2);
     assert_eq!(max_overlap(&[(0, 10), (1, 9), (2, 8)]), 3);
 }
+
+#[test]
+fn a_job_repeated_with_its_key_is_followed_again_not_run_again() {
+    let fleet = fleet();
+    let cli = &fleet.cli;
+    let script = "echo out-$X; exit $X";
+    let args = [
+        "run",
+        "-l",
+        "role=web",
+        "--idempotency-key",
+        "deploy-7",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let first = expect_exit(cli, &args, 1);
+    let again = expect_exit(cli, &args, 1);
+    assert_eq!(job_id(&first), job_id(&again));
+    assert_eq!(
+        lines_by_agent(&stdout(&again)),
+        lines_by_agent(&stdout(&first)),
+        "the repeat prints the first job's output"
+    );
+
+    // Found while it is still running: the repeat joins it and follows it to
+    // its end.
+    let slow = "sleep 0.5; echo late-$X; exit $X";
+    let detached = [
+        "run",
+        "-l",
+        "role=web",
+        "--idempotency-key",
+        "deploy-8",
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        slow,
+    ];
+    let out = expect_exit(cli, &detached, 0);
+    let id = stdout(&out).trim().to_owned();
+    let follow = [
+        "run",
+        "-l",
+        "role=web",
+        "--idempotency-key",
+        "deploy-8",
+        "--",
+        "sh",
+        "-c",
+        slow,
+    ];
+    let out = expect_exit(cli, &follow, 1);
+    assert_eq!(job_id(&out), id);
+    let printed = lines_by_agent(&stdout(&out));
+    assert_eq!(printed["web-1"], ["late-0"]);
+    assert_eq!(printed["web-2"], ["late-3"]);
+    assert_eq!(printed["web-3"], ["late-0"]);
+
+    let jobs = cli.json(&["jobs", "list", "--json"]);
+    assert_eq!(jobs.as_array().map(Vec::len), Some(2), "{jobs}");
+    let runs = cli.json(&["runs", "list", "--json"]);
+    assert_eq!(
+        runs.as_array().map(Vec::len),
+        Some(6),
+        "one run per agent per job"
+    );
+}

@@ -79,17 +79,27 @@ pub(crate) struct JobOptions {
 
 /// Creates the job `spec` on the hub and follows it to its end; see the
 /// [module docs](self).
+/// `idempotency_key` (random when `None`) makes a repeat follow the job the
+/// first request created.
 pub(crate) async fn run_job(
     conn: &HubConn,
     spec: JobSpec,
     options: JobOptions,
+    idempotency_key: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let mut interrupts = Interrupts::install()?;
     let Some(connection) = conn.connect_or_interrupt(&mut interrupts).await? else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
-    let Some((accepted, connection)) =
-        create(connection, conn, spec, !options.detach, &mut interrupts).await?
+    let Some((accepted, connection)) = create(
+        connection,
+        conn,
+        spec,
+        idempotency_key,
+        !options.detach,
+        &mut interrupts,
+    )
+    .await?
     else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
@@ -113,13 +123,14 @@ async fn create(
     connection: Connection,
     conn: &HubConn,
     spec: JobSpec,
+    idempotency_key: Option<String>,
     subscribe: bool,
     interrupts: &mut Interrupts,
 ) -> anyhow::Result<Option<(JobAccepted, Connection)>> {
     let create = JobCreate {
         spec,
         subscribe,
-        idempotency_key: Some(new_idempotency_key()),
+        idempotency_key: Some(idempotency_key.unwrap_or_else(new_idempotency_key)),
     };
     let request = create_job_retrying(
         connection,
