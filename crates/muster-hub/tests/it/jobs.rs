@@ -409,3 +409,46 @@ async fn a_job_create_sent_again_with_its_key_finds_the_same_job() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_targets_wait_for_their_agent_and_fail_when_their_ttl_runs_out() {
+    let hub = TestHub::start().await;
+    let _fleet = fleet(&hub).await;
+    // Registered, offline when the job is created.
+    for name in ["web-8", "web-9"] {
+        hub.hub.agent_token(&name.parse().unwrap()).await.unwrap();
+    }
+    let (client, mut events) = hub.client().await;
+
+    let mut job_spec = spec("web-*", vec![step("x", &[], 0)]);
+    job_spec.ttl_ms = Some(1_500);
+    let job = client.create_job(job_spec, true).await.unwrap();
+    assert_eq!(job.targets.len(), 5);
+    // web-8 comes online within its runs' TTL; web-9 never does.
+    let _web8 = hub.labeled_agent("web-8", &[]).await;
+    let seen = job_events(&mut events, job.id).await;
+
+    let info = finished(&client, job.id).await;
+    assert_eq!(info.state, JobState::Failed, "{info:#?}");
+    let target = |name: &str| {
+        info.targets
+            .iter()
+            .find(|t| t.agent.as_str() == name)
+            .unwrap_or_else(|| panic!("no target {name}"))
+    };
+    assert_eq!(target("web-8").state, TargetState::Succeeded);
+    let web9 = target("web-9");
+    assert_eq!(web9.state, TargetState::Failed);
+    assert_eq!(web9.steps.len(), 1);
+    assert_eq!(web9.steps[0].state, RunState::Expired);
+    assert!(
+        web9.error.as_deref().unwrap().contains("ended expired"),
+        "{web9:?}"
+    );
+    assert_eq!((info.progress.succeeded, info.progress.failed), (4, 1));
+    let trail = step_trail(&seen);
+    assert_eq!(
+        for_agent(&trail, "web-9"),
+        vec![("started", 0), ("failed", 0)]
+    );
+}
