@@ -348,3 +348,27 @@ impl JobInfo {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sizes_parse_round_up_and_never_drop_below_one() {
+        let size = |s: &str| s.parse::<BatchSize>();
+        assert_eq!(size("2"), Ok(BatchSize::Count(2)));
+        assert_eq!(size("25%"), Ok(BatchSize::Percent(25)));
+        for bad in ["0", "0%", "101%", "-1", "x", "%", "2.5", " 2"] {
+            assert!(size(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(BatchSize::Percent(25).limit(10), 3, "2.5 rounds up");
+        assert_eq!(BatchSize::Percent(25).limit(200), 50);
+        assert_eq!(BatchSize::Percent(1).limit(3), 1);
+        assert_eq!(BatchSize::Percent(100).limit(7), 7);
+        assert_eq!(BatchSize::Count(5).limit(2), 5);
+        assert_eq!(BatchSize::Count(1).limit(0), 1);
+        assert_eq!(BatchSize::Percent(50).to_string(), "50%");
+        let wire = serde_json::to_string(&BatchSize::Percent(50)).unwrap();
+        assert_eq!(wire, r#"{"percent":50}"#);
+    }
+}
