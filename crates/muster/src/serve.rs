@@ -133,8 +133,8 @@ pub(crate) struct AgentArgs {
     /// How often to sample and report host metrics (e.g. 30s); 0 turns it off.
     #[arg(long, env = "MUSTER_METRICS_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub(crate) metrics_interval: Duration,
-    /// How many runs execute at once [default: 4].
-    #[arg(long, env = "MUSTER_MAX_CONCURRENCY")]
+    /// How many runs execute at once, at least 1 [default: 4].
+    #[arg(long, env = "MUSTER_MAX_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_concurrency: Option<u32>,
 }
 
@@ -160,7 +160,7 @@ impl AgentArgs {
         Ok(AgentOptions {
             name: self.name.or(file.name),
             labels,
-            max_concurrency: max_concurrency.max(1),
+            max_concurrency,
             state_dir: Some(state_dir),
             metrics_interval: (!metrics.is_zero()).then_some(metrics),
             exec: file.exec,
