@@ -371,10 +371,11 @@ impl Watch {
                     self.problems.push(format!(
                         "the step failed on {}: run {} ended {}, exit code {:?}{}",
                         e.agent,
-                        e.run,
-                        e.state,
-                        e.exit_code,
-                        e.error
+                        e.outcome.run,
+                        e.outcome.state,
+                        e.outcome.exit_code,
+                        e.outcome
+                            .error
                             .as_deref()
                             .map(|error| format!(": {error}"))
                             .unwrap_or_default()

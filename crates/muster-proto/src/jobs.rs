@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::UnixMillis;
 use crate::codes::ErrorCode;
 use crate::ids::{AgentName, JobId, RunId};
-use crate::types::{CommandSpec, RunState};
+use crate::types::{CommandSpec, RunInfo, RunState};
 
 /// Most steps a job may have.
 pub const MAX_JOB_STEPS: usize = 100;
@@ -277,6 +277,32 @@ pub struct StepOutcome {
 }
 
 impl StepOutcome {
+    /// A step whose run was just created: `queued`, nothing known yet.
+    pub fn queued(step: u32, run: RunId) -> Self {
+        Self {
+            step,
+            run,
+            state: RunState::Queued,
+            exit_code: None,
+            signal: None,
+            error: None,
+            error_code: None,
+        }
+    }
+
+    /// Step `step` as `run` stands now.
+    pub fn of(step: u32, run: &RunInfo) -> Self {
+        Self {
+            step,
+            run: run.id,
+            state: run.state,
+            exit_code: run.exit_code,
+            signal: run.signal,
+            error: run.error.clone(),
+            error_code: run.error_code,
+        }
+    }
+
     /// Whether the step succeeded: the process exited 0.
     pub fn succeeded(&self) -> bool {
         self.state == RunState::Completed && self.exit_code == Some(0)
@@ -370,5 +396,18 @@ mod tests {
         assert_eq!(BatchSize::Percent(50).to_string(), "50%");
         let wire = serde_json::to_string(&BatchSize::Percent(50)).unwrap();
         assert_eq!(wire, r#"{"percent":50}"#);
+    }
+
+    #[test]
+    fn a_step_end_carries_its_outcome_at_the_top_level() {
+        let text = r#"{"job":"01JD3Y5RQ8ZB4N6W2K7T9VXM3C","seq":7,"ts_ms":1,"agent":"web-2","step":1,"name":"migrate","run":"01JD3Y6DWB2K9N6T4XM8QR1V3F","state":"completed","exit_code":3,"continued":true}"#;
+        let event: crate::messages::StepEndedEvent = serde_json::from_str(text).unwrap();
+        assert_eq!(event.outcome.step, 1);
+        assert_eq!(event.outcome.exit_code, Some(3));
+        assert!(!event.outcome.succeeded());
+        assert!(event.continued);
+        let wire = serde_json::to_value(&event).unwrap();
+        let expected: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(wire, expected, "the same members, none nested");
     }
 }

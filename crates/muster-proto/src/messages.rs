@@ -1031,26 +1031,11 @@ pub struct StepEndedEvent {
     pub ts_ms: crate::UnixMillis,
     /// The target's agent.
     pub agent: AgentName,
-    /// Step index (0-based).
-    pub step: u32,
     /// Step name.
     pub name: String,
-    /// The run that executed it.
-    pub run: RunId,
-    /// The run's final state.
-    pub state: RunState,
-    /// Exit code, when the process exited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    /// Signal that killed the process, when one did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    /// Why it failed, when the run says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Machine-readable reason, when the agent rejected the run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<ErrorCode>,
+    /// The step's index, its run and how the run ended.
+    #[serde(flatten)]
+    pub outcome: crate::jobs::StepOutcome,
     /// For a failed step: the target goes on anyway (`continue_on_failure`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continued: bool,

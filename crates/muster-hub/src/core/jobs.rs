@@ -769,15 +769,7 @@ fn record_step(job: &mut ActiveJob, out: &mut Vec<Numbered>, i: usize, step: u32
     }
     // Recorded as queued: the run's transitions, already on their way to the
     // driver, bring it up to date and end the step exactly once.
-    target.steps.push(StepOutcome {
-        step,
-        run: run.id,
-        state: RunState::Queued,
-        exit_code: None,
-        signal: None,
-        error: None,
-        error_code: None,
-    });
+    target.steps.push(StepOutcome::queued(step, run.id));
     target.started_ms.get_or_insert_with(now_ms);
     if !target.state.is_terminal() {
         target.state = TargetState::Queued;
@@ -813,11 +805,7 @@ fn run_changed(
     let outcome = target.steps.iter_mut().find(|s| s.run == run.id)?;
     let already_ended = outcome.state.is_terminal();
     if !already_ended {
-        outcome.state = run.state;
-        outcome.exit_code = run.exit_code;
-        outcome.signal = run.signal;
-        outcome.error = run.error.clone();
-        outcome.error_code = run.error_code;
+        *outcome = StepOutcome::of(step, run);
     }
     if !run.state.is_terminal() {
         if target.state == TargetState::Queued && run.state != RunState::Queued {
@@ -836,14 +824,8 @@ fn run_changed(
             seq: 0,
             ts_ms: 0,
             agent: target.agent.clone(),
-            step,
             name,
-            run: run.id,
-            state: run.state,
-            exit_code: run.exit_code,
-            signal: run.signal,
-            error: run.error.clone(),
-            error_code: run.error_code,
+            outcome: outcome.clone(),
             continued: !succeeded && continue_on_failure,
         };
         job.event(out, |_, seq, ts_ms| {

@@ -63,8 +63,10 @@ fn step_trail(events: &[HubToClient]) -> Vec<(String, &'static str, u32)> {
         .iter()
         .filter_map(|msg| match msg {
             HubToClient::JobStepStarted(e) => Some((e.agent.to_string(), "started", e.step)),
-            HubToClient::JobStepCompleted(e) => Some((e.agent.to_string(), "completed", e.step)),
-            HubToClient::JobStepFailed(e) => Some((e.agent.to_string(), "failed", e.step)),
+            HubToClient::JobStepCompleted(e) => {
+                Some((e.agent.to_string(), "completed", e.outcome.step))
+            }
+            HubToClient::JobStepFailed(e) => Some((e.agent.to_string(), "failed", e.outcome.step)),
             _ => None,
         })
         .collect()
@@ -159,7 +161,9 @@ async fn continue_on_failure_lets_the_target_go_on_and_succeed() {
     let failed: Vec<_> = seen
         .iter()
         .filter_map(|m| match m {
-            HubToClient::JobStepFailed(e) => Some((e.agent.to_string(), e.step, e.continued)),
+            HubToClient::JobStepFailed(e) => {
+                Some((e.agent.to_string(), e.outcome.step, e.continued))
+            }
             _ => None,
         })
         .collect();

@@ -137,7 +137,7 @@ async fn a_job_over_200_agents_reports_exactly_200_results() {
     assert_eq!(distinct, names.iter().collect::<HashSet<_>>());
     let completed = seen
         .iter()
-        .filter(|m| matches!(m, HubToClient::JobStepCompleted(e) if e.exit_code == Some(0)))
+        .filter(|m| matches!(m, HubToClient::JobStepCompleted(e) if e.outcome.exit_code == Some(0)))
         .count();
     assert_eq!(completed, AGENTS);
     assert!(

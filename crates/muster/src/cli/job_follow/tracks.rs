@@ -2,8 +2,9 @@
 //! it belongs to, which output frame is due next, the bytes not printed yet,
 //! and where its current subscription stands.
 
+use muster_proto::jobs::StepOutcome;
 use muster_proto::messages::StepEndedEvent;
-use muster_proto::{AgentName, ErrorCode, OutputStream, RunInfo, RunState};
+use muster_proto::{AgentName, OutputStream, RunInfo, RunState};
 
 /// An unfinished line longer than this is printed as a line of its own
 /// rather than held back without bound.
@@ -113,53 +114,26 @@ impl RunTrack {
 /// How a run ended, in a few words: `exit 0`, `signal 9`, `timed out`,
 /// `rejected: INVALID_PARAMS: …`.
 pub(super) fn outcome(run: &RunInfo) -> String {
-    Ending {
-        state: run.state,
-        exit_code: run.exit_code,
-        signal: run.signal,
-        error_code: run.error_code,
-        error: run.error.as_deref(),
-    }
-    .to_string()
+    describe(&StepOutcome::of(run.step.unwrap_or(0), run))
 }
 
 /// How a step's run ended, as [`outcome`] says it.
 pub(super) fn step_outcome(step: &StepEndedEvent) -> String {
-    Ending {
-        state: step.state,
-        exit_code: step.exit_code,
-        signal: step.signal,
-        error_code: step.error_code,
-        error: step.error.as_deref(),
-    }
-    .to_string()
+    describe(&step.outcome)
 }
 
-/// The parts of a run's end that say how it went.
-struct Ending<'a> {
-    state: RunState,
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    error_code: Option<ErrorCode>,
-    error: Option<&'a str>,
-}
-
-impl std::fmt::Display for Ending<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.state, self.exit_code, self.signal) {
-            (RunState::Completed, Some(code), _) => write!(f, "exit {code}"),
-            (RunState::Completed, None, Some(signal)) => write!(f, "signal {signal}"),
-            (RunState::TimedOut, ..) => f.write_str("timed out"),
-            (state, ..) => {
-                f.write_str(state.as_str())?;
-                match (&self.error_code, self.error) {
-                    (Some(code), Some(error)) => write!(f, ": {code}: {error}"),
-                    (None, Some(error)) => write!(f, ": {error}"),
-                    (Some(code), None) => write!(f, ": {code}"),
-                    (None, None) => Ok(()),
-                }
-            }
-        }
+fn describe(step: &StepOutcome) -> String {
+    let with_error = |what: &str| match (&step.error_code, &step.error) {
+        (Some(code), Some(error)) => format!("{what}: {code}: {error}"),
+        (None, Some(error)) => format!("{what}: {error}"),
+        (Some(code), None) => format!("{what}: {code}"),
+        (None, None) => what.to_owned(),
+    };
+    match (step.state, step.exit_code, step.signal) {
+        (RunState::Completed, Some(code), _) => format!("exit {code}"),
+        (RunState::Completed, None, Some(signal)) => format!("signal {signal}"),
+        (RunState::TimedOut, ..) => "timed out".to_owned(),
+        (state, ..) => with_error(state.as_str()),
     }
 }
 
