@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use muster_testkit::Proxy;
 use nix::sys::signal::{Signal, kill};
@@ -13,8 +12,6 @@ use serde_json::Value;
 
 use crate::fixture::{Cli, Server, path_in, tempdir};
 
-/// Longest the test waits for the job to move on.
-const PATIENCE: Duration = Duration::from_secs(60);
 /// Agents in the job.
 const AGENTS: [&str; 3] = ["batch-1", "batch-2", "batch-3"];
 
@@ -25,25 +22,9 @@ fn addr_of(hub: &Server) -> SocketAddr {
         .unwrap_or_else(|| panic!("unexpected hub url {}", hub.hub))
 }
 
-/// Polls `jobs show ID --json` until `pred` holds; a failed call (the hub is
-/// restarting) counts as not yet.
+/// Polls `jobs show ID --json` until `pred` holds.
 fn wait_job(cli: &Cli, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = Value::Null;
-    loop {
-        let out = cli.output(&["jobs", "show", id, "--json"]);
-        if out.status.success() {
-            last = serde_json::from_slice(&out.stdout).expect("jobs show json");
-            if pred(&last) {
-                return last;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last seen: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cli.wait_shown("jobs", id, what, pred)
 }
 
 fn count(job: &Value, field: &str) -> u64 {

@@ -8,13 +8,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muster_testkit::Proxy;
 use nix::sys::signal::{Signal, kill};
 use serde_json::Value;
 
-use crate::fixture::{Captured, Cli, PATIENCE, Server, path_in, tempdir};
+use crate::fixture::{Captured, Cli, Server, path_in, tempdir};
 /// Lines the paced command prints.
 const LINES: u32 = 20_000;
 /// How often the proxy cuts every connection through it.
@@ -77,25 +77,9 @@ fn terminal(run: &Value) -> bool {
     run["state"].as_str().is_some_and(|s| TERMINAL.contains(&s))
 }
 
-/// Polls `runs show ID --json` until `pred` holds (a failed call, such as
-/// while a hub restarts, counts as not yet); returns the run.
+/// Polls `runs show ID --json` until `pred` holds.
 fn wait_show(cli: &Cli, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = Value::Null;
-    loop {
-        let out = cli.output(&["runs", "show", id, "--json"]);
-        if out.status.success() {
-            last = serde_json::from_slice(&out.stdout).expect("runs show json");
-            if pred(&last) {
-                return last;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last seen: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cli.wait_shown("runs", id, what, pred)
 }
 
 /// Lines in the marker file: how many times the command started.

@@ -238,6 +238,34 @@ impl Cli {
         });
     }
 
+    /// Polls `muster KIND show ID --json` (`runs` or `jobs`) until `pred`
+    /// holds, for up to `PATIENCE`; a failed call (such as while a hub
+    /// restarts) counts as not yet. Returns what it showed last.
+    pub(crate) fn wait_shown(
+        &self,
+        kind: &str,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = Value::Null;
+        loop {
+            let out = self.output(&[kind, "show", id, "--json"]);
+            if out.status.success() {
+                last = serde_json::from_slice(&out.stdout).expect("show prints json");
+                if pred(&last) {
+                    return last;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last seen: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Polls `runs list` until one run matches `pred`; returns it.
     pub(crate) fn wait_run(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let mut found = None;
