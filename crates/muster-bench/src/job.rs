@@ -321,7 +321,7 @@ impl Watch {
     fn new(job: JobId) -> Self {
         Self {
             job,
-            channel: job.channel(),
+            channel: job.channel().to_string(),
             next_seq: 0,
             results: 0,
             failed: 0,

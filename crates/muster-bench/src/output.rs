@@ -59,7 +59,7 @@ pub(crate) async fn run(
     let replay_started = Instant::now();
     let mut replay = StreamCheck::new(run, pattern);
     client
-        .subscribe(&run.channel(), Some(0))
+        .subscribe(&run.channel().to_string(), Some(0))
         .await
         .context("subscribing to replay the stored output")?;
     replay.follow_replay(&mut events).await?;
@@ -182,7 +182,7 @@ impl StreamCheck {
 
     /// Reads replayed frames until `stream.synced` for the run's channel.
     async fn follow_replay(&mut self, events: &mut mpsc::Receiver<Event>) -> anyhow::Result<()> {
-        let channel = self.run.channel();
+        let channel = self.run.channel().to_string();
         loop {
             match next_event(events).await? {
                 Event::Output(frame) => self.frame(frame),

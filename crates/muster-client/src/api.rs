@@ -38,6 +38,7 @@ impl Client {
     pub async fn agents_matching(&self, selector: &str) -> Result<Vec<AgentInfo>, ClientError> {
         let request = ClientToHub::AgentList(AgentListQuery {
             selector: Some(selector.to_owned()),
+            ..AgentListQuery::default()
         });
         expect_reply!(self, request, "agent.list", HubToClient::AgentList(list) => list.agents)
     }

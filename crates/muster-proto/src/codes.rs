@@ -56,6 +56,13 @@ pub enum ErrorCode {
     /// The agent runs declared actions only (`exec = "actions-only"`) and
     /// refused a raw command. Nothing ran.
     CommandsDisabled,
+    /// The hub cannot write to its store (a full disk, an I/O error) and
+    /// accepts no change until it can again; retry later. Nothing was done.
+    StorageUnavailable,
+    /// An output frame skipped sequence numbers (an agent sent `seq` 5 when
+    /// 2 was next); the frame was dropped and not acknowledged. Send the
+    /// missing frames first.
+    OutputGap,
 }
 
 impl ErrorCode {
@@ -76,6 +83,7 @@ impl ErrorCode {
                 | Self::UnknownAction
                 | Self::InvalidParams
                 | Self::CommandsDisabled
+                | Self::OutputGap
         )
     }
 
@@ -104,6 +112,8 @@ impl ErrorCode {
             Self::UnknownAction => "UNKNOWN_ACTION",
             Self::InvalidParams => "INVALID_PARAMS",
             Self::CommandsDisabled => "COMMANDS_DISABLED",
+            Self::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            Self::OutputGap => "OUTPUT_GAP",
         }
     }
 }

@@ -20,9 +20,9 @@ impl RunId {
         Self(ulid::Ulid::new())
     }
 
-    /// The name of the channel that carries this run's status and output.
-    pub fn channel(&self) -> String {
-        format!("run:{}", self.0)
+    /// The channel that carries this run's status and output.
+    pub fn channel(&self) -> crate::Channel {
+        crate::Channel::Run(*self)
     }
 }
 
@@ -52,9 +52,9 @@ impl JobId {
         Self(ulid::Ulid::new())
     }
 
-    /// The name of the channel that carries this job's progress and step events.
-    pub fn channel(&self) -> String {
-        format!("job:{}", self.0)
+    /// The channel that carries this job's progress and step events.
+    pub fn channel(&self) -> crate::Channel {
+        crate::Channel::Job(*self)
     }
 }
 

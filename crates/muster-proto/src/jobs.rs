@@ -357,9 +357,15 @@ pub struct JobInfo {
     /// When it reached its final state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<UnixMillis>,
-    /// Every target, sorted by agent name. Absent from `job.list`.
+    /// Targets sorted by agent name: every one, or the first page of them
+    /// when `targets_next_cursor` is set (read the rest with `job.targets`).
+    /// Absent from `job.list`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<JobTarget>,
+    /// Present when `targets` holds only the first page: pass it as `cursor`
+    /// to `job.targets` for the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets_next_cursor: Option<String>,
 }
 
 impl JobInfo {

@@ -15,6 +15,7 @@
 
 pub mod actions;
 pub mod backoff;
+pub mod channel;
 pub mod codes;
 pub mod envelope;
 pub mod frame;
@@ -25,6 +26,7 @@ pub mod messages;
 pub mod selector;
 pub mod types;
 
+pub use channel::{Channel, UnknownChannel};
 pub use codes::{CloseCode, ErrorCode};
 pub use envelope::{DecodeError, Envelope};
 pub use frame::{OutputFrame, OutputHeader};

@@ -73,6 +73,9 @@ pub enum ClientToHub {
     /// Recent jobs, newest first, without targets; reply `job.list`.
     #[serde(rename = "job.list")]
     JobList(JobListQuery),
+    /// One page of a job's targets; reply `job.targets`.
+    #[serde(rename = "job.targets")]
+    JobTargets(JobTargetsQuery),
     /// Cancel a job: waiting targets end `cancelled`, running ones are killed; reply `ok`.
     #[serde(rename = "job.cancel")]
     JobCancel(JobRef),
@@ -102,6 +105,7 @@ impl Message for ClientToHub {
         "job.create",
         "job.get",
         "job.list",
+        "job.targets",
         "job.cancel",
         "subscribe",
         "unsubscribe",
@@ -169,6 +173,9 @@ pub enum HubToClient {
     /// Several jobs, without targets.
     #[serde(rename = "job.list")]
     JobList(JobList),
+    /// One page of a job's targets.
+    #[serde(rename = "job.targets")]
+    JobTargets(JobTargets),
     /// Event on `job:<id>`: target counts or the job's state changed.
     #[serde(rename = "job.progress")]
     JobProgress(JobProgressEvent),
@@ -223,6 +230,7 @@ impl Message for HubToClient {
         "job.accepted",
         "job.info",
         "job.list",
+        "job.targets",
         "job.progress",
         "job.step.started",
         "job.step.progress",
@@ -478,6 +486,13 @@ pub struct AgentListQuery {
     /// Only agents this selector matches (`role=web,env!=prod`, `web-*`, `all`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Continue after the page that returned this `next_cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// At most this many agents (default and most: 500; fewer when their
+    /// records would not fit in one message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// `agent.add`.
@@ -526,6 +541,9 @@ impl std::fmt::Debug for AgentAdded {
 pub struct AgentList {
     /// Agents sorted by name.
     pub agents: Vec<AgentInfo>,
+    /// Present when more agents follow: pass it as `cursor` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One agent.
@@ -572,9 +590,13 @@ pub struct RunListQuery {
     /// Only runs in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<RunState>,
-    /// At most this many (default 50, at most 1000).
+    /// At most this many (default 50, at most 1000; fewer when their records
+    /// would not fit in one message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Continue after the page that returned this `next_cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// One run.
@@ -589,6 +611,9 @@ pub struct RunEnvelope {
 pub struct RunList {
     /// Newest first.
     pub runs: Vec<RunInfo>,
+    /// Present when more runs follow: pass it as `cursor` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `run.queue`.
@@ -944,9 +969,39 @@ pub struct JobListQuery {
     /// Only jobs in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<JobState>,
-    /// At most this many (default 50, at most 1000).
+    /// At most this many (default 50, at most 1000; fewer when their records
+    /// would not fit in one message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Continue after the page that returned this `next_cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `job.targets` query: one page of a job's targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTargetsQuery {
+    /// Job id.
+    pub job: JobId,
+    /// Continue after the page that returned this `next_cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// At most this many targets (default and most: 1000; fewer when they
+    /// would not fit in one message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `job.targets` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobTargets {
+    /// Job id.
+    pub job: JobId,
+    /// Targets sorted by agent name.
+    pub targets: Vec<crate::jobs::JobTarget>,
+    /// Present when more targets follow: pass it as `cursor` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// One job.
@@ -961,6 +1016,9 @@ pub struct JobEnvelope {
 pub struct JobList {
     /// Newest first, without targets.
     pub jobs: Vec<JobInfo>,
+    /// Present when more jobs follow: pass it as `cursor` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `job.progress`.

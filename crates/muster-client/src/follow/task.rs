@@ -93,7 +93,7 @@ impl FollowTask {
     ) -> Self {
         Self {
             run,
-            channel: run.channel(),
+            channel: run.channel().to_string(),
             seq: SeqTracker::new(since),
             reconnector,
             events_tx,

@@ -33,14 +33,14 @@ async fn answer_subscribe(hub: &mut HubSide, run: RunId, since: u64, state: RunS
     let ClientToHub::Subscribe(subscribe) = request.msg else {
         panic!("expected subscribe, got {:?}", request.msg)
     };
-    assert_eq!(subscribe.channel, run.channel());
+    assert_eq!(subscribe.channel, run.channel().to_string());
     assert_eq!(
         subscribe.since,
         Some(since),
         "resubscribed from the wrong seq"
     );
     let subscribed = Subscribed {
-        channel: run.channel(),
+        channel: run.channel().to_string(),
         run: Some(run_info(run, state)),
         next_seq: None,
     };
@@ -49,7 +49,7 @@ async fn answer_subscribe(hub: &mut HubSide, run: RunId, since: u64, state: RunS
 }
 
 async fn synced(hub: &mut HubSide, run: RunId, next_seq: u64) {
-    let channel = run.channel();
+    let channel = run.channel().to_string();
     let synced = HubToClient::StreamSynced(StreamSynced {
         channel: channel.clone(),
         next_seq,

@@ -103,12 +103,18 @@ async fn requests_get_their_replies_and_events_flow() {
         assert_eq!(accept_hello(&mut hub, 30_000, 60_000).await, "tok");
         send(
             &mut hub,
-            Envelope::plain(HubToClient::AgentList(AgentList { agents: vec![] })),
+            Envelope::plain(HubToClient::AgentList(AgentList {
+                agents: vec![],
+                next_cursor: None,
+            })),
         )
         .await;
         let request = recv(&mut hub).await;
         assert!(matches!(request.msg, ClientToHub::AgentList(_)));
-        let reply = HubToClient::AgentList(AgentList { agents: vec![] });
+        let reply = HubToClient::AgentList(AgentList {
+            agents: vec![],
+            next_cursor: None,
+        });
         send(&mut hub, Envelope::reply(request.id, reply)).await;
         let request = recv(&mut hub).await;
         let error = ErrorData::new(ErrorCode::RunNotFound, "run not found");

@@ -302,6 +302,7 @@ impl Core {
             created_ms: now_ms(),
             finished_ms: None,
             targets,
+            targets_next_cursor: None,
         };
         match self.store.insert_job(&job).await {
             Ok(()) => {}

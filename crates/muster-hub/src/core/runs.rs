@@ -326,7 +326,7 @@ impl Core {
         }
         for (run, position) in changed {
             self.publish_event(
-                &run.channel(),
+                &run.channel().to_string(),
                 HubToClient::RunQueue(RunQueue { run, position }),
             );
         }
@@ -364,7 +364,7 @@ impl Core {
             tracing::error!(run = %id, error = %format!("{e:#}"), "persisting run failed");
         }
         let status = HubToClient::RunStatus(RunEnvelope { run: run.clone() });
-        self.publish(&id.channel(), status, run.state.is_terminal());
+        self.publish(&id.channel().to_string(), status, run.state.is_terminal());
         if run.job.is_some() {
             self.signal_job(super::JobSignal::RunChanged(Box::new(run.clone())));
         }

@@ -143,6 +143,7 @@ async fn send_welcome(
     writer
         .send(&Envelope::plain(HubToClient::AgentList(AgentList {
             agents,
+            next_cursor: None,
         })))
         .await
 }

@@ -110,6 +110,7 @@ impl Session {
             }
             ClientToHub::AgentList(query) => HubToClient::AgentList(AgentList {
                 agents: agents(&core, query).await?,
+                next_cursor: None,
             }),
             ClientToHub::AgentGet(r) => HubToClient::AgentInfo(AgentEnvelope {
                 agent: core.agent(&r.name).await?,
@@ -142,6 +143,7 @@ impl Session {
             }),
             ClientToHub::RunList(q) => HubToClient::RunList(RunList {
                 runs: core.runs(&q).await?,
+                next_cursor: None,
             }),
             ClientToHub::RunCancel(r) => {
                 core.cancel_run(r.run).await?;
@@ -153,7 +155,15 @@ impl Session {
             }),
             ClientToHub::JobList(q) => HubToClient::JobList(JobList {
                 jobs: core.jobs(&q).await?,
+                next_cursor: None,
             }),
+            ClientToHub::JobTargets(q) => {
+                HubToClient::JobTargets(muster_proto::messages::JobTargets {
+                    job: q.job,
+                    targets: core.job(q.job).await?.targets,
+                    next_cursor: None,
+                })
+            }
             ClientToHub::JobCancel(r) => {
                 core.cancel_job(r.job).await?;
                 HubToClient::Ok(Empty {})
@@ -176,7 +186,7 @@ impl Session {
             .prepare_run(&self.principal, create.request)
             .await?;
         if create.subscribe {
-            self.subscribe_live(&run.id.channel());
+            self.subscribe_live(&run.id.channel().to_string());
         }
         if created {
             self.core.enqueue_run(run.clone()).await?;
@@ -194,7 +204,7 @@ impl Session {
         // elsewhere, so the client subscribes with `since` to replay them.
         if created {
             if create.subscribe {
-                self.subscribe_live(&job.id.channel());
+                self.subscribe_live(&job.id.channel().to_string());
             }
             self.core.start_job(job.id);
         }

@@ -157,7 +157,7 @@ pub(crate) async fn until_run_ends(
 
 /// Every message on `job:<id>` until its final `job.progress`, in arrival order.
 pub(crate) async fn job_events(events: &mut mpsc::Receiver<Event>, job: JobId) -> Vec<HubToClient> {
-    let channel = job.channel();
+    let channel = job.channel().to_string();
     let mut seen = Vec::new();
     tokio::time::timeout(WAIT, async {
         loop {

@@ -141,7 +141,9 @@ async fn a_workflow_reports_its_steps_in_order_and_stops_a_failed_target() {
 
     // The channel replays exactly what was published live.
     let (late, mut late_events) = hub.client().await;
-    late.subscribe(&job.id.channel(), Some(0)).await.unwrap();
+    late.subscribe(&job.id.channel().to_string(), Some(0))
+        .await
+        .unwrap();
     let replayed = job_events(&mut late_events, job.id).await;
     assert_eq!(replayed, seen);
 }
@@ -384,7 +386,7 @@ async fn a_job_create_sent_again_with_its_key_finds_the_same_job() {
     assert_eq!(second.job.id, first.job.id);
     assert_eq!(second.job.idempotency_key.as_deref(), Some("deploy-42"));
     again
-        .subscribe(&first.job.id.channel(), Some(0))
+        .subscribe(&first.job.id.channel().to_string(), Some(0))
         .await
         .unwrap();
     assert_eq!(job_events(&mut again_events, first.job.id).await, seen);

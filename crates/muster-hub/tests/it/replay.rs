@@ -26,7 +26,10 @@ async fn late_subscriber_gets_every_chunk_once_in_order() {
     })
     .await
     .expect("output starts");
-    let subscribed = client.subscribe(&run.id.channel(), Some(0)).await.unwrap();
+    let subscribed = client
+        .subscribe(&run.id.channel().to_string(), Some(0))
+        .await
+        .unwrap();
     assert_eq!(subscribed.run.unwrap().id, run.id);
 
     let (mut stdout, mut seqs, mut synced) = (Vec::new(), Vec::new(), false);
@@ -97,7 +100,10 @@ async fn output_past_the_cap_is_dropped_and_the_run_marked_truncated() {
     assert_eq!(received, 100_000);
 
     // A later reader is told explicitly that the stored stream ends at the cap.
-    client.subscribe(&id.channel(), Some(0)).await.unwrap();
+    client
+        .subscribe(&id.channel().to_string(), Some(0))
+        .await
+        .unwrap();
     let synced = tokio::time::timeout(WAIT, async {
         loop {
             if let Event::Message(env) = events.recv().await.expect("events open")

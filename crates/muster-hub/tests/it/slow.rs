@@ -44,7 +44,10 @@ async fn a_client_that_stops_reading_is_dropped_and_others_get_everything() {
 
     // A second client follows the same run from the start and gets all of it.
     let (client, mut events) = hub.client().await;
-    client.subscribe(&run.channel(), Some(0)).await.unwrap();
+    client
+        .subscribe(&run.channel().to_string(), Some(0))
+        .await
+        .unwrap();
     let (finished, received) = until_run_ends(&mut events).await;
     assert_eq!(finished.state, RunState::Completed);
     assert_eq!(received, TOTAL);
@@ -67,7 +70,10 @@ async fn a_client_that_stops_reading_is_dropped_and_others_get_everything() {
 
     // And it can fetch everything again from the store.
     let (again, mut replay) = hub.client().await;
-    again.subscribe(&run.channel(), Some(0)).await.unwrap();
+    again
+        .subscribe(&run.channel().to_string(), Some(0))
+        .await
+        .unwrap();
     let mut replayed = 0;
     tokio::time::timeout(WAIT, async {
         loop {

@@ -67,6 +67,7 @@ async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     let query = JobListQuery {
         state: args.state,
         limit: args.limit,
+        cursor: None,
     };
     let jobs = client.jobs(query).await?;
     client.close().await;

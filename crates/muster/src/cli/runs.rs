@@ -82,6 +82,7 @@ async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
         agent: args.agent.clone(),
         state: args.state,
         limit: args.limit,
+        cursor: None,
     };
     let runs = match &args.agent {
         Some(agent) => client.runs(query).await.map_err(agent_error(agent))?,

@@ -266,7 +266,7 @@ impl<'a> Follower<'a> {
         Self {
             conn,
             job: job.id,
-            channel: job.id.channel(),
+            channel: job.id.channel().to_string(),
             options,
             interrupts,
             next_seq: 0,
@@ -462,7 +462,7 @@ impl<'a> Follower<'a> {
         }
         let track = RunTrack::new(started.agent, started.name);
         self.runs.insert(started.run, track);
-        link.subscribe(Sub::Run(started.run), started.run.channel(), 0);
+        link.subscribe(Sub::Run(started.run), started.run.channel().to_string(), 0);
         Ok(())
     }
 
@@ -700,7 +700,7 @@ impl<'a> Follower<'a> {
         for (run, track) in &mut self.runs {
             if !track.done {
                 track.sub = Default::default();
-                link.subscribe(Sub::Run(*run), run.channel(), track.next_seq);
+                link.subscribe(Sub::Run(*run), run.channel().to_string(), track.next_seq);
             }
         }
     }
