@@ -11,12 +11,14 @@
 //! reconnect and resume from its last sequence number.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::outbound::Outbound;
 
 /// One encoded WebSocket message.
 #[derive(Clone, Debug)]
@@ -48,26 +50,54 @@ pub struct Delivery {
     pub last: bool,
 }
 
-/// A connection's inbox, registered with [`Broker::subscribe`].
+/// A connection's queue, registered with [`Broker::subscribe`] and used for
+/// replies and agent messages too.
 #[derive(Clone, Debug)]
 pub struct Subscriber {
     /// Bounded queue into the connection task.
-    pub tx: mpsc::Sender<Delivery>,
+    pub tx: mpsc::Sender<Outbound>,
     /// Cancelled when `tx` is full: the connection must close as a slow consumer.
     pub overflow: CancellationToken,
+}
+
+impl Subscriber {
+    /// Queues `item` without waiting; a full queue flags the connection as a
+    /// slow consumer instead. A closed one (the connection ended) drops it.
+    pub fn send(&self, item: Outbound) {
+        match self.tx.try_send(item) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.overflow.cancel(),
+        }
+    }
 }
 
 /// Removes its subscription when dropped.
 pub struct SubscriptionGuard {
     unsubscribe: Option<Box<dyn FnOnce() + Send + Sync>>,
+    paused: Arc<AtomicBool>,
 }
 
 impl SubscriptionGuard {
-    /// A guard that runs `unsubscribe` on drop.
-    pub fn new(unsubscribe: impl FnOnce() + Send + Sync + 'static) -> Self {
+    /// A guard that runs `unsubscribe` on drop; while `paused` is set, the
+    /// subscription receives nothing.
+    pub fn new(
+        paused: Arc<AtomicBool>,
+        unsubscribe: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
         Self {
             unsubscribe: Some(Box::new(unsubscribe)),
+            paused,
         }
+    }
+
+    /// Stops the subscription receiving anything until [`SubscriptionGuard::resume`].
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    /// Lets a paused subscription receive what is published from now on.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
     }
 }
 
@@ -89,18 +119,17 @@ impl std::fmt::Debug for SubscriptionGuard {
 pub trait Broker: Send + Sync + 'static {
     /// Delivers `delivery` to every current subscriber of its channel, without blocking.
     fn publish(&self, delivery: Delivery);
-    /// Subscribes `subscriber` to `channel` until the guard is dropped.
-    fn subscribe(&self, channel: &str, subscriber: Subscriber) -> SubscriptionGuard;
+    /// Subscribes `subscriber` to `channel` until the guard is dropped. A
+    /// subscription taken `paused` receives nothing until
+    /// [`SubscriptionGuard::resume`]: a replay from the store runs meanwhile,
+    /// so live frames do not pile up behind it.
+    fn subscribe(&self, channel: &str, subscriber: Subscriber, paused: bool) -> SubscriptionGuard;
 }
 
-type Channels = HashMap<Arc<str>, HashMap<u64, Subscriber>>;
+type Channels = HashMap<Arc<str>, HashMap<u64, (Subscriber, Arc<AtomicBool>)>>;
 
-/// Subscribers of this channel receive every publish except internal ones.
+/// Subscribers of this channel receive every publish.
 pub const WILDCARD_CHANNEL: &str = "*";
-
-/// Channels with this prefix are hub-internal (agents' control inboxes) and
-/// never reach the wildcard.
-pub const INTERNAL_PREFIX: &str = "agent-inbox:";
 
 /// A [`Broker`] for one process: a map from channel to subscribers.
 #[derive(Clone, Default)]
@@ -120,39 +149,37 @@ impl InProcessBroker {
 impl Broker for InProcessBroker {
     fn publish(&self, delivery: Delivery) {
         let channels = self.channels.lock().expect("broker lock poisoned");
-        let wildcard = channels
-            .get(WILDCARD_CHANNEL)
-            .filter(|_| !delivery.channel.starts_with(INTERNAL_PREFIX));
+        let wildcard = channels.get(WILDCARD_CHANNEL);
+        fn live((subscriber, paused): &(Subscriber, Arc<AtomicBool>)) -> Option<&Subscriber> {
+            (!paused.load(Ordering::Acquire)).then_some(subscriber)
+        }
         let direct: Vec<&Subscriber> = channels
             .get(&delivery.channel)
-            .map(|s| s.values().collect())
+            .map(|s| s.values().filter_map(live).collect())
             .unwrap_or_default();
         // A connection subscribed both directly and to the wildcard gets one copy.
         let extra = wildcard
             .into_iter()
-            .flat_map(|s| s.values())
+            .flat_map(|s| s.values().filter_map(live))
             .filter(|w| !direct.iter().any(|d| d.tx.same_channel(&w.tx)));
         let targets: Vec<&Subscriber> = direct.iter().copied().chain(extra).collect();
         for subscriber in targets {
-            match subscriber.tx.try_send(delivery.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => subscriber.overflow.cancel(),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+            subscriber.send(Outbound::Delivery(delivery.clone()));
         }
     }
 
-    fn subscribe(&self, channel: &str, subscriber: Subscriber) -> SubscriptionGuard {
+    fn subscribe(&self, channel: &str, subscriber: Subscriber, paused: bool) -> SubscriptionGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let channel: Arc<str> = Arc::from(channel);
+        let paused = Arc::new(AtomicBool::new(paused));
         self.channels
             .lock()
             .expect("broker lock poisoned")
             .entry(channel.clone())
             .or_default()
-            .insert(id, subscriber);
+            .insert(id, (subscriber, paused.clone()));
         let channels = Arc::downgrade(&self.channels);
-        SubscriptionGuard::new(move || {
+        SubscriptionGuard::new(paused, move || {
             let Some(channels) = channels.upgrade() else {
                 return;
             };
@@ -171,10 +198,17 @@ impl Broker for InProcessBroker {
 mod tests {
     use super::*;
 
-    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Delivery>) {
+    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(capacity);
         let overflow = CancellationToken::new();
         (Subscriber { tx, overflow }, rx)
+    }
+
+    fn seq(item: Option<Outbound>) -> Option<u64> {
+        match item {
+            Some(Outbound::Delivery(d)) => d.seq,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
     }
 
     fn delivery(channel: &str, n: u8) -> Delivery {
@@ -191,10 +225,10 @@ mod tests {
         let broker = InProcessBroker::new();
         let (a, mut a_rx) = subscriber(4);
         let (b, mut b_rx) = subscriber(4);
-        let _ga = broker.subscribe("run:1", a);
-        let _gb = broker.subscribe("run:2", b);
+        let _ga = broker.subscribe("run:1", a, false);
+        let _gb = broker.subscribe("run:2", b, false);
         broker.publish(delivery("run:1", 7));
-        assert_eq!(a_rx.recv().await.unwrap().seq, Some(7));
+        assert_eq!(seq(a_rx.recv().await), Some(7));
         assert!(b_rx.try_recv().is_err());
     }
 
@@ -204,36 +238,47 @@ mod tests {
         let (slow, _slow_rx) = subscriber(1);
         let (fast, mut fast_rx) = subscriber(8);
         let slow_overflow = slow.overflow.clone();
-        let _g1 = broker.subscribe("fleet", slow);
-        let _g2 = broker.subscribe("fleet", fast);
+        let _g1 = broker.subscribe("fleet", slow, false);
+        let _g2 = broker.subscribe("fleet", fast, false);
         for n in 0..3 {
             broker.publish(delivery("fleet", n));
         }
         assert!(slow_overflow.is_cancelled());
         for n in 0..3u64 {
-            assert_eq!(fast_rx.recv().await.unwrap().seq, Some(n));
+            assert_eq!(seq(fast_rx.recv().await), Some(n));
         }
     }
 
     #[tokio::test]
-    async fn the_wildcard_sees_everything_once_but_internal_channels() {
+    async fn the_wildcard_sees_everything_once() {
         let broker = InProcessBroker::new();
         let (s, mut rx) = subscriber(8);
-        let _all = broker.subscribe(WILDCARD_CHANNEL, s.clone());
-        let _fleet = broker.subscribe("fleet", s);
+        let _all = broker.subscribe(WILDCARD_CHANNEL, s.clone(), false);
+        let _fleet = broker.subscribe("fleet", s, false);
         broker.publish(delivery("run:1", 1));
         broker.publish(delivery("fleet", 2));
-        broker.publish(delivery("agent-inbox:web-1", 3));
-        assert_eq!(rx.recv().await.unwrap().seq, Some(1));
-        assert_eq!(rx.recv().await.unwrap().seq, Some(2));
-        assert!(rx.try_recv().is_err(), "no duplicate, no internal message");
+        assert_eq!(seq(rx.recv().await), Some(1));
+        assert_eq!(seq(rx.recv().await), Some(2));
+        assert!(rx.try_recv().is_err(), "no duplicate");
+    }
+
+    #[tokio::test]
+    async fn a_paused_subscription_gets_nothing_until_resumed() {
+        let broker = InProcessBroker::new();
+        let (s, mut rx) = subscriber(4);
+        let guard = broker.subscribe("run:1", s, true);
+        broker.publish(delivery("run:1", 1));
+        assert!(rx.try_recv().is_err());
+        guard.resume();
+        broker.publish(delivery("run:1", 2));
+        assert_eq!(seq(rx.recv().await), Some(2));
     }
 
     #[tokio::test]
     async fn dropping_the_guard_unsubscribes() {
         let broker = InProcessBroker::new();
         let (s, mut rx) = subscriber(4);
-        drop(broker.subscribe("fleet", s));
+        drop(broker.subscribe("fleet", s, false));
         broker.publish(delivery("fleet", 1));
         assert!(broker.channels.lock().unwrap().is_empty());
         assert!(rx.recv().await.is_none());

@@ -1,17 +1,37 @@
 //! The Muster hub as a library.
 //!
-//! [`Hub::open`] loads configuration and the store; [`Hub::serve`] takes a bound
-//! listener (so tests pass `127.0.0.1:0`) and runs until the shutdown token is
-//! cancelled. The binary in `crates/muster` is a thin wrapper around this.
+//! [`Hub::open`] loads configuration and the store and starts the engine;
+//! [`Hub::serve`] takes a bound listener (so tests pass `127.0.0.1:0`) and
+//! runs until the shutdown token is cancelled; [`Hub::close`] lets the
+//! engine commit what it holds. The binary in `crates/muster` is a thin
+//! wrapper around this.
+//!
+//! Codemap:
+//! - [`engine`]: the state machine (agents, presence, runs, queues, jobs),
+//!   with no transport, store or clock of its own;
+//! - `runtime`: the engine's task; `writer`: the only task that writes to
+//!   the store, then carries out what each batch promised;
+//! - [`store`]: the persistence seam and its SQLite implementation;
+//!   [`broker`]: the fan-out seam and its in-process implementation;
+//! - [`delivery`]: subscriptions, duplicates, gaps and replay of one
+//!   connection, with no socket; `reads`: requests answered from the store;
+//! - `ws`: the only transport adapter.
 
 pub mod auth;
 pub mod broker;
+mod clock;
 pub mod config;
-pub mod core;
+pub mod delivery;
+pub mod engine;
 pub mod metrics;
+mod outbound;
+mod paging;
+pub mod reads;
+mod runtime;
 pub mod scheduler;
 pub mod store;
 mod validate;
+mod writer;
 mod ws;
 
 use std::sync::Arc;
@@ -19,7 +39,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use muster_proto::{AgentInfo, AgentName, AgentStatus, Envelope, HubToClient};
+use muster_proto::messages::AgentEnvelope;
+use muster_proto::{AgentName, AgentStatus, Envelope, HubToClient};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -27,19 +48,31 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::Secret;
 pub use broker::{Broker, InProcessBroker};
+pub use clock::now_ms;
 pub use config::HubConfig;
+pub use outbound::{Outbound, Reply};
 pub use store::{SqliteStore, Store};
+pub use writer::Health;
+
+use crate::broker::{Frame, Subscriber};
+use crate::engine::{Engine, Input, Request};
 
 /// Time connections get to close after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How often runs are checked for an expired TTL or a lost agent. Deadlines
-/// are therefore met within this much.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Time the engine and writer get to commit what they hold at the end.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
-/// A hub: its core state, ready to serve.
+/// A hub: its engine and seams, ready to serve. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    core: Arc<core::Core>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<HubConfig>,
+    store: Arc<dyn Store>,
+    broker: Arc<dyn Broker>,
+    running: runtime::Running,
 }
 
 /// The result of opening a hub.
@@ -51,39 +84,63 @@ pub struct Opened {
 }
 
 impl Hub {
-    /// Validates `config`, opens the SQLite store in its data dir, and recovers state.
+    /// Validates `config`, opens the SQLite store in its data dir, and
+    /// starts the hub over it with an in-process broker.
     pub async fn open(config: HubConfig) -> anyhow::Result<Opened> {
         config.validate()?;
         let store = SqliteStore::open(&config.data_dir).await?;
-        let core = Arc::new(core::Core::new(
-            config,
-            Arc::new(store),
-            Arc::new(InProcessBroker::new()),
-        ));
-        core.recover().await.context("recovering runs")?;
-        core.recover_jobs().await.context("recovering jobs")?;
-        core.spawn_job_driver();
-        let initial_admin_token = if core.store.api_key_count().await? == 0 {
-            Some(core.mint_api_key("admin", core::ROLE_ADMIN, false).await?)
-        } else {
-            None
+        Self::with_parts(config, Arc::new(store), Arc::new(InProcessBroker::new())).await
+    }
+
+    /// Starts a hub over `store` and `broker`: loads what the store holds,
+    /// recovers runs and jobs, and on an empty store mints the first admin key.
+    pub async fn with_parts(
+        config: HubConfig,
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+    ) -> anyhow::Result<Opened> {
+        config.validate()?;
+        let snapshot = store.load().await.context("loading the store")?;
+        let hub_id = config
+            .hub_id
+            .clone()
+            .unwrap_or_else(|| format!("hub-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        let config = Arc::new(config);
+        let engine = Engine::new(config.clone(), hub_id, snapshot, now_ms());
+        let fresh = engine.api_key_count() == 0;
+        let page_bytes = config.max_message_bytes / 2;
+        let running = runtime::start(engine, store.clone(), broker.clone(), page_bytes);
+        let hub = Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                broker,
+                running,
+            }),
+        };
+        let initial_admin_token = match fresh {
+            true => Some(hub.mint_admin_key("admin", false).await?),
+            false => None,
         };
         Ok(Opened {
-            hub: Self { core },
+            hub,
             initial_admin_token,
         })
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &HubConfig {
-        &self.core.config
+        &self.inner.config
+    }
+
+    /// Whether the store takes writes.
+    pub fn health(&self) -> &Health {
+        self.inner.running.handle.health()
     }
 
     /// Mints an admin API key named `name`; with `replace`, older keys of that name are revoked.
     pub async fn mint_admin_key(&self, name: &str, replace: bool) -> anyhow::Result<Secret> {
-        self.core
-            .mint_api_key(name, core::ROLE_ADMIN, replace)
-            .await
+        self.mint(name, engine::ROLE_ADMIN, replace).await
     }
 
     /// Mints an API key with `role` (`admin`, `operator` or `viewer`). Only admin
@@ -93,37 +150,71 @@ impl Hub {
             matches!(role, "admin" | "operator" | "viewer"),
             "unknown role {role:?}: use admin, operator or viewer"
         );
-        self.core.mint_api_key(name, role, false).await
+        self.mint(name, role, false).await
+    }
+
+    async fn mint(&self, name: &str, role: &str, replace: bool) -> anyhow::Result<Secret> {
+        let (name, role) = (name.to_owned(), role.to_owned());
+        self.inner
+            .running
+            .handle
+            .ask(|reply| Input::MintKey {
+                name,
+                role,
+                replace,
+                reply,
+            })
+            .await
+            .context("the hub's engine is gone")
     }
 
     /// Returns a fresh token for agent `name`, registering it if needed.
     pub async fn agent_token(&self, name: &AgentName) -> anyhow::Result<Secret> {
-        self.core.rotate_agent_token(name, Default::default()).await
+        let name = name.clone();
+        let token = self
+            .inner
+            .running
+            .handle
+            .ask(|reply| Input::AgentToken { name, reply })
+            .await
+            .context("the hub's engine is gone")?;
+        token.map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Waits until agent `name` is online.
     pub async fn wait_online(&self, name: &AgentName) {
-        let (tx, mut rx) = mpsc::channel(64);
-        let overflow = CancellationToken::new();
-        let _guard = self
-            .core
-            .broker
-            .subscribe(core::FLEET_CHANNEL, broker::Subscriber { tx, overflow });
-        if self.core.is_online(name) {
+        let (tx, mut rx) = mpsc::channel(256);
+        let queue = Subscriber {
+            tx,
+            overflow: CancellationToken::new(),
+        };
+        let _fleet = self.inner.broker.subscribe("fleet", queue.clone(), false);
+        let ask = Input::Request {
+            principal: Arc::new(muster_proto::messages::Principal {
+                kind: "hub".into(),
+                name: "hub".into(),
+                role: None,
+            }),
+            to: queue,
+            re: None,
+            request: Request::AgentGet(name.clone()),
+        };
+        if !self.inner.running.handle.send(ask).await {
             return;
         }
-        while let Some(delivery) = rx.recv().await {
-            let broker::Frame::Text(bytes) = delivery.frame else {
-                continue;
+        while let Some(item) = rx.recv().await {
+            let msg = match item {
+                Outbound::Reply(reply) => reply.msg,
+                Outbound::Delivery(delivery) => match decode(&delivery.frame) {
+                    Some(msg) => msg,
+                    None => continue,
+                },
+                Outbound::Agent(_) => continue,
             };
-            let Ok(text) = std::str::from_utf8(&bytes) else {
-                continue;
-            };
-            if let Ok(Envelope {
-                msg: HubToClient::AgentStatus(status),
-                ..
-            }) = Envelope::decode(text)
-                && is_online(&status.agent, name)
+            if let HubToClient::AgentInfo(AgentEnvelope { agent })
+            | HubToClient::AgentStatus(AgentEnvelope { agent }) = msg
+                && &agent.name == name
+                && agent.status == AgentStatus::Online
             {
                 return;
             }
@@ -138,14 +229,17 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        let config = self.inner.config.clone();
         let state = ws::AppState {
-            core: self.core.clone(),
-            connections: Arc::new(Semaphore::new(self.core.config.max_connections)),
+            engine: self.inner.running.handle.clone(),
+            broker: self.inner.broker.clone(),
+            history: delivery::History::new(self.inner.store.clone()),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
             next_conn_id: Arc::new(AtomicU64::new(1)),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            config,
         };
-        tracker.spawn(sweep(self.core.clone(), shutdown.clone()));
         let app = ws::router(state);
         // Events are small and latency-bound; never let Nagle hold them back.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -166,20 +260,22 @@ impl Hub {
         }
         Ok(())
     }
-}
 
-/// Ends runs past their deadlines until shutdown.
-async fn sweep(core: Arc<core::Core>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => core.sweep().await,
+    /// Lets the engine and the writer commit and carry out what they hold,
+    /// a bounded time. Does nothing while other clones of the hub live.
+    pub async fn close(self) {
+        if let Ok(inner) = Arc::try_unwrap(self.inner) {
+            inner.running.close(DRAIN_GRACE).await;
         }
     }
 }
 
-fn is_online(agent: &AgentInfo, name: &AgentName) -> bool {
-    &agent.name == name && agent.status == AgentStatus::Online
+fn decode(frame: &Frame) -> Option<HubToClient> {
+    let Frame::Text(bytes) = frame else {
+        return None;
+    };
+    let text = std::str::from_utf8(bytes).ok()?;
+    Envelope::<HubToClient>::decode(text)
+        .ok()
+        .map(|env| env.msg)
 }

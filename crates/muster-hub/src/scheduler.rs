@@ -63,6 +63,15 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Puts a run back in its agent's queue after a restart, even past the bound.
+    pub fn restore_queued(&mut self, agent: &AgentName, run: RunId, priority: i32) {
+        let queue = self.agents.entry(agent.clone()).or_default();
+        self.arrivals += 1;
+        let key = (Reverse(priority), self.arrivals, run);
+        queue.waiting.insert(key);
+        queue.keys.insert(run, key);
+    }
+
     /// Marks an agent online with its concurrency limit (at least 1).
     pub fn set_online(&mut self, agent: &AgentName, limit: u32) {
         self.agents.entry(agent.clone()).or_default().limit = Some(limit.max(1));

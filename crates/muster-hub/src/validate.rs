@@ -3,7 +3,7 @@
 use muster_proto::ErrorCode;
 use muster_proto::types::RunRequest;
 
-use crate::core::ApiError;
+use crate::engine::ApiError;
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;

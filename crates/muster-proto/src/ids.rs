@@ -14,10 +14,21 @@ use crate::limits::{MAX_AGENT_NAME_LEN, MAX_REQUEST_ID_LEN};
 #[serde(transparent)]
 pub struct RunId(pub ulid::Ulid);
 
+/// Ids made by this process, in increasing order even within one
+/// millisecond, so that sorting by id sorts by creation.
+static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+
+/// A new ULID, greater than every one this process made before.
+fn next_ulid() -> ulid::Ulid {
+    let mut ids = IDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Only 2^80 ids in one millisecond overflow the generator.
+    ids.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
 impl RunId {
-    /// A fresh id for a run created now.
+    /// A fresh id for a run created now, after every run this process created.
     pub fn generate() -> Self {
-        Self(ulid::Ulid::new())
+        Self(next_ulid())
     }
 
     /// The channel that carries this run's status and output.
@@ -47,9 +58,9 @@ impl FromStr for RunId {
 pub struct JobId(pub ulid::Ulid);
 
 impl JobId {
-    /// A fresh id for a job created now.
+    /// A fresh id for a job created now, after every job this process created.
     pub fn generate() -> Self {
-        Self(ulid::Ulid::new())
+        Self(next_ulid())
     }
 
     /// The channel that carries this job's progress and step events.

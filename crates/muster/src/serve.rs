@@ -217,6 +217,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Ok(Err(e)) = agent.await {
         tracing::warn!(error = %format!("{e:#}"), "local agent stopped with an error");
     }
+    hub.close().await;
     served.map(|()| ExitCode::SUCCESS)
 }
 
@@ -243,6 +244,7 @@ pub(crate) async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
     std::io::stdout().flush()?;
     tracing::info!(%url, data_dir = %opened.hub.config().data_dir.display(), "hub listening");
     opened.hub.serve(listener, shutdown_on_signal()).await?;
+    opened.hub.close().await;
     Ok(ExitCode::SUCCESS)
 }
 

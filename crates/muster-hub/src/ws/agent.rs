@@ -1,5 +1,9 @@
-//! One agent connection: handshake, presence, then one `select!` over frames
-//! from the agent, control messages from its inbox, heartbeats and shutdown.
+//! One agent connection: handshake, presence (a guard), then one `select!`
+//! over frames from the agent, messages for it, liveness and shutdown.
+//!
+//! Everything the agent reports goes to the engine as an input, in the order
+//! it arrived; acknowledgements and control messages come back on the
+//! connection's queue once the engine's batch is committed.
 
 use std::sync::Arc;
 
@@ -7,92 +11,103 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::SplitStream;
-use muster_proto::messages::{AgentHello, ConnectionAck, ErrorData, Heartbeat, Principal};
-use muster_proto::{
-    AgentName, AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame,
-    PROTOCOL_VERSION,
-};
+use muster_proto::messages::{AgentHello, ErrorData, Heartbeat, Principal};
+use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::AppState;
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
-use super::ingest::Ingest;
 use crate::broker::Subscriber;
-use crate::core::{ConnControl, Core, agent_inbox};
-use crate::store::AgentRecord;
+use crate::clock::now_ms;
+use crate::engine::{AgentConn, AgentLink, ConnControl, Engine, Input, LastSeen, PresenceGuard};
+use crate::outbound::Outbound;
 
-/// Control messages queued for one agent. They are small and rare; overflowing
-/// this means the agent stopped reading, and it is dropped as a slow consumer.
-const AGENT_INBOX_FRAMES: usize = 1024;
+/// Messages queued for one agent: acknowledgements and `run.start`s. An
+/// agent that lets this many pile up has stopped reading, and is dropped as
+/// a slow consumer.
+const AGENT_QUEUE: usize = 1024;
 
 /// Serves one agent WebSocket until it closes or the hub shuts down.
-pub(crate) async fn serve(
-    core: Arc<Core>,
-    socket: WebSocket,
-    conn_id: u64,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink);
-    let Some((record, hello)) = handshake(&core, &mut stream, &mut writer).await else {
+    let Some(hello) = read_hello(&state, &mut stream, &mut writer).await else {
         return;
     };
-    let name = record.name.clone();
-    let control = ConnControl::default();
-    let (tx, rx) = mpsc::channel(AGENT_INBOX_FRAMES);
+    let (tx, rx) = mpsc::channel(AGENT_QUEUE);
     let overflow = CancellationToken::new();
-    let _inbox = core.broker.subscribe(
-        &agent_inbox(&name),
-        Subscriber {
-            tx,
-            overflow: overflow.clone(),
-        },
-    );
-    match core
-        .agent_connected(&record, &hello, conn_id, control.clone())
-        .await
-    {
-        Ok(_) => tracing::info!(agent = %name, conn_id, "agent connected"),
-        Err(e) => {
-            tracing::error!(agent = %name, error = %format!("{e:#}"), "registering agent failed");
-            writer.close(CloseCode::GOING_AWAY, "internal error").await;
-            return;
-        }
-    }
-    let mut conn = AgentConn {
-        core: core.clone(),
-        name: name.clone(),
-        writer,
-        ingest: Ingest::start(core.clone(), name.clone()),
+    let queue = Subscriber {
+        tx,
+        overflow: overflow.clone(),
     };
-    let end = conn
-        .run(&mut stream, rx, &control, &overflow, &shutdown, conn_id)
+    let control = ConnControl::default();
+    let last_seen = LastSeen::default();
+    let conn = AgentConn {
+        conn_id,
+        tx: queue.clone(),
+        control: control.clone(),
+        last_seen: last_seen.clone(),
+    };
+    let accepted = state
+        .engine
+        .ask(|reply| Input::AgentHello {
+            hello: Box::new(hello),
+            conn,
+            reply,
+        })
         .await;
-    if let Some((code, reason)) = end {
-        tracing::info!(agent = %name, code, reason = %reason, "closing agent connection");
-        conn.writer.close(code, &reason).await;
-    } else {
-        tracing::info!(agent = %name, "agent disconnected");
+    let name = match accepted {
+        Some(Ok(name)) => name,
+        Some(Err(e)) => {
+            tracing::info!(reason = %e.message, "agent handshake rejected");
+            let error = e.to_data();
+            return writer
+                .reject(CloseCode::AUTH_FAILED, error, HubToAgent::Error)
+                .await;
+        }
+        None => {
+            return writer
+                .close(CloseCode::GOING_AWAY, "hub shutting down")
+                .await;
+        }
+    };
+    // From here on, however this task ends, the engine hears of it.
+    let _presence = PresenceGuard::new(name.clone(), conn_id, state.engine.control());
+    tracing::info!(agent = %name, conn_id, "agent connected");
+    let mut conn = Connection {
+        link: Arc::new(AgentLink {
+            name: name.clone(),
+            conn_id,
+            tx: queue,
+        }),
+        state,
+        writer,
+        last_seen,
+        stale: false,
+    };
+    let end = conn.run(&mut stream, rx, &control, &overflow).await;
+    match end {
+        Some((code, reason)) => {
+            tracing::info!(agent = %name, code, reason = %reason, "closing agent connection");
+            conn.writer.close(code, &reason).await;
+        }
+        None => tracing::info!(agent = %name, "agent disconnected"),
     }
-    // Keep what the agent sent before it went away, then let go of its runs.
-    conn.ingest.barrier().await;
-    core.agent_disconnected(&name, conn_id).await;
 }
 
-async fn handshake(
-    core: &Core,
+/// Reads the `hello`, or refuses the connection.
+async fn read_hello(
+    state: &AppState,
     stream: &mut SplitStream<WebSocket>,
     writer: &mut Writer,
-) -> Option<(AgentRecord, AgentHello)> {
+) -> Option<AgentHello> {
     let (code, error) =
-        match conn::read_hello::<AgentToHub>(stream, core.config.handshake_timeout()).await {
+        match conn::read_hello::<AgentToHub>(stream, state.config.handshake_timeout()).await {
             Ok(Envelope {
                 msg: AgentToHub::Hello(hello),
                 ..
-            }) => match core.authenticate_agent(&hello).await {
-                Ok(record) => return Some((record, hello)),
-                Err(e) => (CloseCode::AUTH_FAILED, e.to_data()),
-            },
+            }) => return Some(hello),
             Ok(_) => conn::not_hello(),
             Err(rejected) => rejected,
         };
@@ -103,38 +118,39 @@ async fn handshake(
     None
 }
 
-struct AgentConn {
-    core: Arc<Core>,
-    name: AgentName,
+struct Connection {
+    link: Arc<AgentLink>,
+    state: AppState,
     writer: Writer,
-    ingest: Ingest,
+    last_seen: LastSeen,
+    /// Whether the engine was told this connection's heartbeats are late.
+    stale: bool,
 }
 
-impl AgentConn {
+impl Connection {
     /// The connection loop. Returns the close code to send, or `None` if the socket is gone.
     async fn run(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
-        mut rx: mpsc::Receiver<crate::broker::Delivery>,
+        mut rx: mpsc::Receiver<Outbound>,
         control: &ConnControl,
         overflow: &CancellationToken,
-        shutdown: &CancellationToken,
-        conn_id: u64,
     ) -> Option<(u16, String)> {
-        self.send(HubToAgent::ConnectionAck(self.ack(conn_id)))
+        self.send(HubToAgent::ConnectionAck(self.ack()))
             .await
             .ok()?;
-        self.core.dispatch_agent(&self.name).await;
-        let mut liveness = Liveness::new(self.core.config.heartbeat_deadline());
-        let mut ticker = conn::heartbeat_ticker(self.core.config.heartbeat_interval());
+        let config = self.state.config.clone();
+        let mut liveness = Liveness::new(config.heartbeat_deadline());
+        let mut ticker = conn::heartbeat_ticker(config.heartbeat_interval() / 2);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Some((CloseCode::GOING_AWAY, "hub shutting down".into())),
+                _ = self.state.shutdown.cancelled() => return Some((CloseCode::GOING_AWAY, "hub shutting down".into())),
                 _ = overflow.cancelled() => return Some((CloseCode::SLOW_CONSUMER, "control queue overflow".into())),
                 (code, reason) = control.closed() => return Some((code, reason)),
                 frame = stream.next() => {
                     liveness.heard();
-                    self.core.agent_seen(&self.name).await;
+                    self.heard().await;
                     match frame {
                         Some(Ok(Message::Text(text))) => self.on_text(&text).await.ok()?,
                         Some(Ok(Message::Binary(bytes))) => self.on_binary(bytes).await.ok()?,
@@ -146,38 +162,74 @@ impl AgentConn {
                         },
                     }
                 }
-                Some(delivery) = rx.recv() => {
-                    self.writer.feed(delivery.frame).await.ok()?;
-                    for _ in 1..MAX_FRAMES_PER_FLUSH {
-                        let Ok(more) = rx.try_recv() else { break };
-                        self.writer.feed(more.frame).await.ok()?;
-                    }
-                    self.writer.flush().await.ok()?;
-                }
+                Some(item) = rx.recv() => self.forward(item, &mut rx).await.ok()?,
                 _ = ticker.tick() => {
                     if liveness.expired() {
                         return Some((CloseCode::HEARTBEAT_TIMEOUT, "no heartbeat within the deadline".into()));
                     }
-                    self.send(HubToAgent::Heartbeat(Heartbeat { seq: liveness.next_seq() })).await.ok()?;
+                    if liveness.silent_for() > config.heartbeat_interval() * 3 / 2 {
+                        self.set_stale(true).await;
+                    }
+                    ticks += 1;
+                    if ticks.is_multiple_of(2) {
+                        let beat = HubToAgent::Heartbeat(Heartbeat { seq: liveness.next_seq() });
+                        self.send(beat).await.ok()?;
+                    }
                 }
             }
         }
     }
 
-    fn ack(&self, conn_id: u64) -> ConnectionAck {
-        let config = &self.core.config;
-        ConnectionAck {
-            protocol: PROTOCOL_VERSION.into(),
-            hub_version: env!("CARGO_PKG_VERSION").into(),
-            connection_id: format!("a{conn_id}"),
-            principal: Principal {
-                kind: "agent".into(),
-                name: self.name.to_string(),
-                role: None,
-            },
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-            heartbeat_deadline_ms: config.heartbeat_deadline_ms,
-            limits: config.limits(),
+    fn ack(&self) -> muster_proto::messages::ConnectionAck {
+        let principal = Principal {
+            kind: "agent".into(),
+            name: self.link.name.to_string(),
+            role: None,
+        };
+        let id = format!("a{}", self.link.conn_id);
+        Engine::ack_template(&self.state.config, principal, id)
+    }
+
+    /// Something arrived: the agent is live again if it was late.
+    async fn heard(&mut self) {
+        self.last_seen.touch(now_ms());
+        if self.stale {
+            self.set_stale(false).await;
+        }
+    }
+
+    async fn set_stale(&mut self, stale: bool) {
+        if self.stale == stale {
+            return;
+        }
+        self.stale = stale;
+        let input = Input::AgentStale {
+            name: self.link.name.clone(),
+            conn_id: self.link.conn_id,
+            stale,
+        };
+        self.state.engine.send(input).await;
+    }
+
+    /// Writes `first` and whatever else is queued for the agent, then flushes once.
+    async fn forward(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), axum::Error> {
+        self.feed(first).await?;
+        for _ in 1..MAX_FRAMES_PER_FLUSH {
+            let Ok(more) = rx.try_recv() else { break };
+            self.feed(more).await?;
+        }
+        self.writer.flush().await
+    }
+
+    async fn feed(&mut self, item: Outbound) -> Result<(), axum::Error> {
+        match item {
+            Outbound::Agent(msg) => self.writer.feed_text(Envelope::plain(msg).encode()).await,
+            Outbound::Delivery(delivery) => self.writer.feed(delivery.frame).await,
+            Outbound::Reply(_) => Ok(()),
         }
     }
 
@@ -189,7 +241,7 @@ impl AgentConn {
         let env = match Envelope::<AgentToHub>::decode(text) {
             Ok(env) => env,
             Err(e) => {
-                tracing::warn!(agent = %self.name, error = %e, "invalid message from agent");
+                tracing::warn!(agent = %self.link.name, error = %e, "invalid message from agent");
                 let error = ErrorData::new(e.code(), e.to_string());
                 return self
                     .writer
@@ -197,32 +249,17 @@ impl AgentConn {
                     .await;
             }
         };
-        match env.msg {
+        let link = self.link.clone();
+        let input = match env.msg {
             AgentToHub::Heartbeat(beat) => return self.send(HubToAgent::HeartbeatAck(beat)).await,
-            AgentToHub::HeartbeatAck(_) => {}
-            AgentToHub::RunStarted(started) => self.core.run_started(&self.name, started).await,
-            AgentToHub::Event(event) => {
-                if let Err(e) = self.core.agent_event(&self.name, event).await {
-                    return self
-                        .writer
-                        .send_error(None, e.to_data(), HubToAgent::Error)
-                        .await;
-                }
-            }
-            AgentToHub::Metrics(sample) => {
-                if let Err(e) = self.core.agent_metrics(&self.name, sample).await {
-                    return self
-                        .writer
-                        .send_error(None, e.to_data(), HubToAgent::Error)
-                        .await;
-                }
-            }
-            AgentToHub::RunExited(exited) => {
-                self.ingest.barrier().await;
-                self.core.run_exited(&self.name, exited).await;
-            }
+            AgentToHub::HeartbeatAck(_) => return Ok(()),
+            AgentToHub::RunStarted(started) => Input::RunStarted(link, started),
+            AgentToHub::RunExited(exited) => Input::RunExited(link, exited),
+            AgentToHub::Event(event) => Input::AgentEvent(link, Box::new(event)),
+            AgentToHub::Metrics(sample) => Input::Metrics(link, Box::new(sample)),
             AgentToHub::Error(error) => {
-                tracing::warn!(agent = %self.name, code = %error.code, message = %error.message, "agent reported an error")
+                tracing::warn!(agent = %self.link.name, code = %error.code, message = %error.message, "agent reported an error");
+                return Ok(());
             }
             AgentToHub::Hello(_) => {
                 let error = ErrorData::new(ErrorCode::InvalidMessage, "already authenticated");
@@ -231,18 +268,22 @@ impl AgentConn {
                     .send_error(env.id, error, HubToAgent::Error)
                     .await;
             }
-        }
+        };
+        self.state.engine.send(input).await;
         Ok(())
     }
 
+    /// A binary frame is output; one whose header does not decode is
+    /// answered with `INVALID_MESSAGE`, and the connection stays open.
     async fn on_binary(&mut self, bytes: Bytes) -> Result<(), axum::Error> {
         match OutputFrame::decode(bytes.clone()) {
             Ok(frame) => {
-                self.ingest.push(bytes, frame).await;
+                let input = Input::RunOutput(self.link.clone(), bytes, frame);
+                self.state.engine.send(input).await;
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(agent = %self.name, error = %e, "invalid output frame from agent");
+                tracing::warn!(agent = %self.link.name, error = %e, "invalid output frame from agent");
                 let error = ErrorData::new(ErrorCode::InvalidMessage, e.to_string());
                 self.writer.send_error(None, error, HubToAgent::Error).await
             }

@@ -1,56 +1,71 @@
-//! One client connection: handshake, then one `select!` over requests from the
-//! socket, deliveries from subscriptions, heartbeats and shutdown.
-
-use std::sync::Arc;
+//! One client connection: handshake, then one `select!` over requests from
+//! the socket, its queue (answers and published frames), heartbeats and
+//! shutdown.
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt as _;
-use muster_proto::messages::{AgentList, ConnectionAck, ErrorData, Heartbeat, Principal};
-use muster_proto::{ClientToHub, CloseCode, Envelope, ErrorCode, HubToClient, PROTOCOL_VERSION};
+use futures_util::stream::SplitStream;
+use muster_proto::messages::{ErrorData, Heartbeat};
+use muster_proto::{Channel, ClientToHub, CloseCode, Envelope, ErrorCode, HubToClient};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::AppState;
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
-use super::requests::Session;
-use crate::broker::{Delivery, Subscriber};
-use crate::core::{Core, FLEET_CHANNEL};
+use super::session::Session;
+use crate::broker::Subscriber;
+use crate::delivery::{SinkClosed, Subscriptions};
+use crate::engine::{ClientWelcome, Engine, Input};
+use crate::outbound::Outbound;
 
 /// Close reason sent with 4008.
 const SLOW_CONSUMER_REASON: &str = "send queue overflow: read faster and resume";
 
 /// Serves one client WebSocket until it closes or the hub shuts down.
-pub(crate) async fn serve(
-    core: Arc<Core>,
-    socket: WebSocket,
-    conn_id: u64,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink);
-    let principal = match handshake(&core, &mut stream, &mut writer).await {
-        Some(principal) => principal,
-        None => return,
+    let Some(welcome) = handshake(&state, &mut stream, &mut writer).await else {
+        return;
     };
-    tracing::debug!(conn_id, client = %principal.name, "client connected");
-    let (tx, mut rx) = mpsc::channel(core.config.client_queue_frames);
+    tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
+    let (tx, mut rx) = mpsc::channel(state.config.client_queue_frames);
     let overflow = CancellationToken::new();
-    let subscriber = Subscriber {
+    let queue = Subscriber {
         tx,
         overflow: overflow.clone(),
     };
-    let mut session = Session::new(core.clone(), principal, subscriber);
-    session.subscribe_live(FLEET_CHANNEL);
-    if send_welcome(&core, &mut writer, &session, conn_id)
-        .await
-        .is_err()
-    {
+    let mut subs = Subscriptions::new(state.broker.clone(), queue.clone());
+    subs.subscribe_live(&Channel::Fleet);
+    let ack = Engine::ack_template(
+        &state.config,
+        welcome.principal.clone(),
+        format!("c{conn_id}"),
+    );
+    let greeted = async {
+        writer
+            .send(&Envelope::plain(HubToClient::ConnectionAck(ack)))
+            .await?;
+        let agents = HubToClient::AgentList(welcome.agents);
+        writer.send(&Envelope::plain(agents)).await
+    };
+    if greeted.await.is_err() {
         return;
     }
-    let mut liveness = Liveness::new(core.config.heartbeat_deadline());
-    let mut ticker = conn::heartbeat_ticker(core.config.heartbeat_interval());
+    let page_bytes = state.config.max_message_bytes / 2;
+    let mut session = Session::new(
+        welcome.principal,
+        state.engine.clone(),
+        state.history.clone(),
+        queue,
+        subs,
+        page_bytes,
+    );
+    let mut liveness = Liveness::new(state.config.heartbeat_deadline());
+    let mut ticker = conn::heartbeat_ticker(state.config.heartbeat_interval());
     let (code, reason) = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break (CloseCode::GOING_AWAY, "hub shutting down"),
+            _ = state.shutdown.cancelled() => break (CloseCode::GOING_AWAY, "hub shutting down"),
             _ = overflow.cancelled() => break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON),
             frame = stream.next() => {
                 liveness.heard();
@@ -74,11 +89,11 @@ pub(crate) async fn serve(
                     },
                 }
             }
-            Some(delivery) = rx.recv() => {
+            Some(item) = rx.recv() => {
                 // A client that stops reading blocks this write; the overflow
                 // token is what gets the connection out of it.
                 tokio::select! {
-                    sent = deliver_batch(&mut session, &mut writer, delivery, &mut rx) => {
+                    sent = forward_batch(&mut session, &mut writer, item, &mut rx) => {
                         if sent.is_err() {
                             return;
                         }
@@ -100,20 +115,32 @@ pub(crate) async fn serve(
     writer.close(code, reason).await;
 }
 
+/// Reads the `hello` and asks the engine who it is, or refuses the connection.
 async fn handshake(
-    core: &Core,
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    state: &AppState,
+    stream: &mut SplitStream<WebSocket>,
     writer: &mut Writer,
-) -> Option<Principal> {
+) -> Option<ClientWelcome> {
     let (code, error) =
-        match conn::read_hello::<ClientToHub>(stream, core.config.handshake_timeout()).await {
+        match conn::read_hello::<ClientToHub>(stream, state.config.handshake_timeout()).await {
             Ok(Envelope {
                 msg: ClientToHub::Hello(hello),
                 ..
-            }) => match core.authenticate_client(&hello.token).await {
-                Ok(principal) => return Some(principal),
-                Err(e) => (CloseCode::AUTH_FAILED, e.to_data()),
-            },
+            }) => {
+                let token = hello.token;
+                match state
+                    .engine
+                    .ask(|reply| Input::ClientHello { token, reply })
+                    .await
+                {
+                    Some(Ok(welcome)) => return Some(welcome),
+                    Some(Err(e)) => (CloseCode::AUTH_FAILED, e.to_data()),
+                    None => (
+                        CloseCode::GOING_AWAY,
+                        ErrorData::new(ErrorCode::Internal, "the hub is shutting down"),
+                    ),
+                }
+            }
             Ok(_) => conn::not_hello(),
             Err(rejected) => rejected,
         };
@@ -121,46 +148,19 @@ async fn handshake(
     None
 }
 
-async fn send_welcome(
-    core: &Core,
-    writer: &mut Writer,
-    session: &Session,
-    conn_id: u64,
-) -> Result<(), axum::Error> {
-    let ack = ConnectionAck {
-        protocol: PROTOCOL_VERSION.into(),
-        hub_version: env!("CARGO_PKG_VERSION").into(),
-        connection_id: format!("c{conn_id}"),
-        principal: session.principal().clone(),
-        heartbeat_interval_ms: core.config.heartbeat_interval_ms,
-        heartbeat_deadline_ms: core.config.heartbeat_deadline_ms,
-        limits: core.config.limits(),
-    };
-    writer
-        .send(&Envelope::plain(HubToClient::ConnectionAck(ack)))
-        .await?;
-    let agents = core.agents().await.unwrap_or_default();
-    writer
-        .send(&Envelope::plain(HubToClient::AgentList(AgentList {
-            agents,
-            next_cursor: None,
-        })))
-        .await
-}
-
 /// Writes `first` and whatever else is already queued, then flushes once.
-async fn deliver_batch(
+async fn forward_batch(
     session: &mut Session,
     writer: &mut Writer,
-    first: Delivery,
-    rx: &mut mpsc::Receiver<Delivery>,
-) -> Result<(), axum::Error> {
-    session.deliver(writer, first).await?;
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Result<(), SinkClosed> {
+    session.forward(writer, first).await?;
     for _ in 1..MAX_FRAMES_PER_FLUSH {
         match rx.try_recv() {
-            Ok(delivery) => session.deliver(writer, delivery).await?,
+            Ok(item) => session.forward(writer, item).await?,
             Err(_) => break,
         }
     }
-    writer.flush().await
+    writer.flush().await.map_err(|_| SinkClosed)
 }

@@ -11,6 +11,7 @@ use muster_proto::{CloseCode, DecodeError, Envelope, ErrorCode, RequestId};
 use tokio::time::Instant;
 
 use crate::broker::Frame;
+use crate::delivery::{FrameSink, SinkClosed};
 
 /// How long a close frame may wait for room in the socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,6 +76,11 @@ impl Writer {
         self.sink.feed(to_message(frame)).await
     }
 
+    /// Queues an encoded text message without flushing.
+    pub(crate) async fn feed_text(&mut self, text: String) -> Result<(), axum::Error> {
+        self.sink.feed(Message::Text(text.into())).await
+    }
+
     /// Flushes queued frames.
     pub(crate) async fn flush(&mut self) -> Result<(), axum::Error> {
         self.sink.flush().await
@@ -90,6 +96,17 @@ impl Writer {
         };
         let close = self.sink.send(Message::Close(Some(frame)));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl FrameSink for Writer {
+    async fn feed(&mut self, frame: Frame) -> Result<(), SinkClosed> {
+        Writer::feed(self, frame).await.map_err(|_| SinkClosed)
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkClosed> {
+        Writer::flush(self).await.map_err(|_| SinkClosed)
     }
 }
 
@@ -197,6 +214,11 @@ impl Liveness {
     /// Whether the peer has been silent past the deadline.
     pub(crate) fn expired(&self) -> bool {
         self.last_heard.elapsed() > self.deadline
+    }
+
+    /// How long the peer has been silent.
+    pub(crate) fn silent_for(&self) -> Duration {
+        self.last_heard.elapsed()
     }
 
     /// The next heartbeat sequence number.

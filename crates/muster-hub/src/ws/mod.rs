@@ -1,14 +1,13 @@
 //! The only transport adapter: HTTP routes and the two WebSocket endpoints.
 //!
-//! Handlers decode, call the core, encode. Caps live here: a semaphore bounds
-//! concurrent connections, and the upgrade bounds message size and buffer sizes.
+//! Handlers decode, hand the engine an input, and encode what comes back.
+//! Caps live here: a semaphore bounds concurrent connections, and the
+//! upgrade bounds message size and buffer sizes.
 
 mod agent;
 mod client;
 mod conn;
-mod ingest;
-mod requests;
-mod streams;
+mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +22,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::core::Core;
+use crate::broker::Broker;
+use crate::config::HubConfig;
+use crate::delivery::History;
+use crate::runtime::EngineHandle;
 
 /// Bytes read from a socket at a time. Small on purpose: an idle connection's
 /// memory is dominated by its buffers, and output chunks are at most 10 KiB.
@@ -34,7 +36,10 @@ const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// What every route handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub(crate) core: Arc<Core>,
+    pub(crate) engine: EngineHandle,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) history: History,
+    pub(crate) config: Arc<HubConfig>,
     /// Bounds concurrent WebSocket connections: a semaphore, so a permit is
     /// released whichever way the connection task ends.
     pub(crate) connections: Arc<Semaphore>,
@@ -57,6 +62,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    if !state.engine.health().writable() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store not writable").into_response();
+    }
     "ready".into_response()
 }
 
@@ -78,7 +86,7 @@ fn accept(state: AppState, upgrade: WebSocketUpgrade, endpoint: Endpoint) -> Res
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     };
-    let max = state.core.config.max_message_bytes;
+    let max = state.config.max_message_bytes;
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -86,17 +94,12 @@ fn accept(state: AppState, upgrade: WebSocketUpgrade, endpoint: Endpoint) -> Res
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            let AppState {
-                core,
-                shutdown,
-                tracker,
-                ..
-            } = state;
+            let tracker = state.tracker.clone();
             tracker.track_future(async move {
                 let _permit = permit;
                 match endpoint {
-                    Endpoint::Agent => agent::serve(core, socket, conn_id, shutdown).await,
-                    Endpoint::Client => client::serve(core, socket, conn_id, shutdown).await,
+                    Endpoint::Agent => agent::serve(state, socket, conn_id).await,
+                    Endpoint::Client => client::serve(state, socket, conn_id).await,
                 }
             })
         })

@@ -1,0 +1,417 @@
+//! Agents: handshakes, presence, registration, labels, and how an agent is
+//! shown to clients.
+
+use std::collections::BTreeMap;
+
+use muster_proto::messages::{
+    AgentAdd, AgentAdded, AgentEnvelope, AgentHello, AgentLabel, AgentList, AgentListQuery,
+    AgentRef, Principal,
+};
+use muster_proto::{
+    AgentInfo, AgentName, AgentStatus, Channel, CloseCode, ErrorCode, HubToClient, RequestId,
+    Selector, UnixMillis,
+};
+use tokio::sync::oneshot;
+
+use super::batch::{Effect, Reply, ReplyTo};
+use super::error::ApiError;
+use super::lifecycle::RunEvent;
+use super::presence::OnlineAgent;
+use super::{AgentConn, ClientWelcome, Engine, ROLE_ADMIN};
+use crate::auth::{self, Secret};
+use crate::paging::{self, Page};
+use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord, Change};
+use crate::validate;
+
+/// Agents in one page of `agent.list` at most.
+pub(crate) const AGENT_PAGE: usize = 500;
+
+impl Engine {
+    /// A client's `hello`: who it is, and the first page of agents.
+    pub(super) fn client_hello(&self, token: &str) -> Result<ClientWelcome, ApiError> {
+        let principal = self.registry.authenticate_client(token)?;
+        let agents = self.agent_page(&AgentListQuery::default())?;
+        Ok(ClientWelcome { principal, agents })
+    }
+
+    /// An agent's `hello`: authenticates it, takes over from an older
+    /// connection, reconciles its runs and dispatches its queue.
+    pub(super) fn agent_hello(
+        &mut self,
+        hello: AgentHello,
+        conn: AgentConn,
+        now: UnixMillis,
+    ) -> Result<AgentName, ApiError> {
+        let name = self.registry.authenticate_agent(&hello)?.name.clone();
+        let facts = AgentFacts {
+            hostname: hello.hostname,
+            os: hello.os,
+            arch: hello.arch,
+            version: hello.version,
+            labels: hello.labels,
+            max_concurrency: hello.max_concurrency.max(1),
+            exec: hello.exec,
+            actions: hello.actions,
+        };
+        conn.last_seen.touch(now);
+        let online = OnlineAgent {
+            conn_id: conn.conn_id,
+            tx: conn.tx.clone(),
+            facts: facts.clone(),
+            since_ms: now,
+            last_seen: conn.last_seen,
+            stale: false,
+            control: conn.control,
+        };
+        if let Some(old) = self.presence.connect(name.clone(), online) {
+            old.control
+                .close(CloseCode::REPLACED, "replaced by a newer connection");
+        }
+        self.registry.seen(&name, Some(facts.clone()), now);
+        self.batch
+            .change(Change::AgentSeen(name.clone(), Some(facts.clone()), now));
+        self.scheduler.set_online(&name, facts.max_concurrency);
+        self.reconcile(&name, &conn.tx, &hello.runs, now);
+        self.dispatch(&name, now);
+        self.publish_positions(&name);
+        self.publish_agent_status(&name);
+        Ok(name)
+    }
+
+    /// An agent connection ended; if it was the current one, the agent is
+    /// offline and its runs in flight wait for it a grace period.
+    pub(super) fn agent_gone(&mut self, name: &AgentName, conn_id: u64, now: UnixMillis) {
+        if !self.presence.disconnect(name, conn_id) {
+            return;
+        }
+        if self.registry.contains(name) {
+            self.registry.seen(name, None, now);
+            self.batch
+                .change(Change::AgentSeen(name.clone(), None, now));
+        }
+        self.agent_left(name, now);
+        self.publish_agent_status(name);
+    }
+
+    /// An agent's heartbeats are late, or arrive again.
+    pub(super) fn agent_stale(&mut self, name: &AgentName, conn_id: u64, stale: bool) {
+        if self.presence.set_stale(name, conn_id, stale) {
+            self.publish_agent_status(name);
+        }
+    }
+
+    /// `agent.add`: registers an agent and answers with its token, once.
+    pub(super) fn add_agent(
+        &mut self,
+        principal: &Principal,
+        to: &ReplyTo,
+        re: Option<RequestId>,
+        add: AgentAdd,
+        now: UnixMillis,
+    ) {
+        let added = require_admin(principal).and_then(|()| self.register_agent(add, now));
+        match added {
+            Ok((agent, token)) => {
+                let msg = HubToClient::AgentAdded(AgentAdded {
+                    agent,
+                    token: token.expose().to_owned(),
+                });
+                self.batch.reply(to, Reply::to(re, msg));
+            }
+            Err(e) => self.reply_error(to, re, e, None),
+        }
+    }
+
+    fn register_agent(
+        &mut self,
+        add: AgentAdd,
+        now: UnixMillis,
+    ) -> Result<(AgentInfo, Secret), ApiError> {
+        let name = add.name;
+        if Selector::parse(name.as_str()).is_ok_and(|s| s.is_all()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidMessage,
+                "the name \"all\" is reserved: as a target it selects every agent",
+            ));
+        }
+        validate::labels(&add.labels)?;
+        if self.registry.contains(&name) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("agent {:?} already exists", name.as_str()),
+            ));
+        }
+        let minted = auth::mint();
+        let record = AgentRecord {
+            name: name.clone(),
+            labels: add.labels,
+            key_id: minted.key_id,
+            secret_hash: minted.secret_hash,
+            facts: None,
+            last_seen_ms: None,
+        };
+        self.batch.change(Change::InsertAgent(record.clone(), now));
+        self.registry.insert(record);
+        self.publish_agent_status(&name);
+        Ok((self.agent_info(&name).expect("just added"), minted.token))
+    }
+
+    /// `agent.remove`: unregisters an agent, closes its connection and
+    /// cancels the runs waiting for it.
+    pub(super) fn remove_agent(
+        &mut self,
+        principal: &Principal,
+        to: &ReplyTo,
+        re: Option<RequestId>,
+        name: AgentName,
+        now: UnixMillis,
+    ) {
+        if let Err(e) = require_admin(principal) {
+            return self.reply_error(to, re, e, None);
+        }
+        if !self.registry.remove(&name) {
+            return self.reply_error(to, re, agent_not_found(&name), None);
+        }
+        self.batch.change(Change::DeleteAgent(name.clone()));
+        self.kick(&name, CloseCode::REVOKED, "agent removed");
+        for run in self.scheduler.remove_agent(&name) {
+            self.end_run(run, RunEvent::Dequeued, "agent removed", now);
+        }
+        let removed = HubToClient::AgentRemoved(AgentRef { name: name.clone() });
+        self.batch.event(Channel::Fleet, removed.clone());
+        self.batch.reply(to, Reply::to(re, removed));
+    }
+
+    /// `agent.label`: sets and removes registered labels.
+    pub(super) fn label_agent(
+        &mut self,
+        principal: &Principal,
+        to: &ReplyTo,
+        re: Option<RequestId>,
+        edit: AgentLabel,
+    ) {
+        let labelled = require_admin(principal)
+            .and_then(|()| validate::labels(&edit.set))
+            .and_then(|()| {
+                let record = self
+                    .registry
+                    .get(&edit.name)
+                    .ok_or_else(|| agent_not_found(&edit.name))?;
+                let mut labels = record.labels.clone();
+                labels.extend(edit.set);
+                for key in &edit.remove {
+                    labels.remove(key);
+                }
+                Ok(labels)
+            });
+        match labelled {
+            Ok(labels) => {
+                self.registry.set_labels(&edit.name, labels.clone());
+                self.batch
+                    .change(Change::SetAgentLabels(edit.name.clone(), labels));
+                self.publish_agent_status(&edit.name);
+                let agent = self.agent_info(&edit.name).expect("registered");
+                let msg = HubToClient::AgentInfo(AgentEnvelope { agent });
+                self.batch.reply(to, Reply::to(re, msg));
+            }
+            Err(e) => self.reply_error(to, re, e, None),
+        }
+    }
+
+    /// `agent.get`: at once (presence is live).
+    pub(super) fn get_agent(&self, to: &ReplyTo, re: Option<RequestId>, name: &AgentName) {
+        let msg = match self.agent_info(name) {
+            Some(agent) => HubToClient::AgentInfo(AgentEnvelope { agent }),
+            None => HubToClient::Error(agent_not_found(name).to_data()),
+        };
+        to.send(crate::outbound::Outbound::Reply(Box::new(Reply::to(
+            re, msg,
+        ))));
+    }
+
+    /// `agent.list`: one page, at once.
+    pub(super) fn list_agents(&self, to: &ReplyTo, re: Option<RequestId>, query: &AgentListQuery) {
+        let msg = match self.agent_page(query) {
+            Ok(list) => HubToClient::AgentList(list),
+            Err(e) => HubToClient::Error(e.to_data()),
+        };
+        to.send(crate::outbound::Outbound::Reply(Box::new(Reply::to(
+            re, msg,
+        ))));
+    }
+
+    /// One page of agents, in name order, that the query's selector matches.
+    pub(super) fn agent_page(&self, query: &AgentListQuery) -> Result<AgentList, ApiError> {
+        let selector = query
+            .selector
+            .as_deref()
+            .map(Selector::parse)
+            .transpose()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSelector, e.to_string()))?;
+        let after = paging::name_cursor(query.cursor.as_deref())?;
+        let limit = paging::limit(query.limit, AGENT_PAGE, AGENT_PAGE);
+        let matching = self
+            .registry
+            .after(after.as_ref())
+            .filter_map(|record| self.info_of(record))
+            .filter(|info| {
+                selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(info.name.as_str(), &info.labels))
+            });
+        let Page { items, more } = paging::fill(matching, limit, self.page_bytes());
+        let next_cursor = more
+            .then(|| items.last().map(|a| a.name.to_string()))
+            .flatten();
+        Ok(AgentList {
+            agents: items,
+            next_cursor,
+        })
+    }
+
+    /// The agents a selector matches, in name order (for a new job).
+    pub(super) fn agents_matching(&self, selector: &Selector) -> Vec<AgentInfo> {
+        self.registry
+            .after(None)
+            .filter_map(|record| self.info_of(record))
+            .filter(|info| selector.matches(info.name.as_str(), &info.labels))
+            .collect()
+    }
+
+    /// Publishes an agent's record on `fleet` and on `agent:<name>`.
+    pub(super) fn publish_agent_status(&mut self, name: &AgentName) {
+        let Some(agent) = self.agent_info(name) else {
+            return;
+        };
+        let msg = HubToClient::AgentStatus(AgentEnvelope { agent });
+        self.batch.event(Channel::Agent(name.clone()), msg.clone());
+        self.batch.event(Channel::Fleet, msg);
+    }
+
+    /// Closes an agent's connection, if it has one.
+    pub(super) fn kick(&mut self, name: &AgentName, code: u16, reason: &str) {
+        if let Some(agent) = self.presence.get(name) {
+            let control = agent.control.clone();
+            self.batch
+                .effect(Effect::Close(control, code, reason.to_owned()));
+        }
+    }
+
+    /// An agent as clients see it: registration, live presence and queue.
+    pub(super) fn agent_info(&self, name: &AgentName) -> Option<AgentInfo> {
+        self.registry
+            .get(name)
+            .and_then(|record| self.info_of(record))
+    }
+
+    fn info_of(&self, record: &AgentRecord) -> Option<AgentInfo> {
+        let online = self.presence.get(&record.name);
+        let (queued, running) = self.scheduler.counts(&record.name);
+        let facts = online.map(|o| &o.facts).or(record.facts.as_ref());
+        let mut labels = record.labels.clone();
+        if let Some(facts) = facts {
+            labels.extend(facts.labels.clone());
+        }
+        let status = match online {
+            Some(agent) if agent.stale => AgentStatus::Stale,
+            Some(_) => AgentStatus::Online,
+            None => AgentStatus::Offline,
+        };
+        Some(AgentInfo {
+            name: record.name.clone(),
+            status,
+            hub_id: online.map(|_| self.hub_id.clone()),
+            labels,
+            hostname: facts.map(|f| f.hostname.clone()),
+            os: facts.map(|f| f.os.clone()),
+            arch: facts.map(|f| f.arch.clone()),
+            version: facts.map(|f| f.version.clone()),
+            last_seen_ms: online.map(|o| o.last_seen.get()).or(record.last_seen_ms),
+            connected_since_ms: online.map(|o| o.since_ms),
+            max_concurrency: facts.map(|f| f.max_concurrency),
+            running,
+            queued,
+            exec: facts.map(|f| f.exec).unwrap_or_default(),
+            actions: facts.map(|f| f.actions.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// Mints an API key; with `replace`, earlier keys of that name are revoked.
+    pub(super) fn mint_key(
+        &mut self,
+        name: &str,
+        role: &str,
+        replace: bool,
+        reply: oneshot::Sender<Secret>,
+        now: UnixMillis,
+    ) {
+        if replace {
+            self.registry.remove_api_keys_named(name);
+            self.batch
+                .change(Change::DeleteApiKeysNamed(name.to_owned()));
+        }
+        let minted = auth::mint();
+        let record = ApiKeyRecord {
+            key_id: minted.key_id,
+            name: name.to_owned(),
+            role: role.to_owned(),
+            secret_hash: minted.secret_hash,
+        };
+        self.batch.change(Change::InsertApiKey(record.clone(), now));
+        self.registry.insert_api_key(record);
+        let token = minted.token;
+        self.batch.effect(Effect::Notify(Box::new(move || {
+            let _ = reply.send(token);
+        })));
+    }
+
+    /// A fresh token for agent `name`, registering it if needed; an older
+    /// token stops working and its connection is closed.
+    pub(super) fn agent_token(
+        &mut self,
+        name: AgentName,
+        reply: oneshot::Sender<Result<Secret, ApiError>>,
+        now: UnixMillis,
+    ) {
+        let result = if self.registry.contains(&name) {
+            let minted = auth::mint();
+            self.registry
+                .set_credential(&name, minted.key_id.clone(), minted.secret_hash.clone());
+            self.batch.change(Change::SetAgentCredential {
+                name: name.clone(),
+                key_id: minted.key_id,
+                secret_hash: minted.secret_hash,
+            });
+            self.kick(&name, CloseCode::REVOKED, "credential rotated");
+            Ok(minted.token)
+        } else {
+            let add = AgentAdd {
+                name,
+                labels: BTreeMap::new(),
+            };
+            self.register_agent(add, now).map(|(_, token)| token)
+        };
+        self.batch.effect(Effect::Notify(Box::new(move || {
+            let _ = reply.send(result);
+        })));
+    }
+}
+
+/// Only admin keys may change the registry.
+pub(super) fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    match principal.role.as_deref() {
+        Some(ROLE_ADMIN) => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this needs an admin key",
+        )),
+    }
+}
+
+/// The error for an unknown agent name.
+pub(crate) fn agent_not_found(name: &AgentName) -> ApiError {
+    ApiError::new(
+        ErrorCode::AgentNotFound,
+        format!("agent {:?} not found", name.as_str()),
+    )
+}

@@ -1,0 +1,334 @@
+//! The hub's state machine: agents, presence, runs, queues and jobs, with no
+//! transport, no store and no clock of its own.
+//!
+//! One task owns the [`Engine`] and feeds it [`Input`]s one at a time, so
+//! nothing in here is ever shared or locked, and no two changes race: a run
+//! is queued, dispatched and ended in the order its inputs arrived. Each
+//! input mutates memory and appends to the current batch: the [`Change`]s
+//! that make it durable and the [`Effect`]s (publish, reply, send to an
+//! agent, acknowledge) that may only follow them. The hub's writer commits a
+//! batch, then carries its effects out, so nothing is published or
+//! acknowledged that the store does not hold. Work that needs the store
+//! (an idempotency key of a run the hub no longer holds, a finished run's
+//! record) is handed out as a [`Lookup`] and comes back as an input.
+//!
+//! Answers that describe live presence (the agent list, a handshake) go out
+//! at once; answers that describe runs and jobs go out after the commit.
+//!
+//! [`Change`]: crate::store::Change
+
+mod agents;
+mod batch;
+mod error;
+mod events;
+mod jobs;
+pub(crate) mod keys;
+mod lifecycle;
+mod presence;
+mod registry;
+mod reports;
+mod requests;
+mod runs;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use muster_proto::messages::{
+    AgentEvent, AgentHello, AgentList, ConnectionAck, MetricsSample, Principal, RunExited,
+    RunStarted,
+};
+use muster_proto::{AgentName, OutputFrame, RequestId, RunId, RunInfo, UnixMillis};
+use tokio::sync::oneshot;
+
+pub use batch::{Batch, Effect, MAX_FRAMES_PER_BATCH, Reply, ReplyTo};
+pub use error::ApiError;
+pub(crate) use jobs::{TARGET_PAGE, target_page};
+pub use keys::{Found, KeyFound, KeyKind, KeyRef};
+pub use presence::{ConnControl, LastSeen, PresenceGuard};
+pub use reports::AgentLink;
+pub use requests::Request;
+
+use crate::auth::Secret;
+use crate::config::HubConfig;
+use crate::scheduler::Scheduler;
+use crate::store::Snapshot;
+use batch::BatchBuilder;
+use jobs::Jobs;
+use keys::KeyIndex;
+use presence::Presence;
+use registry::Registry;
+use runs::ActiveRun;
+
+/// Most inputs folded into one batch: bounds a batch's size and the time
+/// its first answer waits for the commit.
+pub const MAX_INPUTS_PER_BATCH: usize = 1024;
+
+/// Role of an API key that may do everything.
+pub const ROLE_ADMIN: &str = "admin";
+
+/// What the engine acts on.
+pub enum Input {
+    /// A client's `hello`: answered at once with its principal and the first
+    /// page of agents.
+    ClientHello {
+        /// The presented token.
+        token: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<ClientWelcome, ApiError>>,
+    },
+    /// An agent's `hello`: answered at once; on success the agent is online.
+    AgentHello {
+        /// What it said.
+        hello: Box<AgentHello>,
+        /// Its connection.
+        conn: AgentConn,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<AgentName, ApiError>>,
+    },
+    /// An agent connection ended (sent by its [`PresenceGuard`]).
+    AgentGone {
+        /// The agent.
+        name: AgentName,
+        /// Which of its connections.
+        conn_id: u64,
+    },
+    /// An agent connection's heartbeats are late, or arrive again.
+    AgentStale {
+        /// The agent.
+        name: AgentName,
+        /// Which of its connections.
+        conn_id: u64,
+        /// Late (true) or back (false).
+        stale: bool,
+    },
+    /// From an agent: a run's process started.
+    RunStarted(Arc<AgentLink>, RunStarted),
+    /// From an agent: an output frame, raw and decoded.
+    RunOutput(Arc<AgentLink>, Bytes, OutputFrame),
+    /// From an agent: a run ended.
+    RunExited(Arc<AgentLink>, RunExited),
+    /// From an agent: an event a program published.
+    AgentEvent(Arc<AgentLink>, Box<AgentEvent>),
+    /// From an agent: a metrics sample.
+    Metrics(Arc<AgentLink>, Box<MetricsSample>),
+    /// A client request.
+    Request {
+        /// Who asks.
+        principal: Arc<Principal>,
+        /// Where the answer goes.
+        to: ReplyTo,
+        /// The request id to answer.
+        re: Option<RequestId>,
+        /// What is asked.
+        request: Request,
+    },
+    /// A store lookup of an idempotency key came back.
+    KeyFound(keys::KeyFound),
+    /// A batch that ended these runs and jobs is committed: their keys can
+    /// be found in the store from now on.
+    ReleaseKeys(Vec<RunId>, Vec<muster_proto::JobId>),
+    /// Mints an API key (the hub's library API; answered after the commit).
+    MintKey {
+        /// Key name.
+        name: String,
+        /// Role.
+        role: String,
+        /// Revoke earlier keys of this name.
+        replace: bool,
+        /// The token, shown once.
+        reply: oneshot::Sender<Secret>,
+    },
+    /// Registers an agent or rotates its token (library API; after the commit).
+    AgentToken {
+        /// The agent.
+        name: AgentName,
+        /// The token, shown once.
+        reply: oneshot::Sender<Result<Secret, ApiError>>,
+    },
+}
+
+/// An agent connection as the engine knows it.
+pub struct AgentConn {
+    /// Connection id.
+    pub conn_id: u64,
+    /// Its queue.
+    pub tx: ReplyTo,
+    /// Closes it.
+    pub control: ConnControl,
+    /// When it last heard from the agent.
+    pub last_seen: LastSeen,
+}
+
+/// The answer to a client's `hello`.
+#[derive(Debug)]
+pub struct ClientWelcome {
+    /// Who the token belongs to.
+    pub principal: Principal,
+    /// The first page of agents.
+    pub agents: AgentList,
+}
+
+/// Async work the engine needs done; its result comes back as an input or
+/// goes straight to a client.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Find the run an idempotency key created; answer with [`Input::KeyFound`].
+    RunKey(keys::KeyRef),
+    /// Find the job an idempotency key created; answer with [`Input::KeyFound`].
+    JobKey(keys::KeyRef),
+    /// Answer a client from the store.
+    Read(ReplyTo, Option<RequestId>, crate::reads::Read),
+}
+
+/// The state machine. See the module documentation.
+pub struct Engine {
+    config: Arc<HubConfig>,
+    hub_id: String,
+    registry: Registry,
+    presence: Presence,
+    scheduler: Scheduler,
+    /// Runs not yet terminal.
+    runs: HashMap<RunId, ActiveRun>,
+    /// Runs that ended in the current batch, until it is finished.
+    ended: HashMap<RunId, RunInfo>,
+    keys: KeyIndex,
+    jobs: Jobs,
+    /// The seq of each agent's next event.
+    event_seqs: HashMap<AgentName, u64>,
+    /// When metrics were last compacted.
+    metrics_compacted_ms: UnixMillis,
+    batch: BatchBuilder,
+    lookups: Vec<Lookup>,
+}
+
+impl Engine {
+    /// The engine over what the store holds, with runs and jobs recovered:
+    /// queued runs wait again, runs in flight wait for their agent.
+    pub fn new(
+        config: Arc<HubConfig>,
+        hub_id: String,
+        snapshot: Snapshot,
+        now: UnixMillis,
+    ) -> Self {
+        let mut engine = Self {
+            scheduler: Scheduler::new(config.max_queue_per_agent),
+            registry: Registry::new(snapshot.agents, snapshot.api_keys),
+            presence: Presence::default(),
+            runs: HashMap::new(),
+            ended: HashMap::new(),
+            keys: KeyIndex::default(),
+            jobs: Jobs::default(),
+            event_seqs: snapshot.event_seqs.into_iter().collect(),
+            metrics_compacted_ms: now,
+            batch: BatchBuilder::default(),
+            lookups: Vec::new(),
+            config,
+            hub_id,
+        };
+        engine.recover_runs(snapshot.runs, now);
+        engine.recover_jobs(snapshot.jobs, snapshot.job_runs, now);
+        engine
+    }
+
+    /// Handles one input.
+    pub fn handle(&mut self, input: Input, now: UnixMillis) {
+        match input {
+            Input::ClientHello { token, reply } => {
+                let _ = reply.send(self.client_hello(&token));
+            }
+            Input::AgentHello { hello, conn, reply } => {
+                let _ = reply.send(self.agent_hello(*hello, conn, now));
+            }
+            Input::AgentGone { name, conn_id } => self.agent_gone(&name, conn_id, now),
+            Input::AgentStale {
+                name,
+                conn_id,
+                stale,
+            } => self.agent_stale(&name, conn_id, stale),
+            Input::RunStarted(link, started) => self.run_started(&link, started, now),
+            Input::RunOutput(link, raw, frame) => self.run_output(&link, raw, frame),
+            Input::RunExited(link, exited) => self.run_exited(&link, exited, now),
+            Input::AgentEvent(link, event) => self.agent_event(&link, *event, now),
+            Input::Metrics(link, sample) => self.agent_metrics(&link, *sample),
+            Input::Request {
+                principal,
+                to,
+                re,
+                request,
+            } => self.request(&principal, &to, re, request, now),
+            Input::KeyFound(found) => self.key_found(found, now),
+            Input::ReleaseKeys(runs, jobs) => self.keys.release(&runs, &jobs),
+            Input::MintKey {
+                name,
+                role,
+                replace,
+                reply,
+            } => self.mint_key(&name, &role, replace, reply, now),
+            Input::AgentToken { name, reply } => self.agent_token(name, reply, now),
+        }
+    }
+
+    /// Ends runs and agents past their deadlines; called every sweep interval.
+    pub fn tick(&mut self, now: UnixMillis) {
+        self.sweep_runs(now);
+        self.compact_metrics_if_due(now);
+    }
+
+    /// Whether the current batch holds anything.
+    pub fn has_batch(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
+    /// Whether the current batch holds as much output as a batch may.
+    pub fn batch_full(&self) -> bool {
+        self.batch.is_full()
+    }
+
+    /// Ends the current batch and returns it.
+    pub fn take_batch(&mut self, now: UnixMillis) -> Batch {
+        self.flush_jobs(now);
+        let (runs, ended) = (&self.runs, &mut self.ended);
+        let batch = self.batch.finish(|id| {
+            runs.get(&id)
+                .map(|r| r.info.clone())
+                .or_else(|| ended.get(&id).cloned())
+        });
+        self.ended.clear();
+        batch
+    }
+
+    /// Takes the lookups the last inputs asked for.
+    pub fn take_lookups(&mut self) -> Vec<Lookup> {
+        std::mem::take(&mut self.lookups)
+    }
+
+    /// Bytes one page of a listing may take: half a message, leaving room
+    /// for the envelope.
+    pub(crate) fn page_bytes(&self) -> usize {
+        self.config.max_message_bytes / 2
+    }
+
+    /// How many API keys exist (none on a fresh data dir).
+    pub fn api_key_count(&self) -> usize {
+        self.registry.api_key_count()
+    }
+
+    /// Whether `name` is online now.
+    pub fn is_online(&self, name: &AgentName) -> bool {
+        self.presence.get(name).is_some()
+    }
+
+    /// The `connection.ack` limits and timings, the same for every connection.
+    pub fn ack_template(config: &HubConfig, principal: Principal, conn: String) -> ConnectionAck {
+        ConnectionAck {
+            protocol: muster_proto::PROTOCOL_VERSION.into(),
+            hub_version: env!("CARGO_PKG_VERSION").into(),
+            connection_id: conn,
+            principal,
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            heartbeat_deadline_ms: config.heartbeat_deadline_ms,
+            limits: config.limits(),
+        }
+    }
+}

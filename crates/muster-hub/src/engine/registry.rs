@@ -1,0 +1,170 @@
+//! The agent registry and the credentials, kept in memory.
+//!
+//! Loaded from the store at startup and changed only by the engine, so every
+//! handshake and every `run.create` is answered without a database read. The
+//! engine writes each change to the store in the same batch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+
+use muster_proto::messages::{AgentHello, Principal};
+use muster_proto::{AgentName, ErrorCode, UnixMillis};
+
+use super::error::ApiError;
+use crate::auth;
+use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord};
+
+/// Registered agents and every credential.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    /// By name, sorted, for listings that page by name.
+    agents: BTreeMap<AgentName, AgentRecord>,
+    /// Agent name by the public half of its token.
+    agent_keys: HashMap<String, AgentName>,
+    /// API keys by the public half of their token.
+    api_keys: HashMap<String, ApiKeyRecord>,
+}
+
+impl Registry {
+    /// The registry as stored.
+    pub(crate) fn new(agents: Vec<AgentRecord>, api_keys: Vec<ApiKeyRecord>) -> Self {
+        let mut registry = Self::default();
+        for key in api_keys {
+            registry.api_keys.insert(key.key_id.clone(), key);
+        }
+        for agent in agents {
+            registry.insert(agent);
+        }
+        registry
+    }
+
+    /// Checks a client token.
+    pub(crate) fn authenticate_client(&self, token: &str) -> Result<Principal, ApiError> {
+        let (key_id, secret) = auth::parse(token).ok_or_else(auth_failed)?;
+        let key = self.api_keys.get(key_id).ok_or_else(auth_failed)?;
+        if !auth::verify(secret, &key.secret_hash) {
+            return Err(auth_failed());
+        }
+        Ok(Principal {
+            kind: "client".into(),
+            name: key.name.clone(),
+            role: Some(key.role.clone()),
+        })
+    }
+
+    /// Checks an agent's `hello` and returns its registration.
+    pub(crate) fn authenticate_agent(&self, hello: &AgentHello) -> Result<&AgentRecord, ApiError> {
+        let (key_id, secret) = auth::parse(&hello.token).ok_or_else(auth_failed)?;
+        let agent = self
+            .agent_keys
+            .get(key_id)
+            .and_then(|name| self.agents.get(name))
+            .ok_or_else(auth_failed)?;
+        if !auth::verify(secret, &agent.secret_hash) {
+            return Err(auth_failed());
+        }
+        if let Some(name) = &hello.name
+            && name != &agent.name
+        {
+            return Err(ApiError::new(
+                ErrorCode::AuthFailed,
+                format!(
+                    "this token belongs to agent {:?}, not {:?}",
+                    agent.name.as_str(),
+                    name.as_str()
+                ),
+            ));
+        }
+        Ok(agent)
+    }
+
+    /// How many API keys exist.
+    pub(crate) fn api_key_count(&self) -> usize {
+        self.api_keys.len()
+    }
+
+    /// Adds an API key.
+    pub(crate) fn insert_api_key(&mut self, key: ApiKeyRecord) {
+        self.api_keys.insert(key.key_id.clone(), key);
+    }
+
+    /// Removes every API key named `name`.
+    pub(crate) fn remove_api_keys_named(&mut self, name: &str) {
+        self.api_keys.retain(|_, key| key.name != name);
+    }
+
+    /// One agent.
+    pub(crate) fn get(&self, name: &AgentName) -> Option<&AgentRecord> {
+        self.agents.get(name)
+    }
+
+    /// Whether an agent is registered.
+    pub(crate) fn contains(&self, name: &AgentName) -> bool {
+        self.agents.contains_key(name)
+    }
+
+    /// Registers an agent (replacing one of the same name).
+    pub(crate) fn insert(&mut self, agent: AgentRecord) {
+        self.agent_keys
+            .insert(agent.key_id.clone(), agent.name.clone());
+        if let Some(old) = self.agents.insert(agent.name.clone(), agent) {
+            self.agent_keys.remove(&old.key_id);
+        }
+    }
+
+    /// Unregisters an agent; false if it was not registered.
+    pub(crate) fn remove(&mut self, name: &AgentName) -> bool {
+        match self.agents.remove(name) {
+            Some(agent) => {
+                self.agent_keys.remove(&agent.key_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces an agent's credential; the old one stops working at once.
+    pub(crate) fn set_credential(&mut self, name: &AgentName, key_id: String, hash: Vec<u8>) {
+        if let Some(agent) = self.agents.get_mut(name) {
+            self.agent_keys.remove(&agent.key_id);
+            self.agent_keys.insert(key_id.clone(), name.clone());
+            agent.key_id = key_id;
+            agent.secret_hash = hash;
+        }
+    }
+
+    /// Replaces an agent's registered labels.
+    pub(crate) fn set_labels(&mut self, name: &AgentName, labels: BTreeMap<String, String>) {
+        if let Some(agent) = self.agents.get_mut(name) {
+            agent.labels = labels;
+        }
+    }
+
+    /// Records what an agent reported and when it was last heard from.
+    pub(crate) fn seen(&mut self, name: &AgentName, facts: Option<AgentFacts>, at: UnixMillis) {
+        if let Some(agent) = self.agents.get_mut(name) {
+            agent.last_seen_ms = Some(at);
+            if facts.is_some() {
+                agent.facts = facts;
+            }
+        }
+    }
+
+    /// Agents in name order, starting after `after` when given.
+    pub(crate) fn after(
+        &self,
+        after: Option<&AgentName>,
+    ) -> impl Iterator<Item = &AgentRecord> + '_ {
+        let start = match after {
+            Some(name) => Bound::Excluded(name.clone()),
+            None => Bound::Unbounded,
+        };
+        self.agents
+            .range((start, Bound::Unbounded))
+            .map(|(_, agent)| agent)
+    }
+}
+
+fn auth_failed() -> ApiError {
+    ApiError::new(ErrorCode::AuthFailed, "invalid token")
+}

@@ -1,0 +1,97 @@
+//! Client requests that go through the engine: everything that changes
+//! state, and the reads that need what only the engine holds.
+
+use muster_proto::messages::{
+    AgentAdd, AgentLabel, AgentListQuery, JobCreate, JobTargetsQuery, MetricsQuery, Principal,
+    RunCreate,
+};
+use muster_proto::{AgentName, Channel, ErrorCode, JobId, RequestId, RunId, UnixMillis};
+use tokio::sync::oneshot;
+
+use super::batch::ReplyTo;
+use super::error::ApiError;
+use super::{Engine, Lookup};
+use crate::reads::Read;
+
+/// A client request for the engine.
+#[derive(Debug)]
+pub enum Request {
+    /// `agent.list`.
+    AgentList(AgentListQuery),
+    /// `agent.get`.
+    AgentGet(AgentName),
+    /// `agent.add`.
+    AgentAdd(AgentAdd),
+    /// `agent.remove`.
+    AgentRemove(AgentName),
+    /// `agent.label`.
+    AgentLabel(AgentLabel),
+    /// `run.create`, with the id the new run gets (the connection chose it,
+    /// to subscribe before the run exists).
+    RunCreate(RunId, RunCreate),
+    /// `run.get`.
+    RunGet(RunId),
+    /// `run.cancel`.
+    RunCancel(RunId),
+    /// `job.create`, with the id the new job gets.
+    JobCreate(JobId, JobCreate),
+    /// `job.get`.
+    JobGet(JobId),
+    /// `job.targets`.
+    JobTargets(JobTargetsQuery),
+    /// `job.cancel`.
+    JobCancel(JobId),
+    /// `metrics.query`.
+    MetricsQuery(MetricsQuery),
+    /// For `subscribe` to `agent:<name>` or `metrics:<name>`: whether the
+    /// agent is registered, and the offset its next event gets.
+    AgentChannel(AgentName, oneshot::Sender<Result<u64, ApiError>>),
+}
+
+impl Engine {
+    /// Handles one client request.
+    pub(super) fn request(
+        &mut self,
+        principal: &Principal,
+        to: &ReplyTo,
+        re: Option<RequestId>,
+        request: Request,
+        now: UnixMillis,
+    ) {
+        match request {
+            Request::AgentList(query) => self.list_agents(to, re, &query),
+            Request::AgentGet(name) => self.get_agent(to, re, &name),
+            Request::AgentAdd(add) => self.add_agent(principal, to, re, add, now),
+            Request::AgentRemove(name) => self.remove_agent(principal, to, re, name, now),
+            Request::AgentLabel(edit) => self.label_agent(principal, to, re, edit),
+            Request::RunCreate(id, create) => self.request_run(principal, to, re, id, create, now),
+            Request::RunGet(id) => self.get_run(to, re, id),
+            Request::RunCancel(id) => self.cancel_run(to, re, id, now),
+            Request::JobCreate(id, create) => self.request_job(principal, to, re, id, create, now),
+            Request::JobGet(id) => self.get_job(to, re, id),
+            Request::JobTargets(query) => self.job_targets(to, re, query),
+            Request::JobCancel(id) => self.cancel_job(to, re, id, now),
+            Request::MetricsQuery(query) => {
+                if self.registry.contains(&query.agent) {
+                    let read = Read::Metrics(query);
+                    self.lookups.push(Lookup::Read(to.clone(), re, read));
+                } else {
+                    let error = super::agents::agent_not_found(&query.agent);
+                    self.reply_error(to, re, error, None);
+                }
+            }
+            Request::AgentChannel(name, reply) => {
+                let answer = if self.registry.contains(&name) {
+                    Ok(self.next_event_seq(&name))
+                } else {
+                    let channel = Channel::Agent(name);
+                    Err(ApiError::new(
+                        ErrorCode::UnknownChannel,
+                        format!("no channel {:?}", channel.to_string()),
+                    ))
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}

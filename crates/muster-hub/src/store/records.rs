@@ -1,0 +1,236 @@
+//! What the store keeps: stored records, the typed changes the writer
+//! commits, and the snapshot the hub loads at startup.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use muster_proto::actions::{ActionInfo, ExecMode};
+use muster_proto::jobs::{JobInfo, JobTarget};
+use muster_proto::messages::{MetricsSample, StoredEvent};
+use muster_proto::{AgentName, JobId, OutputStream, RunId, RunInfo, UnixMillis};
+use serde::{Deserialize, Serialize};
+
+/// A stored API key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public half of the token.
+    pub key_id: String,
+    /// Human name (`admin`, `dev`, …).
+    pub name: String,
+    /// Role: `admin`, `operator` or `viewer`.
+    pub role: String,
+    /// SHA-256 of the secret half.
+    pub secret_hash: Vec<u8>,
+}
+
+/// Facts an agent reports in its `hello`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentFacts {
+    /// Host name.
+    pub hostname: String,
+    /// Operating system.
+    pub os: String,
+    /// Architecture.
+    pub arch: String,
+    /// Agent version.
+    pub version: String,
+    /// Labels from the agent's own flags.
+    pub labels: BTreeMap<String, String>,
+    /// Concurrency limit.
+    pub max_concurrency: u32,
+    /// Raw commands, or declared actions only.
+    #[serde(default)]
+    pub exec: ExecMode,
+    /// Declared actions.
+    #[serde(default)]
+    pub actions: Vec<ActionInfo>,
+}
+
+/// A stored agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// Unique name.
+    pub name: AgentName,
+    /// Labels given at registration.
+    pub labels: BTreeMap<String, String>,
+    /// Public half of its token.
+    pub key_id: String,
+    /// SHA-256 of the secret half.
+    pub secret_hash: Vec<u8>,
+    /// What it last reported.
+    pub facts: Option<AgentFacts>,
+    /// Last time it was heard from.
+    pub last_seen_ms: Option<UnixMillis>,
+}
+
+/// One stored output chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Chunk number within the run.
+    pub seq: u64,
+    /// Stream.
+    pub stream: OutputStream,
+    /// Byte offset within the stream.
+    pub offset: u64,
+    /// Bytes.
+    pub data: Bytes,
+}
+
+/// How long metrics are kept, and at which resolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsRetention {
+    /// Raw samples younger than this are kept as they are.
+    pub raw_keep_ms: u64,
+    /// Older samples are replaced by one average per window of this length.
+    pub window_ms: u64,
+    /// Averages older than this are deleted.
+    pub rollup_keep_ms: u64,
+}
+
+/// One change the writer commits. Each is idempotent: committing it twice
+/// leaves the store as committing it once.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Adds an API key.
+    InsertApiKey(ApiKeyRecord, UnixMillis),
+    /// Deletes every API key with this name.
+    DeleteApiKeysNamed(String),
+    /// Registers an agent.
+    InsertAgent(AgentRecord, UnixMillis),
+    /// Replaces an agent's credential.
+    SetAgentCredential {
+        /// Agent.
+        name: AgentName,
+        /// Public half of the new token.
+        key_id: String,
+        /// SHA-256 of the new secret half.
+        secret_hash: Vec<u8>,
+    },
+    /// Replaces an agent's registered labels.
+    SetAgentLabels(AgentName, BTreeMap<String, String>),
+    /// Records when an agent was heard from, and what it reported.
+    AgentSeen(AgentName, Option<AgentFacts>, UnixMillis),
+    /// Removes an agent.
+    DeleteAgent(AgentName),
+    /// Adds a run.
+    InsertRun(Box<RunInfo>),
+    /// Writes a run's changing fields; the request part never changes after
+    /// the insert.
+    UpdateRun(Box<RunUpdate>),
+    /// Stores an output chunk (ignored if its seq is stored).
+    AppendOutput(RunId, StoredChunk),
+    /// Stores a raw metrics sample.
+    InsertMetrics(AgentName, Box<MetricsSample>),
+    /// Rolls old samples up and deletes expired averages.
+    CompactMetrics(MetricsRetention, UnixMillis),
+    /// Stores an agent event under its seq.
+    AppendEvent(Box<StoredEvent>),
+    /// Adds a job and all its targets.
+    InsertJob(Box<JobInfo>),
+    /// Rewrites a job's record (its targets are written separately).
+    UpdateJob(Box<JobInfo>),
+    /// Rewrites some of a job's targets.
+    UpdateTargets(JobId, Vec<JobTarget>),
+    /// Stores events published on `job:<id>`: seq and envelope text.
+    AppendJobEvents(JobId, Vec<(u64, String)>),
+}
+
+/// The fields of a run that change after it is created, written narrowly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunUpdate {
+    /// Run id.
+    pub id: RunId,
+    /// Lifecycle state.
+    pub state: muster_proto::RunState,
+    /// Process exit code.
+    pub exit_code: Option<i32>,
+    /// Signal that killed the process.
+    pub signal: Option<i32>,
+    /// Why it failed, was lost, expired or was rejected.
+    pub error: Option<String>,
+    /// Machine-readable reason of a rejection.
+    pub error_code: Option<muster_proto::ErrorCode>,
+    /// Process id on the agent's host.
+    pub pid: Option<u32>,
+    /// Output bytes stored.
+    pub output_bytes: u64,
+    /// Whether output past the cap was dropped.
+    pub output_truncated: bool,
+    /// When it was sent to the agent.
+    pub dispatched_ms: Option<UnixMillis>,
+    /// When the process started.
+    pub started_ms: Option<UnixMillis>,
+    /// When it reached its terminal state.
+    pub finished_ms: Option<UnixMillis>,
+}
+
+impl RunUpdate {
+    /// The changing fields of `run`.
+    pub fn of(run: &RunInfo) -> Self {
+        Self {
+            id: run.id,
+            state: run.state,
+            exit_code: run.exit_code,
+            signal: run.signal,
+            error: run.error.clone(),
+            error_code: run.error_code,
+            pid: run.pid,
+            output_bytes: run.output_bytes,
+            output_truncated: run.output_truncated,
+            dispatched_ms: run.dispatched_ms,
+            started_ms: run.started_ms,
+            finished_ms: run.finished_ms,
+        }
+    }
+
+    /// Writes these fields over `run`.
+    pub fn apply(&self, run: &mut RunInfo) {
+        run.state = self.state;
+        run.exit_code = self.exit_code;
+        run.signal = self.signal;
+        run.error = self.error.clone();
+        run.error_code = self.error_code;
+        run.pid = self.pid;
+        run.output_bytes = self.output_bytes;
+        run.output_truncated = self.output_truncated;
+        run.dispatched_ms = self.dispatched_ms;
+        run.started_ms = self.started_ms;
+        run.finished_ms = self.finished_ms;
+    }
+}
+
+/// A run not yet in a terminal state, as stored.
+#[derive(Clone, Debug)]
+pub struct UnfinishedRun {
+    /// The run.
+    pub run: RunInfo,
+    /// The seq after its highest stored chunk.
+    pub next_seq: u64,
+}
+
+/// A job still running, as stored.
+#[derive(Clone, Debug)]
+pub struct UnfinishedJob {
+    /// The job with every target.
+    pub job: JobInfo,
+    /// The seq after its highest stored event.
+    pub next_seq: u64,
+}
+
+/// What the hub keeps in memory, read at startup.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every API key.
+    pub api_keys: Vec<ApiKeyRecord>,
+    /// Every registered agent.
+    pub agents: Vec<AgentRecord>,
+    /// Runs not in a terminal state, oldest first.
+    pub runs: Vec<UnfinishedRun>,
+    /// Jobs still running, oldest first.
+    pub jobs: Vec<UnfinishedJob>,
+    /// The runs of those jobs' current steps that have ended, so the jobs
+    /// can catch up with them.
+    pub job_runs: Vec<RunInfo>,
+    /// The seq of each agent's next event (agents with no event are absent).
+    pub event_seqs: Vec<(AgentName, u64)>,
+}

@@ -1,0 +1,137 @@
+//! Schema migrations: the SQL files under `migrations/`, applied in order,
+//! each in its own transaction, and recorded in `schema_migrations`.
+//!
+//! Data dirs written by hubs up to 0.1.0 recorded their migrations in
+//! `_sqlx_migrations`; those versions are taken over once, so such a data
+//! dir upgrades in place. A database that has a migration this binary does
+//! not know was written by a newer hub, and is refused rather than guessed at.
+
+use anyhow::{Context as _, bail};
+use rusqlite::{Connection, OptionalExtension as _};
+
+/// Every migration, in order: version, description, SQL.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../../migrations/0001_init.sql")),
+    (
+        2,
+        "metrics",
+        include_str!("../../../migrations/0002_metrics.sql"),
+    ),
+    (
+        3,
+        "agent events",
+        include_str!("../../../migrations/0003_agent_events.sql"),
+    ),
+    (4, "jobs", include_str!("../../../migrations/0004_jobs.sql")),
+    (
+        5,
+        "job keys",
+        include_str!("../../../migrations/0005_job_keys.sql"),
+    ),
+    (
+        6,
+        "run columns",
+        include_str!("../../../migrations/0006_run_columns.sql"),
+    ),
+];
+
+/// Brings the schema up to date; returns how many migrations were applied.
+pub(super) fn run(conn: &mut Connection, now_ms: i64) -> anyhow::Result<usize> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version     INTEGER PRIMARY KEY,
+            description TEXT NOT NULL,
+            applied_ms  INTEGER NOT NULL
+        )",
+    )?;
+    adopt_sqlx_history(conn)?;
+    let newest: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if newest > known {
+        bail!(
+            "the database has schema version {newest}, newer than this hub knows ({known}); \
+             it was written by a newer Muster"
+        );
+    }
+    let mut applied = 0;
+    for &(version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > newest) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {version} ({description})"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, description, applied_ms) VALUES (?1, ?2, ?3)",
+            rusqlite::params![version, description, now_ms],
+        )?;
+        tx.commit()?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// Copies the successful versions recorded by hubs up to 0.1.0, once.
+fn adopt_sqlx_history(conn: &Connection) -> anyhow::Result<()> {
+    let legacy: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if legacy.is_none() {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT OR IGNORE INTO schema_migrations (version, description, applied_ms)
+         SELECT version, description, 0 FROM _sqlx_migrations WHERE success",
+        [],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_database_gets_every_migration_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(run(&mut conn, 1).unwrap(), MIGRATIONS.len());
+        assert_eq!(run(&mut conn, 2).unwrap(), 0);
+    }
+
+    #[test]
+    fn versions_recorded_by_sqlx_are_not_applied_again() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT,
+                 installed_on TIMESTAMP, success BOOLEAN, checksum BLOB, execution_time BIGINT);",
+        )
+        .unwrap();
+        for &(version, description, sql) in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute(
+                "INSERT INTO _sqlx_migrations (version, description, success) VALUES (?1, ?2, 1)",
+                rusqlite::params![version, description],
+            )
+            .unwrap();
+        }
+        assert_eq!(run(&mut conn, 1).unwrap(), 1, "only the new one");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        run(&mut conn, 1).unwrap();
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (99, 'from the future', 0)",
+            [],
+        )
+        .unwrap();
+        let err = run(&mut conn, 2).unwrap_err().to_string();
+        assert!(err.contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,379 @@
+//! Queries: the startup snapshot and every read of committed data. Each
+//! function runs on one of the store's read connections, on a blocking
+//! thread.
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use muster_proto::jobs::{JobInfo, JobState, JobTarget};
+use muster_proto::messages::{SeriesPoint, StoredEvent};
+use muster_proto::{AgentName, JobId, RunId, RunInfo, UnixMillis};
+use rusqlite::{Connection, Row, params};
+
+use super::codes::{error_code, opt_u64, run_state, stream_from_code};
+use crate::store::{
+    AgentFacts, AgentRecord, ApiKeyRecord, RunFilter, RunUpdate, Snapshot, StoredChunk,
+    UnfinishedJob, UnfinishedRun,
+};
+
+/// The columns [`run_from_row`] reads, in order.
+const RUN_COLUMNS: &str = "doc, state, exit_code, signal, error, error_code, pid, output_bytes,
+     output_truncated, dispatched_ms, started_ms, finished_ms";
+
+/// Everything the hub keeps in memory.
+pub(super) fn snapshot(conn: &Connection) -> anyhow::Result<Snapshot> {
+    let runs = query_runs(
+        conn,
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state IN ('queued', 'dispatched', 'running')
+             ORDER BY id"
+        ),
+        [],
+    )?
+    .into_iter()
+    .map(|run| unfinished_run(conn, run))
+    .collect::<anyhow::Result<_>>()?;
+    let jobs = unfinished_jobs(conn)?;
+    let job_runs = ended_step_runs(conn, &jobs)?;
+    Ok(Snapshot {
+        api_keys: api_keys(conn)?,
+        agents: agents(conn)?,
+        runs,
+        jobs,
+        job_runs,
+        event_seqs: event_seqs(conn)?,
+    })
+}
+
+/// The ended runs of the current steps of targets still going.
+fn ended_step_runs(conn: &Connection, jobs: &[UnfinishedJob]) -> anyhow::Result<Vec<RunInfo>> {
+    let mut runs = Vec::new();
+    let current = jobs
+        .iter()
+        .flat_map(|j| &j.job.targets)
+        .filter(|t| !t.state.is_terminal())
+        .filter_map(|t| t.steps.last());
+    for step in current {
+        if let Some(run) = run(conn, step.run)?
+            && run.state.is_terminal()
+        {
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+fn api_keys(conn: &Connection) -> anyhow::Result<Vec<ApiKeyRecord>> {
+    let mut query = conn.prepare("SELECT key_id, name, role, secret_hash FROM api_keys")?;
+    let rows = query.query_map([], |row| {
+        Ok(ApiKeyRecord {
+            key_id: row.get(0)?,
+            name: row.get(1)?,
+            role: row.get(2)?,
+            secret_hash: row.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn agents(conn: &Connection) -> anyhow::Result<Vec<AgentRecord>> {
+    let mut query = conn.prepare(
+        "SELECT name, labels, key_id, secret_hash, facts, last_seen_ms FROM agents ORDER BY name",
+    )?;
+    let mut rows = query.query([])?;
+    let mut agents = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let labels: String = row.get(1)?;
+        let facts: Option<String> = row.get(4)?;
+        agents.push(AgentRecord {
+            name: AgentName::new(name).context("a stored agent name")?,
+            labels: serde_json::from_str(&labels).context("agent labels")?,
+            key_id: row.get(2)?,
+            secret_hash: row.get(3)?,
+            facts: facts
+                .map(|f| serde_json::from_str::<AgentFacts>(&f))
+                .transpose()
+                .context("agent facts")?,
+            last_seen_ms: opt_u64(row.get(5)?),
+        });
+    }
+    Ok(agents)
+}
+
+/// A run in flight with what recovery needs: its next seq and the bytes stored.
+fn unfinished_run(conn: &Connection, mut run: RunInfo) -> anyhow::Result<UnfinishedRun> {
+    let (next_seq, bytes): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT COALESCE(MAX(seq) + 1, 0), COALESCE(SUM(LENGTH(data)), 0)
+             FROM run_output WHERE run_id = ?1",
+        )?
+        .query_row([run.id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    run.output_bytes = bytes as u64;
+    Ok(UnfinishedRun {
+        run,
+        next_seq: next_seq as u64,
+    })
+}
+
+fn unfinished_jobs(conn: &Connection) -> anyhow::Result<Vec<UnfinishedJob>> {
+    let jobs = query_docs::<JobInfo>(
+        conn,
+        "SELECT doc FROM jobs WHERE state = 'running' ORDER BY id",
+        [],
+    )?;
+    jobs.into_iter()
+        .map(|mut job| {
+            job.targets = job_targets(conn, job.id, None, u32::MAX)?;
+            let next_seq: i64 = conn.query_row(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM job_events WHERE job_id = ?1",
+                [job.id.to_string()],
+                |row| row.get(0),
+            )?;
+            Ok(UnfinishedJob {
+                job,
+                next_seq: next_seq as u64,
+            })
+        })
+        .collect()
+}
+
+fn event_seqs(conn: &Connection) -> anyhow::Result<Vec<(AgentName, u64)>> {
+    let mut query = conn.prepare("SELECT agent, MAX(seq) + 1 FROM agent_events GROUP BY agent")?;
+    let mut rows = query.query([])?;
+    let mut seqs = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let next: i64 = row.get(1)?;
+        // An agent removed since keeps its events; it is not in the registry.
+        if let Ok(name) = AgentName::new(name) {
+            seqs.push((name, next as u64));
+        }
+    }
+    Ok(seqs)
+}
+
+/// One run.
+pub(super) fn run(conn: &Connection, id: RunId) -> anyhow::Result<Option<RunInfo>> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1");
+    Ok(query_runs(conn, &sql, [id.to_string()])?.pop())
+}
+
+/// The run an idempotency key created.
+pub(super) fn run_by_key(
+    conn: &Connection,
+    requested_by: &str,
+    key: &str,
+) -> anyhow::Result<Option<RunInfo>> {
+    let sql =
+        format!("SELECT {RUN_COLUMNS} FROM runs WHERE requested_by = ?1 AND idempotency_key = ?2");
+    Ok(query_runs(conn, &sql, params![requested_by, key])?.pop())
+}
+
+/// A page of runs, newest first.
+pub(super) fn runs(
+    conn: &Connection,
+    filter: &RunFilter,
+    before: Option<RunId>,
+    limit: u32,
+) -> anyhow::Result<Vec<RunInfo>> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs
+         WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR id < ?3)
+         ORDER BY id DESC LIMIT ?4"
+    );
+    query_runs(
+        conn,
+        &sql,
+        params![
+            filter.agent.as_ref().map(AgentName::as_str),
+            filter.state.map(|s| s.as_str()),
+            before.map(|id| id.to_string()),
+            i64::from(limit)
+        ],
+    )
+}
+
+fn query_runs(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> anyhow::Result<Vec<RunInfo>> {
+    let mut query = conn.prepare_cached(sql)?;
+    let mut rows = query.query(params)?;
+    let mut runs = Vec::new();
+    while let Some(row) = rows.next()? {
+        runs.push(run_from_row(row)?);
+    }
+    Ok(runs)
+}
+
+/// The stored document, overridden by the columns that change.
+fn run_from_row(row: &Row<'_>) -> anyhow::Result<RunInfo> {
+    let doc: String = row.get(0)?;
+    let mut run: RunInfo = serde_json::from_str(&doc).context("decoding a stored run")?;
+    let state: String = row.get(1)?;
+    let update = RunUpdate {
+        id: run.id,
+        state: run_state(&state)?,
+        exit_code: row.get(2)?,
+        signal: row.get(3)?,
+        error: row.get(4)?,
+        error_code: error_code(row.get(5)?)?,
+        pid: row.get(6)?,
+        output_bytes: row.get::<_, i64>(7)?.max(0) as u64,
+        output_truncated: row.get::<_, i64>(8)? != 0,
+        dispatched_ms: opt_u64(row.get(9)?),
+        started_ms: opt_u64(row.get(10)?),
+        finished_ms: opt_u64(row.get(11)?),
+    };
+    update.apply(&mut run);
+    run.queue_position = None;
+    Ok(run)
+}
+
+/// Output chunks from `since`.
+pub(super) fn output_since(
+    conn: &Connection,
+    run: RunId,
+    since: u64,
+    limit: u32,
+) -> anyhow::Result<Vec<StoredChunk>> {
+    let mut query = conn.prepare_cached(
+        "SELECT seq, stream, offset, data FROM run_output
+         WHERE run_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let mut rows = query.query(params![run.to_string(), since as i64, i64::from(limit)])?;
+    let mut chunks = Vec::new();
+    while let Some(row) = rows.next()? {
+        let data = row.get_ref(3)?.as_blob()?;
+        chunks.push(StoredChunk {
+            seq: row.get::<_, i64>(0)? as u64,
+            stream: stream_from_code(row.get(1)?),
+            offset: row.get::<_, i64>(2)? as u64,
+            data: Bytes::copy_from_slice(data),
+        });
+    }
+    Ok(chunks)
+}
+
+/// Agent events from `since`.
+pub(super) fn events_since(
+    conn: &Connection,
+    agent: &AgentName,
+    since: u64,
+    limit: u32,
+) -> anyhow::Result<Vec<StoredEvent>> {
+    query_docs(
+        conn,
+        "SELECT doc FROM agent_events WHERE agent = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+        params![agent.as_str(), since as i64, i64::from(limit)],
+    )
+}
+
+/// Metric samples and averages from `since_ms`.
+pub(super) fn metrics_since(
+    conn: &Connection,
+    agent: &AgentName,
+    since_ms: UnixMillis,
+) -> anyhow::Result<Vec<SeriesPoint>> {
+    let mut query = conn.prepare_cached(
+        "SELECT resolution_ms, doc FROM metrics WHERE agent = ?1 AND ts_ms >= ?2
+         ORDER BY ts_ms, resolution_ms DESC",
+    )?;
+    let mut rows = query.query(params![agent.as_str(), since_ms as i64])?;
+    let mut points = Vec::new();
+    while let Some(row) = rows.next()? {
+        let doc: String = row.get(1)?;
+        points.push(SeriesPoint {
+            resolution_ms: row.get::<_, i64>(0)? as u64,
+            sample: serde_json::from_str(&doc).context("decoding a stored sample")?,
+        });
+    }
+    Ok(points)
+}
+
+/// One job without targets.
+pub(super) fn job(conn: &Connection, id: JobId) -> anyhow::Result<Option<JobInfo>> {
+    Ok(query_docs(conn, "SELECT doc FROM jobs WHERE id = ?1", [id.to_string()])?.pop())
+}
+
+/// The job an idempotency key created, without targets.
+pub(super) fn job_by_key(
+    conn: &Connection,
+    requested_by: &str,
+    key: &str,
+) -> anyhow::Result<Option<JobInfo>> {
+    let sql = "SELECT doc FROM jobs WHERE requested_by = ?1 AND idempotency_key = ?2";
+    Ok(query_docs(conn, sql, params![requested_by, key])?.pop())
+}
+
+/// A page of a job's targets, by agent name.
+pub(super) fn job_targets(
+    conn: &Connection,
+    job: JobId,
+    after: Option<&AgentName>,
+    limit: u32,
+) -> anyhow::Result<Vec<JobTarget>> {
+    query_docs(
+        conn,
+        "SELECT doc FROM job_targets WHERE job_id = ?1 AND (?2 IS NULL OR agent > ?2)
+         ORDER BY agent LIMIT ?3",
+        params![
+            job.to_string(),
+            after.map(AgentName::as_str),
+            i64::from(limit)
+        ],
+    )
+}
+
+/// A page of jobs, newest first.
+pub(super) fn jobs(
+    conn: &Connection,
+    state: Option<JobState>,
+    before: Option<JobId>,
+    limit: u32,
+) -> anyhow::Result<Vec<JobInfo>> {
+    query_docs(
+        conn,
+        "SELECT doc FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR id < ?2)
+         ORDER BY id DESC LIMIT ?3",
+        params![
+            state.map(|s| s.as_str()),
+            before.map(|id| id.to_string()),
+            i64::from(limit)
+        ],
+    )
+}
+
+/// A job's events from `since`.
+pub(super) fn job_events_since(
+    conn: &Connection,
+    job: JobId,
+    since: u64,
+    limit: u32,
+) -> anyhow::Result<Vec<(u64, String)>> {
+    let mut query = conn.prepare_cached(
+        "SELECT seq, msg FROM job_events WHERE job_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = query.query_map(
+        params![job.to_string(), since as i64, i64::from(limit)],
+        |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Rows of one JSON `doc` column, decoded.
+fn query_docs<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> anyhow::Result<Vec<T>> {
+    let mut query = conn.prepare_cached(sql)?;
+    let mut rows = query.query(params)?;
+    let mut docs = Vec::new();
+    while let Some(row) = rows.next()? {
+        let doc = row.get_ref(0)?.as_str()?;
+        docs.push(serde_json::from_str(doc).context("decoding a stored record")?);
+    }
+    Ok(docs)
+}

@@ -1,0 +1,423 @@
+//! A client session: decodes requests and routes each one. Requests that
+//! change state or need the engine's memory go to the engine and are
+//! answered on the connection's queue, so a client can pipeline them;
+//! listings of history are read from the store on a task of their own;
+//! `subscribe` runs here, in order, because it replays history onto this
+//! connection.
+
+use std::sync::Arc;
+
+use muster_proto::messages::{ErrorData, Principal, StreamSynced, Subscribe, Subscribed};
+use muster_proto::{
+    Channel, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RequestId, RunId,
+};
+
+use super::conn::Writer;
+use crate::broker::{Delivery, Subscriber};
+use crate::delivery::{History, ReplayError, SinkClosed, Subscriptions};
+use crate::engine::{ApiError, Input, ROLE_ADMIN, Reply, Request};
+use crate::outbound::Outbound;
+use crate::reads::{self, Read};
+use crate::runtime::EngineHandle;
+
+/// The state of one authenticated client connection.
+pub(crate) struct Session {
+    principal: Arc<Principal>,
+    engine: EngineHandle,
+    history: History,
+    /// This connection's queue, where answers come back.
+    queue: Subscriber,
+    subs: Subscriptions,
+    page_bytes: usize,
+}
+
+impl Session {
+    pub(crate) fn new(
+        principal: Principal,
+        engine: EngineHandle,
+        history: History,
+        queue: Subscriber,
+        subs: Subscriptions,
+        page_bytes: usize,
+    ) -> Self {
+        Self {
+            principal: Arc::new(principal),
+            engine,
+            history,
+            queue,
+            subs,
+            page_bytes,
+        }
+    }
+
+    /// Decodes and routes one text frame. `Err` means the socket is gone.
+    pub(crate) async fn handle_text(
+        &mut self,
+        writer: &mut Writer,
+        text: &str,
+    ) -> Result<(), SinkClosed> {
+        let env = match Envelope::<ClientToHub>::decode(text) {
+            Ok(env) => env,
+            Err(e) => {
+                let error = ErrorData::new(e.code(), e.to_string());
+                return send_error(writer, e.request_id(), error).await;
+            }
+        };
+        let re = env.id;
+        let request = match env.msg {
+            ClientToHub::Heartbeat(beat) => {
+                let ack = Envelope::reply(re, HubToClient::HeartbeatAck(beat));
+                return writer.send(&ack).await.map_err(|_| SinkClosed);
+            }
+            ClientToHub::HeartbeatAck(_) => return Ok(()),
+            ClientToHub::Hello(_) => {
+                let error = ErrorData::new(ErrorCode::InvalidMessage, "already authenticated");
+                return send_error(writer, re, error).await;
+            }
+            ClientToHub::Subscribe(subscribe) => {
+                return self.subscribe(writer, re, subscribe).await;
+            }
+            ClientToHub::Unsubscribe(c) => {
+                if let Ok(channel) = c.channel.parse::<Channel>() {
+                    self.subs.unsubscribe(&channel);
+                }
+                let ok = Envelope::reply(re, HubToClient::Ok(Default::default()));
+                return writer.send(&ok).await.map_err(|_| SinkClosed);
+            }
+            ClientToHub::RunList(query) => return self.read(re, Read::RunList(query)),
+            ClientToHub::JobList(query) => return self.read(re, Read::JobList(query)),
+            ClientToHub::AgentList(query) => Request::AgentList(query),
+            ClientToHub::AgentGet(r) => Request::AgentGet(r.name),
+            ClientToHub::AgentAdd(add) => Request::AgentAdd(add),
+            ClientToHub::AgentRemove(r) => Request::AgentRemove(r.name),
+            ClientToHub::AgentLabel(edit) => Request::AgentLabel(edit),
+            ClientToHub::MetricsQuery(query) => Request::MetricsQuery(query),
+            ClientToHub::RunGet(r) => Request::RunGet(r.run),
+            ClientToHub::RunCancel(r) => Request::RunCancel(r.run),
+            ClientToHub::JobGet(r) => Request::JobGet(r.job),
+            ClientToHub::JobTargets(query) => Request::JobTargets(query),
+            ClientToHub::JobCancel(r) => Request::JobCancel(r.job),
+            ClientToHub::RunCreate(create) => {
+                let id = RunId::generate();
+                if create.subscribe {
+                    // Before the run exists, so none of its events is missed.
+                    self.subs.subscribe_live(&Channel::Run(id));
+                }
+                Request::RunCreate(id, create)
+            }
+            ClientToHub::JobCreate(create) => {
+                let id = JobId::generate();
+                if create.subscribe {
+                    self.subs.subscribe_live(&Channel::Job(id));
+                }
+                Request::JobCreate(id, create)
+            }
+        };
+        self.hand_to_engine(writer, re, request).await
+    }
+
+    /// Hands a request to the engine, unless the store cannot take what it
+    /// would change.
+    async fn hand_to_engine(
+        &mut self,
+        writer: &mut Writer,
+        re: Option<RequestId>,
+        request: Request,
+    ) -> Result<(), SinkClosed> {
+        if needs_store(&request) && !self.engine.health().writable() {
+            if let Request::RunCreate(id, _) = &request {
+                self.subs.unsubscribe(&Channel::Run(*id));
+            }
+            if let Request::JobCreate(id, _) = &request {
+                self.subs.unsubscribe(&Channel::Job(*id));
+            }
+            let error = ErrorData::new(
+                ErrorCode::StorageUnavailable,
+                "the hub cannot write to its store right now; nothing was done, retry later",
+            );
+            return send_error(writer, re, error).await;
+        }
+        let input = Input::Request {
+            principal: self.principal.clone(),
+            to: self.queue.clone(),
+            re: re.clone(),
+            request,
+        };
+        if !self.engine.send(input).await {
+            let error = ErrorData::new(ErrorCode::Internal, "the hub is shutting down");
+            return send_error(writer, re, error).await;
+        }
+        Ok(())
+    }
+
+    /// Answers from the store on a task of its own.
+    fn read(&self, re: Option<RequestId>, read: Read) -> Result<(), SinkClosed> {
+        let (store, queue, page_bytes) = (
+            self.history.store().clone(),
+            self.queue.clone(),
+            self.page_bytes,
+        );
+        tokio::spawn(async move {
+            let msg = reads::answer(&store, read, page_bytes).await;
+            queue.send(Outbound::Reply(Box::new(Reply::to(re, msg))));
+        });
+        Ok(())
+    }
+
+    /// Passes one item of the connection's queue on to the socket.
+    pub(crate) async fn forward(
+        &mut self,
+        writer: &mut Writer,
+        item: Outbound,
+    ) -> Result<(), SinkClosed> {
+        match item {
+            Outbound::Delivery(delivery) => self.deliver(writer, delivery).await,
+            Outbound::Reply(reply) => {
+                let Reply {
+                    re,
+                    msg,
+                    subscribe,
+                    unsubscribe,
+                } = *reply;
+                if let Some(channel) = unsubscribe {
+                    self.subs.unsubscribe(&channel);
+                }
+                if let Some(channel) = subscribe {
+                    self.subs.subscribe_live(&channel);
+                }
+                let text = Envelope::reply(re, msg).encode();
+                writer.feed_text(text).await.map_err(|_| SinkClosed)
+            }
+            Outbound::Agent(_) => Ok(()),
+        }
+    }
+
+    async fn deliver(&mut self, writer: &mut Writer, delivery: Delivery) -> Result<(), SinkClosed> {
+        self.subs.deliver(writer, &self.history, delivery).await
+    }
+
+    /// Subscribes, answers `subscribed`, and replays from `since` up to
+    /// `stream.synced`. A run's or job's stream is paused while it replays
+    /// and caught up after (see `delivery`); anything else is live first.
+    async fn subscribe(
+        &mut self,
+        writer: &mut Writer,
+        re: Option<RequestId>,
+        req: Subscribe,
+    ) -> Result<(), SinkClosed> {
+        let channel = match req.channel.parse::<Channel>() {
+            Ok(channel) => channel,
+            Err(e) => {
+                let error = ErrorData::new(ErrorCode::UnknownChannel, e.to_string());
+                return send_error(writer, re, error).await;
+            }
+        };
+        let since = req.since.filter(|_| channel.has_stream());
+        let pause = since.is_some() && matches!(channel, Channel::Run(_) | Channel::Job(_));
+        let was_subscribed = self.subs.is_subscribed(&channel);
+        match pause {
+            true => self.subs.subscribe_paused(&channel),
+            false => self.subs.subscribe_live(&channel),
+        }
+        let checked = match self.check(&channel).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                match was_subscribed {
+                    true => self.subs.resume(&channel),
+                    false => _ = self.subs.unsubscribe(&channel),
+                }
+                return send_error(writer, re, e.to_data()).await;
+            }
+        };
+        let subscribed = Subscribed {
+            channel: req.channel.clone(),
+            run: checked.run.clone(),
+            next_seq: checked.next_seq,
+        };
+        let reply = Envelope::reply(re, HubToClient::Subscribed(subscribed));
+        writer.send(&reply).await.map_err(|_| SinkClosed)?;
+        let mut ended = checked.ended;
+        if let Some(since) = since {
+            let Some(next_seq) = self.replay(writer, &channel, since).await? else {
+                return Ok(());
+            };
+            let (next_seq, truncated, now_ended) = match pause {
+                true => match self.catch_up(writer, &channel, &checked, next_seq).await? {
+                    Some(caught) => caught,
+                    None => return Ok(()),
+                },
+                false => (next_seq, checked.truncated, false),
+            };
+            ended |= now_ended;
+            self.synced(writer, &channel, next_seq, truncated).await?;
+        }
+        if ended {
+            // Nothing will be published on an ended run's or job's channel any more.
+            self.subs.unsubscribe(&channel);
+        }
+        Ok(())
+    }
+
+    /// Replays from `since`; `None` if the store failed (the client was told).
+    async fn replay(
+        &mut self,
+        writer: &mut Writer,
+        channel: &Channel,
+        since: u64,
+    ) -> Result<Option<u64>, SinkClosed> {
+        match self
+            .subs
+            .replay(writer, &self.history, channel, since)
+            .await
+        {
+            Ok(next_seq) => Ok(Some(next_seq)),
+            Err(ReplayError::Closed) => Err(SinkClosed),
+            Err(ReplayError::Store(e)) => {
+                self.subs.unsubscribe(channel);
+                let error = ApiError::from(e).to_data();
+                send_error(writer, None, error).await.map(|()| None)
+            }
+        }
+    }
+
+    async fn synced(
+        &mut self,
+        writer: &mut Writer,
+        channel: &Channel,
+        next_seq: u64,
+        truncated: bool,
+    ) -> Result<(), SinkClosed> {
+        let synced = StreamSynced {
+            channel: channel.to_string(),
+            next_seq,
+            truncated,
+        };
+        let msg = Envelope::event(channel.to_string(), HubToClient::StreamSynced(synced));
+        writer.send(&msg).await.map_err(|_| SinkClosed)
+    }
+
+    /// After a paused replay: resumes the live subscription and replays
+    /// once more what was stored meanwhile. If the run or job ended by then,
+    /// everything it will ever have is stored: it is replayed to the end, and
+    /// a run's final state is sent as `run.status` (its status events were
+    /// skipped while paused). Returns the next seq, whether the output was
+    /// truncated, and whether the stream ended; `None` if the store failed.
+    async fn catch_up(
+        &mut self,
+        writer: &mut Writer,
+        channel: &Channel,
+        before: &Checked,
+        next_seq: u64,
+    ) -> Result<Option<(u64, bool, bool)>, SinkClosed> {
+        self.subs.resume(channel);
+        let Some(mut next_seq) = self.replay(writer, channel, next_seq).await? else {
+            return Ok(None);
+        };
+        let Ok(now) = self.check(channel).await else {
+            return Ok(Some((next_seq, before.truncated, false)));
+        };
+        if now.ended {
+            let Some(last) = self.replay(writer, channel, next_seq).await? else {
+                return Ok(None);
+            };
+            next_seq = last;
+        }
+        if let (Some(run), Some(was)) = (&now.run, &before.run)
+            && (run.state != was.state || run.output_truncated != was.output_truncated)
+        {
+            let status =
+                HubToClient::RunStatus(muster_proto::messages::RunEnvelope { run: run.clone() });
+            let msg = Envelope::event(channel.to_string(), status);
+            writer.send(&msg).await.map_err(|_| SinkClosed)?;
+        }
+        Ok(Some((next_seq, now.truncated, now.ended)))
+    }
+
+    /// Whether `channel` exists, and what its answer carries.
+    async fn check(&self, channel: &Channel) -> Result<Checked, ApiError> {
+        let unknown = || {
+            ApiError::new(
+                ErrorCode::UnknownChannel,
+                format!("no channel {:?}", channel.to_string()),
+            )
+        };
+        let store = self.history.store();
+        Ok(match channel {
+            Channel::Fleet => Checked::default(),
+            Channel::All => {
+                if self.principal.role.as_deref() != Some(ROLE_ADMIN) {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "this needs an admin key",
+                    ));
+                }
+                Checked::default()
+            }
+            Channel::Agent(name) | Channel::Metrics(name) => {
+                let name = name.clone();
+                let next = self
+                    .engine
+                    .ask(|reply| Input::Request {
+                        principal: self.principal.clone(),
+                        to: self.queue.clone(),
+                        re: None,
+                        request: Request::AgentChannel(name, reply),
+                    })
+                    .await
+                    .ok_or_else(unknown)??;
+                Checked {
+                    next_seq: matches!(channel, Channel::Agent(_)).then_some(next),
+                    ..Checked::default()
+                }
+            }
+            Channel::Run(id) => {
+                let run = store.run(*id).await?.ok_or_else(unknown)?;
+                Checked {
+                    ended: run.state.is_terminal(),
+                    truncated: run.output_truncated,
+                    run: Some(run),
+                    next_seq: None,
+                }
+            }
+            Channel::Job(id) => {
+                let job = store.job(*id).await?.ok_or_else(unknown)?;
+                Checked {
+                    ended: job.state.is_terminal(),
+                    ..Checked::default()
+                }
+            }
+        })
+    }
+}
+
+/// What `subscribe` learnt of a channel.
+#[derive(Default)]
+struct Checked {
+    run: Option<muster_proto::RunInfo>,
+    next_seq: Option<u64>,
+    ended: bool,
+    truncated: bool,
+}
+
+/// Whether a request changes what the store holds (or answers from state
+/// not yet stored), and so waits for a commit.
+fn needs_store(request: &Request) -> bool {
+    !matches!(
+        request,
+        Request::AgentList(_)
+            | Request::AgentGet(_)
+            | Request::MetricsQuery(_)
+            | Request::AgentChannel(..)
+    )
+}
+
+async fn send_error(
+    writer: &mut Writer,
+    re: Option<RequestId>,
+    error: ErrorData,
+) -> Result<(), SinkClosed> {
+    writer
+        .send_error(re, error, HubToClient::Error)
+        .await
+        .map_err(|_| SinkClosed)
+}
