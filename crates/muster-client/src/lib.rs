@@ -33,6 +33,8 @@ mod client;
 mod error;
 mod follow;
 mod handshake;
+mod lists;
+mod pages;
 mod reconnect;
 mod submit;
 mod task;
@@ -42,10 +44,11 @@ pub use client::{Client, EVENT_CHANNEL_CAPACITY, Event};
 pub use error::ClientError;
 pub use follow::{FollowError, FollowEvent, FollowOptions, RunFollower};
 pub use muster_proto::messages::{
-    AgentAdded, ConnectionAck, JobAccepted, JobCreate, MetricsSample, RunAccepted, RunListQuery,
-    SeriesPoint, Subscribed,
+    AgentAdded, AgentListQuery, ConnectionAck, JobAccepted, JobCreate, JobListQuery,
+    JobTargetsQuery, MetricsSample, RunAccepted, RunListQuery, SeriesPoint, Subscribed,
 };
 pub use muster_proto::types::RunRequest;
+pub use pages::{MAX_PAGES, Page};
 pub use reconnect::DEFAULT_GIVE_UP_AFTER;
 pub use submit::{create_job_retrying, create_run_retrying, new_idempotency_key};
 pub use url::ws_url;
