@@ -92,8 +92,9 @@ pub enum FollowError {
         /// The close reason.
         reason: String,
     },
-    /// No connection succeeded for the whole give-up bound.
-    #[error("gave up after {}s without a connection to the hub: {last_error}", .waited.as_secs())]
+    /// No connection succeeded (or none could subscribe, the hub's store
+    /// being unavailable) for the whole give-up bound.
+    #[error("gave up after {}s without a working connection to the hub: {last_error}", .waited.as_secs())]
     GaveUp {
         /// How long the hub had been unreachable.
         waited: Duration,

@@ -209,6 +209,10 @@ impl FollowTask {
             }
             // The connection's end follows as an event, with its close code.
             Err(ClientError::Closed(_)) => Ok(()),
+            // Its store unavailable, say: try again after a pause.
+            Err(err) if err.is_transient() => Err(End::Dropped(format!(
+                "the hub could not subscribe to the run: {err}"
+            ))),
             Err(err) => Err(End::Failed(err.into())),
         }
     }

@@ -248,6 +248,33 @@ async fn an_unknown_run_is_refused_at_once() {
 }
 
 #[tokio::test]
+async fn a_hub_that_cannot_reach_its_store_is_asked_again() {
+    let (listener, url) = listen().await;
+    let run = RunId::generate();
+    tokio::spawn(async move {
+        let mut hub = accept(&listener).await;
+        let request = recv(&mut hub).await;
+        let error = ErrorData::new(ErrorCode::StorageUnavailable, "disk full");
+        send(
+            &mut hub,
+            Envelope::reply(request.id, HubToClient::Error(error)),
+        )
+        .await;
+        close_code(&mut hub).await;
+        let mut hub = accept(&listener).await;
+        answer_subscribe(&mut hub, run, 0, RunState::Completed).await;
+        output(&mut hub, run, 0, b"stored").await;
+        synced(&mut hub, run, 1).await;
+        close_code(&mut hub).await;
+    });
+    let drained = tokio::time::timeout(TEST_TIMEOUT, drain(start(&url, run)));
+    let (bytes, events, error) = drained.await.expect("the follower did not try again");
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(bytes, b"stored");
+    assert_eq!(events, ["synced 1", "finished completed"]);
+}
+
+#[tokio::test]
 async fn gives_up_when_the_hub_stays_away() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -98,6 +98,24 @@ fn error_replies_become_hub_errors() {
     assert!(reply_result(HubToClient::Ok(Empty {})).is_ok());
 }
 
+#[test]
+fn an_unavailable_store_is_said_plainly_and_is_transient() {
+    let data = ErrorData::new(ErrorCode::StorageUnavailable, "disk full");
+    let err = reply_result(HubToClient::Error(data)).unwrap_err();
+    assert!(err.is_transient());
+    assert_eq!(
+        err.to_string(),
+        "the hub cannot write to its store, so it did nothing; try again later \
+         (STORAGE_UNAVAILABLE: disk full)"
+    );
+    let data = ErrorData::new(ErrorCode::UnknownChannel, "no such channel");
+    assert!(
+        !reply_result(HubToClient::Error(data))
+            .unwrap_err()
+            .is_transient()
+    );
+}
+
 #[tokio::test]
 async fn requests_get_their_replies_and_events_flow() {
     let (code_tx, code_rx) = tokio::sync::oneshot::channel();
