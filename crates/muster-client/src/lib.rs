@@ -42,7 +42,10 @@ mod url;
 
 pub use client::{Client, EVENT_CHANNEL_CAPACITY, Event};
 pub use error::ClientError;
-pub use follow::{FollowError, FollowEvent, FollowOptions, RunFollower};
+pub use follow::{
+    FollowError, FollowEvent, FollowOptions, JobEvent, JobFollowEvent, JobFollowOptions,
+    JobFollower, RunFollower, StepOutput, StepRef,
+};
 pub use muster_proto::messages::{
     AgentAdded, AgentListQuery, ConnectionAck, JobAccepted, JobCreate, JobListQuery,
     JobTargetsQuery, MetricsSample, RunAccepted, RunListQuery, SeriesPoint, Subscribed,

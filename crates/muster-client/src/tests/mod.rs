@@ -1,12 +1,13 @@
 //! Unit tests: URL building and error mapping, then the connection task driven
 //! by a scripted fake hub on a real socket (the lead's integration tests use a
-//! real hub); the resumable follower's tests are in `follow.rs`, paged lists'
-//! in `paging.rs`.
+//! real hub); the run follower's tests are in `follow.rs`, the job
+//! follower's in `job_follow.rs`, paged lists' in `paging.rs`.
 
 use std::io;
 
 mod fake_hub;
 mod follow;
+mod job_follow;
 mod paging;
 
 use futures_util::{SinkExt, StreamExt};

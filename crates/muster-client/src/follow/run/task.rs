@@ -15,11 +15,12 @@ use muster_proto::{CloseCode, Envelope, HubToClient, OutputFrame, RunId, RunInfo
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::seq::{SeqTracker, Verdict};
-use super::{FollowError, FollowEvent};
+use super::FollowEvent;
 use crate::Subscribed;
 use crate::client::{Client, Event};
 use crate::error::ClientError;
+use crate::follow::FollowError;
+use crate::follow::seq::{SeqTracker, Verdict};
 use crate::reconnect::{ReconnectError, Reconnector, is_retryable};
 
 /// After this long without an event about the run, the follower subscribes
