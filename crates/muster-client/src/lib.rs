@@ -31,6 +31,7 @@
 mod api;
 mod client;
 mod error;
+mod execute;
 mod follow;
 mod handshake;
 mod lists;
@@ -42,6 +43,7 @@ mod url;
 
 pub use client::{Client, EVENT_CHANNEL_CAPACITY, Event};
 pub use error::ClientError;
+pub use execute::{ExecuteError, Output};
 pub use follow::{
     FollowError, FollowEvent, FollowOptions, JobEvent, JobFollowEvent, JobFollowOptions,
     JobFollower, RunFollower, StepOutput, StepRef,
@@ -51,6 +53,7 @@ pub use muster_proto::messages::{
     JobTargetsQuery, MetricsSample, RunAccepted, RunListQuery, SeriesPoint, Subscribed,
 };
 pub use muster_proto::types::RunRequest;
+pub use muster_proto::{AgentName, CommandSpec};
 pub use pages::{MAX_PAGES, Page};
 pub use reconnect::DEFAULT_GIVE_UP_AFTER;
 pub use submit::{create_job_retrying, create_run_retrying, new_idempotency_key};

@@ -1,10 +1,12 @@
 //! Unit tests: URL building and error mapping, then the connection task driven
 //! by a scripted fake hub on a real socket (the lead's integration tests use a
 //! real hub); the run follower's tests are in `follow.rs`, the job
-//! follower's in `job_follow.rs`, paged lists' in `paging.rs`.
+//! follower's in `job_follow.rs`, paged lists' in `paging.rs`, and
+//! `Client::execute`'s in `execute.rs`.
 
 use std::io;
 
+mod execute;
 mod fake_hub;
 mod follow;
 mod job_follow;
