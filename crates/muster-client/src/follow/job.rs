@@ -1,29 +1,7 @@
-//! Following a job to its end: its events and every step's output, over one
-//! connection at a time: [`JobFollower`].
-//!
-//! The task subscribes to `job:<id>` from event 0 (or takes over a connection
-//! that `job.create` subscribed). On each `job.step.started` it subscribes to
-//! the step's `run:<id>` from output frame 0, and passes each frame on, with
-//! the agent and step it belongs to, until the run's terminal status. Job
-//! events come once each, in `seq` order; each run's frames come once each,
-//! in order; a run's frames come after its `job.step.started`, and its
-//! [`RunEnded`](JobFollowEvent::RunEnded) after its last frame. Frames of
-//! different runs interleave, and the order between a job's events and its
-//! runs' frames is the hub's (protocol section 9.6).
-//!
-//! When the connection drops, the task reports
-//! [`Reconnecting`](JobFollowEvent::Reconnecting), reconnects on the shared
-//! backoff schedule and subscribes again: the job from the next event it
-//! needs, every unfinished run from the next frame it needs. A hole in a
-//! stream is replayed once more on a new connection; if the replay has the
-//! same hole, a run is given up with
-//! [`RunUnavailable`](JobFollowEvent::RunUnavailable) and the job's own
-//! events end the follower with [`FollowError::JobGap`].
-//!
-//! The job is over when its final `job.progress` has come and every run it
-//! started has ended; the follower then reads the job as the hub stored it
-//! (every target, page by page), passes it as
-//! [`Finished`](JobFollowEvent::Finished), and stops.
+//! Following a job to its end — its events and every step's output, over
+//! one connection at a time — with [`JobFollower`]; its docs say what it
+//! promises. The connections are in `task.rs`, what each message means in
+//! `streams.rs`.
 
 mod events;
 mod streams;
@@ -93,7 +71,7 @@ pub struct StepOutput {
     pub payload: Bytes,
 }
 
-/// Something that happened to the followed job; see the [module docs](self).
+/// Something that happened to a job a [`JobFollower`] follows.
 #[derive(Clone, Debug)]
 pub enum JobFollowEvent {
     /// The job's next event: each one from `seq` 0 once, in order.
@@ -131,7 +109,31 @@ pub enum JobFollowEvent {
     Finished(Box<JobInfo>),
 }
 
-/// Follows one job to its end; see the [module docs](self).
+/// Follows one job to its end: its events and every step's output.
+///
+/// It subscribes to `job:<id>` from event 0 (or takes over a connection
+/// that `job.create` subscribed). On each `job.step.started` it subscribes to
+/// the step's `run:<id>` from output frame 0, and passes each frame on, with
+/// the agent and step it belongs to, until the run's terminal status. Job
+/// events come once each, in `seq` order; each run's frames come once each,
+/// in order; a run's frames come after its `job.step.started`, and its
+/// [`RunEnded`](JobFollowEvent::RunEnded) after its last frame. Frames of
+/// different runs interleave, and the order between a job's events and its
+/// runs' frames is the hub's (protocol section 9.6).
+///
+/// When the connection drops, it reports
+/// [`Reconnecting`](JobFollowEvent::Reconnecting), reconnects on the shared
+/// backoff schedule and subscribes again: the job from the next event it
+/// needs, every unfinished run from the next frame it needs. A hole in a
+/// stream is replayed once more on a new connection; if the replay has the
+/// same hole, a run is given up with
+/// [`RunUnavailable`](JobFollowEvent::RunUnavailable) and the job's own
+/// events end the follower with [`FollowError::JobGap`].
+///
+/// The job is over when its final `job.progress` has come and every run it
+/// started has ended; the follower then reads the job as the hub stored it
+/// (every target, page by page), passes it as
+/// [`Finished`](JobFollowEvent::Finished), and stops.
 ///
 /// Read it with [`next`](Self::next) (cancel-safe) or as a [`Stream`].
 /// Dropping the follower stops its task and closes its connection.

@@ -62,7 +62,13 @@ pub enum FollowEvent {
     Finished(Box<RunInfo>),
 }
 
-/// Follows one run's output to its end; see the [module docs](self).
+/// Follows one run's output to its end.
+///
+/// It subscribes to `run:<id>` from `since`, passes every output frame on
+/// once and in order, and ends with the run's terminal status. When the
+/// connection drops it reconnects on the shared backoff schedule and
+/// resubscribes from the next frame it needs; a hole in the hub's stream ends
+/// it with [`FollowError::Gap`] rather than skip output.
 ///
 /// Read it with [`next`](Self::next) (cancel-safe) or as a [`Stream`]. Dropping
 /// the follower stops its task and closes its connection.
@@ -132,7 +138,7 @@ impl RunFollower {
     /// The client of the connection in use; `None` while reconnecting, and
     /// for good once the follower has stopped (then the sender is gone too).
     /// Use it for requests about the run, such as [`Client::cancel_run`]; a
-    /// request that fails with [`ClientError::Closed`] can wait for the next
+    /// request that fails with [`ClientError::Closed`](crate::ClientError::Closed) can wait for the next
     /// client with `changed()`.
     pub fn clients(&self) -> watch::Receiver<Option<Client>> {
         self.clients_rx.clone()
