@@ -1,8 +1,8 @@
 //! Unit tests: URL building and error mapping, then the connection task driven
-//! by a scripted fake hub on a real socket (the lead's integration tests use a
+//! by a scripted fake hub on a real socket (the hub's integration tests use a
 //! real hub); the run follower's tests are in `follow.rs`, the job
-//! follower's in `job_follow.rs`, paged lists' in `paging.rs`, and
-//! `Client::execute`'s in `execute.rs`.
+//! follower's in `job_follow.rs`, paged lists' in `paging.rs`, the retrying
+//! creates' in `submit.rs`, and `Client::execute`'s in `execute.rs`.
 
 use std::io;
 
@@ -11,6 +11,7 @@ mod fake_hub;
 mod follow;
 mod job_follow;
 mod paging;
+mod submit;
 
 use futures_util::{SinkExt, StreamExt};
 use muster_proto::frame::OutputHeader;
