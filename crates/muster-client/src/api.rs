@@ -30,7 +30,9 @@ pub(crate) use expect_reply;
 
 impl Client {
     /// Creates a job. With `subscribe`, this connection receives every event
-    /// on `job:<id>` from its very start.
+    /// on `job:<id>` from its very start. The job's `targets` may hold only
+    /// their first page (`targets_next_cursor` is then set):
+    /// [`read_all_targets`](Self::read_all_targets) reads the rest.
     pub async fn create_job(&self, spec: JobSpec, subscribe: bool) -> Result<JobInfo, ClientError> {
         let create = JobCreate {
             spec,
@@ -41,7 +43,8 @@ impl Client {
     }
 
     /// Sends `job.create` as given, idempotency key included; `created` in
-    /// the reply is false when the key found an earlier job.
+    /// the reply is false when the key found an earlier job. As with
+    /// [`create_job`](Self::create_job), the targets may be a first page.
     pub async fn submit_job(&self, create: JobCreate) -> Result<crate::JobAccepted, ClientError> {
         let request = ClientToHub::JobCreate(create);
         expect_reply!(self, request, "job.accepted", HubToClient::JobAccepted(accepted) => accepted)

@@ -83,7 +83,10 @@ impl JobView {
                     self.screen.clear_status().await?;
                     return Err(follow_error(self.job, err));
                 }
-                None => anyhow::bail!("stopped following job {} before it ended", self.job),
+                None => {
+                    self.screen.clear_status().await?;
+                    anyhow::bail!("stopped following job {} before it ended", self.job)
+                }
             };
             match event {
                 JobFollowEvent::Finished(job) => {
