@@ -64,8 +64,8 @@ pub(crate) struct Shared {
     pub(crate) ack: ConnectionAck,
     /// Set once by the task when the connection ends, so later requests can say why.
     pub(crate) closed: OnceLock<String>,
-    /// How this connection was made, for the helpers that open their own
-    /// connections to the same hub (such as [`Client::execute`]).
+    /// How this connection was made, for the calls that open connections of
+    /// their own to the same hub (such as [`Client::execute`]).
     pub(crate) credentials: Credentials,
 }
 

@@ -33,8 +33,8 @@
 //!
 //! **Surviving drops.** A `Client` is one connection and does not
 //! reconnect: when the socket drops, pending requests fail with
-//! [`ClientError::Closed`] and the receiver yields [`Event::Closed`]. These
-//! helpers add what survives drops and hub restarts:
+//! [`ClientError::Closed`] and the receiver yields [`Event::Closed`]. What
+//! survives drops and hub restarts:
 //!
 //! - [`create_run_retrying`] and [`create_job_retrying`] re-send a create
 //!   (with an idempotency key, so at most one run or job is created) until
