@@ -1,12 +1,13 @@
 //! Typed helpers over [`Client::request`]: one method per request the hub
 //! serves to clients, each checking that the reply has the expected type.
+//! The lists, which come in pages, are in `lists.rs`.
 
 use std::collections::BTreeMap;
 
 use muster_proto::jobs::{JobInfo, JobSpec};
 use muster_proto::messages::{
-    AgentAdd, AgentAdded, AgentListQuery, AgentRef, JobCreate, JobListQuery, JobRef, MetricsQuery,
-    RunAccepted, RunCreate, RunListQuery, RunRef, SeriesPoint, Subscribe, Subscribed,
+    AgentAdd, AgentAdded, AgentRef, JobCreate, JobRef, MetricsQuery, RunAccepted, RunCreate,
+    RunRef, SeriesPoint, Subscribe, Subscribed,
 };
 use muster_proto::types::RunRequest;
 use muster_proto::{
@@ -21,30 +22,17 @@ macro_rules! expect_reply {
     ($client:expr, $request:expr, $expected:literal, $pattern:pat => $value:expr) => {
         match $client.request($request).await? {
             $pattern => Ok($value),
-            other => Err(unexpected($expected, &other)),
+            other => Err($crate::api::unexpected($expected, &other)),
         }
     };
 }
+pub(crate) use expect_reply;
 
 impl Client {
-    /// Every registered agent, sorted by name.
-    pub async fn agents(&self) -> Result<Vec<AgentInfo>, ClientError> {
-        let request = ClientToHub::AgentList(AgentListQuery::default());
-        expect_reply!(self, request, "agent.list", HubToClient::AgentList(list) => list.agents)
-    }
-
-    /// The agents `selector` matches, sorted by name; `INVALID_SELECTOR` names
-    /// the column of a selector that does not parse.
-    pub async fn agents_matching(&self, selector: &str) -> Result<Vec<AgentInfo>, ClientError> {
-        let request = ClientToHub::AgentList(AgentListQuery {
-            selector: Some(selector.to_owned()),
-            ..AgentListQuery::default()
-        });
-        expect_reply!(self, request, "agent.list", HubToClient::AgentList(list) => list.agents)
-    }
-
     /// Creates a job. With `subscribe`, this connection receives every event
-    /// on `job:<id>` from its very start.
+    /// on `job:<id>` from its very start. The job's `targets` may hold only
+    /// their first page (`targets_next_cursor` is then set):
+    /// [`read_all_targets`](Self::read_all_targets) reads the rest.
     pub async fn create_job(&self, spec: JobSpec, subscribe: bool) -> Result<JobInfo, ClientError> {
         let create = JobCreate {
             spec,
@@ -55,22 +43,11 @@ impl Client {
     }
 
     /// Sends `job.create` as given, idempotency key included; `created` in
-    /// the reply is false when the key found an earlier job.
+    /// the reply is false when the key found an earlier job. As with
+    /// [`create_job`](Self::create_job), the targets may be a first page.
     pub async fn submit_job(&self, create: JobCreate) -> Result<crate::JobAccepted, ClientError> {
         let request = ClientToHub::JobCreate(create);
         expect_reply!(self, request, "job.accepted", HubToClient::JobAccepted(accepted) => accepted)
-    }
-
-    /// One job, with its targets.
-    pub async fn job(&self, id: JobId) -> Result<JobInfo, ClientError> {
-        let request = ClientToHub::JobGet(JobRef { job: id });
-        expect_reply!(self, request, "job.info", HubToClient::JobInfo(job) => job.job)
-    }
-
-    /// Recent jobs, newest first, without targets.
-    pub async fn jobs(&self, query: JobListQuery) -> Result<Vec<JobInfo>, ClientError> {
-        expect_reply!(self, ClientToHub::JobList(query), "job.list",
-            HubToClient::JobList(list) => list.jobs)
     }
 
     /// Cancels a job: waiting targets end `cancelled`, running runs are killed.
@@ -118,12 +95,6 @@ impl Client {
         expect_reply!(self, request, "run.info", HubToClient::RunInfo(info) => info.run)
     }
 
-    /// Recent runs, newest first.
-    pub async fn runs(&self, query: RunListQuery) -> Result<Vec<RunInfo>, ClientError> {
-        expect_reply!(self, ClientToHub::RunList(query), "run.list",
-            HubToClient::RunList(list) => list.runs)
-    }
-
     /// Cancels a run: dequeues it, or kills its process group.
     pub async fn cancel_run(&self, id: RunId) -> Result<(), ClientError> {
         let request = ClientToHub::RunCancel(RunRef { run: id });
@@ -161,7 +132,7 @@ impl Client {
     }
 }
 
-fn unexpected(expected: &str, got: &HubToClient) -> ClientError {
+pub(crate) fn unexpected(expected: &str, got: &HubToClient) -> ClientError {
     ClientError::Protocol(format!(
         "expected a {expected} reply, got {}",
         type_name(got)

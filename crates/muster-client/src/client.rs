@@ -64,6 +64,27 @@ pub(crate) struct Shared {
     pub(crate) ack: ConnectionAck,
     /// Set once by the task when the connection ends, so later requests can say why.
     pub(crate) closed: OnceLock<String>,
+    /// How this connection was made, for the calls that open connections of
+    /// their own to the same hub (such as [`Client::execute`]).
+    pub(crate) credentials: Credentials,
+}
+
+/// A hub's base URL and the API key used on it. (`Debug` hides the key.)
+#[derive(Clone)]
+pub(crate) struct Credentials {
+    /// The hub's base URL, as given to [`Client::connect`].
+    pub(crate) hub_url: String,
+    /// The API key.
+    pub(crate) token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("hub_url", &self.hub_url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Client {
@@ -83,6 +104,10 @@ impl Client {
         let shared = Arc::new(Shared {
             ack,
             closed: OnceLock::new(),
+            credentials: Credentials {
+                hub_url: hub_url.to_owned(),
+                token: token.to_owned(),
+            },
         });
         let (command_tx, command_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
@@ -94,6 +119,11 @@ impl Client {
     /// The hub's `connection.ack`: protocol version, limits, heartbeat timing, principal.
     pub fn ack(&self) -> &ConnectionAck {
         &self.shared.ack
+    }
+
+    /// The hub URL and API key this connection was made with.
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.shared.credentials
     }
 
     /// Sends `msg` with a fresh request id and waits for the reply with that id.

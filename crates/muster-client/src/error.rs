@@ -3,7 +3,9 @@
 //! Callers branch on the variant: [`ClientError::Auth`] is fatal (retrying with
 //! the same token cannot succeed), [`ClientError::Connect`] and
 //! [`ClientError::Closed`] are worth a retry, [`ClientError::Hub`] carries the
-//! hub's own error code.
+//! hub's own error code. A hub that cannot write to its store answers
+//! `STORAGE_UNAVAILABLE`; its message says so plainly, and
+//! [`ClientError::is_transient`] tells the followers to try again later.
 
 use std::io;
 
@@ -39,13 +41,32 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether the hub could not serve the request now but the same request
+    /// may succeed later, on this connection or another: its store is
+    /// unavailable (`STORAGE_UNAVAILABLE`), it failed internally
+    /// (`INTERNAL`), or it asks to slow down (`RATE_LIMIT`).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.code(),
+            Some(ErrorCode::StorageUnavailable | ErrorCode::Internal | ErrorCode::RateLimit)
+        )
+    }
 }
 
 fn hub_message(data: &ErrorData) -> String {
-    if data.message.is_empty() {
-        data.code.as_str().to_owned()
+    let message = if data.message.is_empty() {
+        data.code.as_str()
     } else {
-        data.message.clone()
+        data.message.as_str()
+    };
+    match data.code {
+        ErrorCode::StorageUnavailable => format!(
+            "the hub cannot write to its store, so it did nothing; try again later \
+             ({}: {message})",
+            data.code.as_str()
+        ),
+        _ => message.to_owned(),
     }
 }
 

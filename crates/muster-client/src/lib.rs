@@ -2,10 +2,11 @@
 //!
 //! [`Client::connect`] dials the hub's `/ws/client` endpoint, authenticates with
 //! an API token and waits for `connection.ack`. From then on one background task
-//! owns the socket: it matches replies to requests by id, answers and sends
-//! heartbeats, and hands everything else — the initial `agent.list`, fleet and
-//! run events, binary output frames, and finally the close — to the [`Event`]
-//! receiver returned next to the client.
+//! owns the socket: it matches replies to requests by their `re` (a hub may
+//! answer requests out of order), answers and sends heartbeats, and hands
+//! everything else — the initial `agent.list` (only its first page when the
+//! fleet is large), fleet and run events, binary output frames, and finally
+//! the close — to the [`Event`] receiver returned next to the client.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), muster_client::ClientError> {
@@ -19,20 +20,43 @@
 //! # }
 //! ```
 //!
-//! A `Client` is one connection and does not reconnect: when the socket drops,
-//! pending requests fail with [`ClientError::Closed`] and the receiver yields
-//! [`Event::Closed`]. Two helpers add what survives drops and hub restarts:
-//! [`create_run_retrying`] re-sends `run.create` (with an idempotency key, so
-//! at most one run is created) until the hub accepts it, and [`RunFollower`]
-//! follows a run's output to its end, reconnecting and resuming from the last
-//! chunk it received, without gaps or duplicates. Only plain `ws://` (and
-//! `http://`) hubs are supported for now.
+//! **Lists come in pages.** [`Client::agents`], [`Client::agents_matching`],
+//! [`Client::runs`], [`Client::jobs`] and [`Client::job`] (with its targets)
+//! follow `next_cursor` to the last page, so they return complete results; a
+//! `limit` in a run or job query is the most records in all. The `*_page`
+//! methods return one [`Page`]. A hub that repeats a cursor or never ends a
+//! list gets a [`ClientError::Protocol`], not an endless loop.
+//!
+//! **Errors.** [`ClientError::Hub`] carries the hub's code; a hub that
+//! cannot write to its store answers `STORAGE_UNAVAILABLE`, which reads as
+//! such and is [transient](ClientError::is_transient): try again later.
+//!
+//! **Surviving drops.** A `Client` is one connection and does not
+//! reconnect: when the socket drops, pending requests fail with
+//! [`ClientError::Closed`] and the receiver yields [`Event::Closed`]. What
+//! survives drops and hub restarts:
+//!
+//! - [`create_run_retrying`] and [`create_job_retrying`] re-send a create
+//!   (with an idempotency key, so at most one run or job is created) until
+//!   the hub accepts it;
+//! - [`RunFollower`] follows a run's output to its end, reconnecting and
+//!   resuming from the last chunk it received, without gaps or duplicates;
+//! - [`JobFollower`] does the same for a whole job: its events and every
+//!   step's output, labelled with agent and step, then its final record;
+//! - [`Client::execute`] runs a command and waits for its [`Output`] —
+//!   stdout, stderr, exit code or signal, final state — in one call, seed
+//!   004's `executeOnAgent(host, cmd, timeout)`.
+//!
+//! Only plain `ws://` (and `http://`) hubs are supported for now.
 
 mod api;
 mod client;
 mod error;
+mod execute;
 mod follow;
 mod handshake;
+mod lists;
+mod pages;
 mod reconnect;
 mod submit;
 mod task;
@@ -40,12 +64,18 @@ mod url;
 
 pub use client::{Client, EVENT_CHANNEL_CAPACITY, Event};
 pub use error::ClientError;
-pub use follow::{FollowError, FollowEvent, FollowOptions, RunFollower};
+pub use execute::{ExecuteError, Output};
+pub use follow::{
+    FollowError, FollowEvent, FollowOptions, JobEvent, JobFollowEvent, JobFollowOptions,
+    JobFollower, RunFollower, StepOutput, StepRef,
+};
 pub use muster_proto::messages::{
-    AgentAdded, ConnectionAck, JobAccepted, JobCreate, MetricsSample, RunAccepted, RunListQuery,
-    SeriesPoint, Subscribed,
+    AgentAdded, AgentListQuery, ConnectionAck, JobAccepted, JobCreate, JobListQuery,
+    JobTargetsQuery, MetricsSample, RunAccepted, RunListQuery, SeriesPoint, Subscribed,
 };
 pub use muster_proto::types::RunRequest;
+pub use muster_proto::{AgentName, CommandSpec};
+pub use pages::{MAX_PAGES, Page};
 pub use reconnect::DEFAULT_GIVE_UP_AFTER;
 pub use submit::{create_job_retrying, create_run_retrying, new_idempotency_key};
 pub use url::ws_url;

@@ -126,7 +126,8 @@ impl Retry<'_> {
     }
 }
 
-fn into_client_error(err: ReconnectError) -> ClientError {
+/// A failed reconnection as the error of the request it was for.
+pub(crate) fn into_client_error(err: ReconnectError) -> ClientError {
     match err {
         ReconnectError::Fatal(err) => err,
         ReconnectError::GaveUp { waited, last_error } => ClientError::Connect(format!(

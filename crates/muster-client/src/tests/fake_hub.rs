@@ -45,9 +45,20 @@ pub(super) async fn accept(listener: &TcpListener) -> HubSide {
 
 /// Sends one stdout output frame of `run`.
 pub(super) async fn output(hub: &mut HubSide, run: RunId, seq: u64, payload: &[u8]) {
+    output_on(hub, run, OutputStream::Stdout, seq, payload).await;
+}
+
+/// Sends one output frame of `run` on `stream`.
+pub(super) async fn output_on(
+    hub: &mut HubSide,
+    run: RunId,
+    stream: OutputStream,
+    seq: u64,
+    payload: &[u8],
+) {
     let header = OutputHeader {
         run,
-        stream: OutputStream::Stdout,
+        stream,
         seq,
         offset: 0,
     };

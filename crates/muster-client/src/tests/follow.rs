@@ -1,20 +1,16 @@
-//! The resumable follower and the retrying `run.create` and `job.create`, against a fake hub
-//! that drops connections on purpose.
+//! The resumable run follower against a fake hub that drops connections on
+//! purpose.
 
 use std::time::Duration;
 
-use muster_proto::jobs::{JobInfo, JobSpec};
-use muster_proto::messages::{ErrorData, JobAccepted, JobCreate, RunEnvelope};
-use muster_proto::messages::{RunAccepted, StreamSynced, Subscribed};
-use muster_proto::types::RunRequest;
+use muster_proto::messages::{ErrorData, RunEnvelope, StreamSynced, Subscribed};
 use muster_proto::{
-    AgentName, ClientToHub, CloseCode, CommandSpec, Envelope, ErrorCode, HubToClient, JobId, RunId,
-    RunInfo, RunState,
+    ClientToHub, CloseCode, Envelope, ErrorCode, HubToClient, RunId, RunInfo, RunState,
 };
 use tokio::net::TcpListener;
 
 use super::fake_hub::{HubSide, accept, close_code, close_with, listen, output, recv, send};
-use crate::{Client, ClientError, FollowError, FollowEvent, FollowOptions, RunFollower};
+use crate::{FollowError, FollowEvent, FollowOptions, RunFollower};
 
 /// Bound on a test that fails by hanging.
 const TEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -248,6 +244,33 @@ async fn an_unknown_run_is_refused_at_once() {
 }
 
 #[tokio::test]
+async fn a_hub_that_cannot_reach_its_store_is_asked_again() {
+    let (listener, url) = listen().await;
+    let run = RunId::generate();
+    tokio::spawn(async move {
+        let mut hub = accept(&listener).await;
+        let request = recv(&mut hub).await;
+        let error = ErrorData::new(ErrorCode::StorageUnavailable, "disk full");
+        send(
+            &mut hub,
+            Envelope::reply(request.id, HubToClient::Error(error)),
+        )
+        .await;
+        close_code(&mut hub).await;
+        let mut hub = accept(&listener).await;
+        answer_subscribe(&mut hub, run, 0, RunState::Completed).await;
+        output(&mut hub, run, 0, b"stored").await;
+        synced(&mut hub, run, 1).await;
+        close_code(&mut hub).await;
+    });
+    let drained = tokio::time::timeout(TEST_TIMEOUT, drain(start(&url, run)));
+    let (bytes, events, error) = drained.await.expect("the follower did not try again");
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(bytes, b"stored");
+    assert_eq!(events, ["synced 1", "finished completed"]);
+}
+
+#[tokio::test]
 async fn gives_up_when_the_hub_stays_away() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -261,133 +284,4 @@ async fn gives_up_when_the_hub_stays_away() {
     let error = error.expect("the follower must give up");
     assert!(matches!(error, FollowError::GaveUp { .. }), "{error:?}");
     assert!(error.to_string().contains("connection refused"), "{error}");
-}
-
-#[tokio::test]
-async fn run_create_is_resent_with_the_same_key_after_a_drop() {
-    let (listener, url) = listen().await;
-    let run = RunId::generate();
-    tokio::spawn(async move {
-        let mut hub = accept(&listener).await;
-        let first = recv(&mut hub).await;
-        drop(hub);
-        let mut hub = accept(&listener).await;
-        let second = recv(&mut hub).await;
-        let (ClientToHub::RunCreate(first), ClientToHub::RunCreate(again)) =
-            (first.msg, second.msg)
-        else {
-            panic!("expected two run.create")
-        };
-        assert!(first.request.idempotency_key.is_some());
-        assert_eq!(first, again, "the re-sent request differs");
-        let accepted = HubToClient::RunAccepted(RunAccepted {
-            run: run_info(run, RunState::Queued),
-            created: false,
-        });
-        send(&mut hub, Envelope::reply(second.id, accepted)).await;
-        close_code(&mut hub).await;
-    });
-    let connection = Client::connect(&url, "tok").await.unwrap();
-    let request = RunRequest {
-        agent: AgentName::new("web-1").unwrap(),
-        command: CommandSpec::Argv(vec!["true".into()]),
-        env: Default::default(),
-        cwd: None,
-        timeout_ms: None,
-        priority: 0,
-        idempotency_key: None,
-        ttl_ms: None,
-    };
-    let give_up = Duration::from_secs(10);
-    let (_client, _events, accepted) =
-        crate::create_run_retrying(connection, &url, "tok", request, true, give_up)
-            .await
-            .unwrap();
-    assert_eq!(accepted.run.id, run);
-    assert!(!accepted.created);
-}
-
-#[tokio::test]
-async fn run_create_errors_from_the_hub_are_not_retried() {
-    let (listener, url) = listen().await;
-    tokio::spawn(async move {
-        let mut hub = accept(&listener).await;
-        let request = recv(&mut hub).await;
-        let error = ErrorData::new(ErrorCode::AgentNotFound, "agent \"x\" not found");
-        send(
-            &mut hub,
-            Envelope::reply(request.id, HubToClient::Error(error)),
-        )
-        .await;
-        close_code(&mut hub).await;
-    });
-    let connection = Client::connect(&url, "tok").await.unwrap();
-    let request = RunRequest {
-        agent: AgentName::new("x").unwrap(),
-        command: CommandSpec::Shell("true".into()),
-        env: Default::default(),
-        cwd: None,
-        timeout_ms: None,
-        priority: 0,
-        idempotency_key: Some("k".into()),
-        ttl_ms: Some(0),
-    };
-    let err = crate::create_run_retrying(connection, &url, "tok", request, false, TEST_TIMEOUT)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, ClientError::Hub(_)), "{err:?}");
-}
-
-#[tokio::test]
-async fn job_create_is_resent_with_the_same_key_after_a_drop() {
-    let (listener, url) = listen().await;
-    let spec: JobSpec = serde_json::from_value(serde_json::json!({
-        "selector": "role=web",
-        "steps": [{"name": "run", "command": {"argv": ["true"]}}],
-    }))
-    .unwrap();
-    let job: JobInfo = serde_json::from_value(serde_json::json!({
-        "id": JobId::generate(),
-        "spec": spec,
-        "state": "running",
-        "progress": {"total": 1, "pending": 1, "queued": 0, "running": 0,
-                     "succeeded": 0, "failed": 0, "skipped": 0, "cancelled": 0},
-        "batch_limit": 1,
-        "created_ms": 1,
-    }))
-    .unwrap();
-    let reply = job.clone();
-    tokio::spawn(async move {
-        let mut hub = accept(&listener).await;
-        let first = recv(&mut hub).await;
-        drop(hub);
-        let mut hub = accept(&listener).await;
-        let second = recv(&mut hub).await;
-        let (ClientToHub::JobCreate(first), ClientToHub::JobCreate(again)) =
-            (first.msg, second.msg)
-        else {
-            panic!("expected two job.create")
-        };
-        assert!(first.idempotency_key.is_some());
-        assert_eq!(first, again, "the re-sent request differs");
-        let accepted = HubToClient::JobAccepted(JobAccepted {
-            job: reply,
-            created: false,
-        });
-        send(&mut hub, Envelope::reply(second.id, accepted)).await;
-        close_code(&mut hub).await;
-    });
-    let connection = Client::connect(&url, "tok").await.unwrap();
-    let create = JobCreate {
-        spec,
-        subscribe: true,
-        idempotency_key: None,
-    };
-    let give_up = Duration::from_secs(10);
-    let (_client, _events, accepted) =
-        crate::create_job_retrying(connection, &url, "tok", create, give_up)
-            .await
-            .unwrap();
-    assert_eq!(accepted.job.id, job.id);
-    assert!(!accepted.created);
 }

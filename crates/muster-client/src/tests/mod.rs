@@ -1,11 +1,17 @@
 //! Unit tests: URL building and error mapping, then the connection task driven
-//! by a scripted fake hub on a real socket (the lead's integration tests use a
-//! real hub); the resumable follower's tests are in `follow.rs`.
+//! by a scripted fake hub on a real socket (the hub's integration tests use a
+//! real hub); the run follower's tests are in `follow.rs`, the job
+//! follower's in `job_follow.rs`, paged lists' in `paging.rs`, the retrying
+//! creates' in `submit.rs`, and `Client::execute`'s in `execute.rs`.
 
 use std::io;
 
+mod execute;
 mod fake_hub;
 mod follow;
+mod job_follow;
+mod paging;
+mod submit;
 
 use futures_util::{SinkExt, StreamExt};
 use muster_proto::frame::OutputHeader;
@@ -94,6 +100,24 @@ fn error_replies_become_hub_errors() {
     assert_eq!(err.code(), Some(ErrorCode::AgentNotFound));
     assert_eq!(err.to_string(), "agent \"x\" not found");
     assert!(reply_result(HubToClient::Ok(Empty {})).is_ok());
+}
+
+#[test]
+fn an_unavailable_store_is_said_plainly_and_is_transient() {
+    let data = ErrorData::new(ErrorCode::StorageUnavailable, "disk full");
+    let err = reply_result(HubToClient::Error(data)).unwrap_err();
+    assert!(err.is_transient());
+    assert_eq!(
+        err.to_string(),
+        "the hub cannot write to its store, so it did nothing; try again later \
+         (STORAGE_UNAVAILABLE: disk full)"
+    );
+    let data = ErrorData::new(ErrorCode::UnknownChannel, "no such channel");
+    assert!(
+        !reply_result(HubToClient::Error(data))
+            .unwrap_err()
+            .is_transient()
+    );
 }
 
 #[tokio::test]

@@ -90,7 +90,9 @@ impl AgentsCommand {
 async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     // A selector is checked here first, so a typo costs no round trip.
     let selector = args.selector.as_deref().map(target::selector).transpose()?;
-    let (client, _events) = args.conn.connect().await?;
+    // Nothing here reads events; with the receiver gone, none are queued
+    // while the pages are read.
+    let (client, _) = args.conn.connect().await?;
     let agents = match &selector {
         Some(selector) => client.agents_matching(selector.as_str()).await?,
         None => client.agents().await?,

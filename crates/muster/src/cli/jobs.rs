@@ -15,6 +15,8 @@ use super::output::{self, Table};
 const MAX_NAME_WIDTH: usize = 40;
 /// Longest error shown in a target table.
 const MAX_ERROR_WIDTH: usize = 80;
+/// How many jobs `jobs list` shows without `--limit`: the hub's own default.
+const DEFAULT_LIMIT: u32 = 50;
 
 /// The `muster jobs` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -35,9 +37,9 @@ pub(crate) struct ListArgs {
     /// Only jobs in this state (running, succeeded, failed, cancelled).
     #[arg(long, value_parser = job_state)]
     state: Option<JobState>,
-    /// At most this many jobs (the hub's default is 50).
-    #[arg(long, value_name = "N")]
-    limit: Option<u32>,
+    /// At most this many jobs, read in as many pages as it takes.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT)]
+    limit: u32,
 }
 
 /// Arguments of the subcommands that name one job.
@@ -63,10 +65,11 @@ impl JobsCommand {
 
 /// `jobs list`: recent jobs as a table, or JSON.
 async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
-    let (client, _events) = args.conn.connect().await?;
+    // Nothing here reads events; with the receiver gone, none are queued.
+    let (client, _) = args.conn.connect().await?;
     let query = JobListQuery {
         state: args.state,
-        limit: args.limit,
+        limit: Some(args.limit),
         cursor: None,
     };
     let jobs = client.jobs(query).await?;
@@ -77,9 +80,10 @@ async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     output::print(&job_table(&jobs, output::now_ms()))
 }
 
-/// `jobs show`: the job's fields and its targets, or the `JobInfo` as JSON.
+/// `jobs show`: the job's fields and every one of its targets, or the
+/// `JobInfo` as JSON.
 async fn show(args: IdArgs, json: bool) -> anyhow::Result<()> {
-    let (client, _events) = args.conn.connect().await?;
+    let (client, _) = args.conn.connect().await?;
     let job = client.job(args.id).await.map_err(job_error(args.id))?;
     client.close().await;
     if json {

@@ -119,3 +119,25 @@ pub(crate) fn run_error(run: RunId) -> impl FnOnce(ClientError) -> anyhow::Error
         _ => err.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use muster_proto::messages::ErrorData;
+
+    use super::*;
+
+    #[test]
+    fn a_hub_without_its_store_is_reported_plainly() {
+        let data = ErrorData::new(ErrorCode::StorageUnavailable, "disk full");
+        let agent = AgentName::new("web-1").unwrap();
+        let err = agent_error(&agent)(ClientError::Hub(data.clone()));
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("the hub cannot write to its store"),
+            "{text}"
+        );
+        assert!(text.ends_with("(STORAGE_UNAVAILABLE: disk full)"), "{text}");
+        let err = run_error(RunId::generate())(ClientError::Hub(data));
+        assert!(format!("{err:#}").contains("try again later"), "{err:#}");
+    }
+}

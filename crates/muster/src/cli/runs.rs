@@ -13,6 +13,9 @@ use super::{HubConn, agent_error, parse, run_error};
 /// Longest command shown in the `runs list` table.
 const MAX_COMMAND_WIDTH: usize = 60;
 
+/// How many runs `runs list` shows without `--limit`: the hub's own default.
+const DEFAULT_LIMIT: u32 = 50;
+
 /// The `muster runs` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum RunsCommand {
@@ -37,9 +40,9 @@ pub(crate) struct ListArgs {
     /// Only runs in this state (queued, running, completed, failed, timed_out, …).
     #[arg(long, value_parser = parse::run_state)]
     state: Option<RunState>,
-    /// At most this many runs (the hub's default is 50).
-    #[arg(long, value_name = "N")]
-    limit: Option<u32>,
+    /// At most this many runs, read in as many pages as it takes.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT)]
+    limit: u32,
 }
 
 /// Arguments of the subcommands that name one run.
@@ -77,11 +80,12 @@ impl RunsCommand {
 }
 
 async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
-    let (client, _events) = args.conn.connect().await?;
+    // Nothing here reads events; with the receiver gone, none are queued.
+    let (client, _) = args.conn.connect().await?;
     let query = RunListQuery {
         agent: args.agent.clone(),
         state: args.state,
-        limit: args.limit,
+        limit: Some(args.limit),
         cursor: None,
     };
     let runs = match &args.agent {

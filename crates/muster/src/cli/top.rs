@@ -8,8 +8,10 @@
 //! watching new agents the same way. The screen is redrawn whole, at most once
 //! per `--interval-ms`, and every second anyway so LAST SEEN keeps counting.
 //!
-//! The event receiver is drained by the same loop that applies the loads'
-//! results, so the connection never stalls behind unread events. A dropped
+//! The agent list is read whole, page by page, while the events that arrive
+//! meanwhile are kept and applied after it. From then on the event receiver
+//! is drained by the same loop that applies the loads' results, so the
+//! connection never stalls behind unread events. A dropped
 //! connection ends the command with an error; it does not reconnect.
 
 use std::process::ExitCode;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use muster_client::{Client, ClientError, Event, MetricsSample};
-use muster_proto::{AgentName, ErrorCode, HubToClient};
+use muster_proto::{AgentInfo, AgentName, ErrorCode, HubToClient};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -93,18 +95,44 @@ async fn once(conn: &HubConn, json: bool) -> anyhow::Result<ExitCode> {
 /// Live mode: keeps the table up to date and redraws it until the
 /// connection fails (Ctrl-C is the caller's to handle).
 async fn live(conn: &HubConn, interval: Duration) -> anyhow::Result<ExitCode> {
-    let (client, events) = conn.connect().await?;
-    let fleet = Fleet::new(client.agents().await?);
+    let (client, mut events) = conn.connect().await?;
+    let (agents, early) = read_agents(&client, &mut events).await?;
     let mut screen = Screen {
         client,
-        fleet,
+        fleet: Fleet::new(agents),
         loads: JoinSet::new(),
     };
     let names: Vec<AgentName> = screen.fleet.names().cloned().collect();
     for name in names {
         screen.watch(name);
     }
+    for event in early {
+        screen.on_event(Some(event))?;
+    }
     screen.run(events, interval).await
+}
+
+/// Reads every page of the agent list, keeping the events that arrive
+/// meanwhile (status changes the pages may predate): the connection never
+/// stalls behind them, and none is lost.
+async fn read_agents(
+    client: &Client,
+    events: &mut mpsc::Receiver<Event>,
+) -> anyhow::Result<(Vec<AgentInfo>, Vec<Event>)> {
+    let agents = client.agents();
+    tokio::pin!(agents);
+    let mut early = Vec::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            agents = &mut agents => return Ok((agents?, early)),
+            event = events.recv(), if open => match event {
+                Some(event) => early.push(event),
+                // The list request fails the same way; its error says why.
+                None => open = false,
+            },
+        }
+    }
 }
 
 /// The live table and what keeps it current.

@@ -1,81 +1,25 @@
-//! What the follower knows of each step run of the job: which agent and step
-//! it belongs to, which output frame is due next, the bytes not printed yet,
-//! and where its current subscription stands.
+//! What the display keeps of each step run of the job — the bytes not
+//! printed yet: an unfinished line, or with `--group` everything until the
+//! run ends — and how a run or step ended, in a few words.
 
 use muster_proto::jobs::StepOutcome;
 use muster_proto::messages::StepEndedEvent;
-use muster_proto::{AgentName, OutputStream, RunInfo, RunState};
+use muster_proto::{OutputStream, RunInfo, RunState};
 
 /// An unfinished line longer than this is printed as a line of its own
 /// rather than held back without bound.
 const MAX_PARTIAL_LINE: usize = 64 * 1024;
 
-/// What to do with an output frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
-    /// The frame is the one due next: take it.
-    Take,
-    /// The frame came before: drop it.
-    Duplicate,
-    /// Frames before this one are missing.
-    Gap,
-}
-
-/// Where one subscription to a run's channel stands.
+/// The output of one step run not printed yet.
 #[derive(Debug, Default)]
-pub(super) struct Subscription {
-    /// `stream.synced` arrived: the replay is complete.
-    pub(super) synced: bool,
-    /// The `subscribe` reply said the run had already ended; it is over once
-    /// the replay is complete.
-    pub(super) ended: Option<Box<RunInfo>>,
-}
-
-/// One run of the job, from its `job.step.started` on.
-#[derive(Debug)]
 pub(super) struct RunTrack {
-    /// The agent it runs on.
-    pub(super) agent: AgentName,
-    /// The step's name.
-    pub(super) step_name: String,
-    /// The output frame due next; what to resubscribe `since`.
-    pub(super) next_seq: u64,
     /// Stdout bytes not printed yet.
     stdout: Vec<u8>,
     /// Stderr bytes not printed yet.
     stderr: Vec<u8>,
-    /// The current subscription to `run:<id>`.
-    pub(super) sub: Subscription,
-    /// All of its output was printed and it has ended.
-    pub(super) done: bool,
 }
 
 impl RunTrack {
-    /// A run of `step_name` on `agent`, nothing received yet.
-    pub(super) fn new(agent: AgentName, step_name: String) -> Self {
-        Self {
-            agent,
-            step_name,
-            next_seq: 0,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            sub: Subscription::default(),
-            done: false,
-        }
-    }
-
-    /// Judges the frame numbered `seq`, moving past it when it is taken.
-    pub(super) fn frame(&mut self, seq: u64) -> Verdict {
-        match seq.cmp(&self.next_seq) {
-            std::cmp::Ordering::Less => Verdict::Duplicate,
-            std::cmp::Ordering::Greater => Verdict::Gap,
-            std::cmp::Ordering::Equal => {
-                self.next_seq += 1;
-                Verdict::Take
-            }
-        }
-    }
-
     /// Holds `bytes` of `stream` until they are printed.
     pub(super) fn push(&mut self, stream: OutputStream, bytes: &[u8]) {
         self.buffer(stream).extend_from_slice(bytes);
@@ -142,17 +86,7 @@ mod tests {
     use super::*;
 
     fn track() -> RunTrack {
-        RunTrack::new(AgentName::new("web-1").unwrap(), "run".into())
-    }
-
-    #[test]
-    fn frames_are_taken_once_and_in_order() {
-        let mut t = track();
-        assert_eq!(t.frame(0), Verdict::Take);
-        assert_eq!(t.frame(0), Verdict::Duplicate);
-        assert_eq!(t.frame(2), Verdict::Gap);
-        assert_eq!(t.frame(1), Verdict::Take);
-        assert_eq!(t.next_seq, 2);
+        RunTrack::default()
     }
 
     #[test]

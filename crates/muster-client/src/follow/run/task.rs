@@ -15,11 +15,12 @@ use muster_proto::{CloseCode, Envelope, HubToClient, OutputFrame, RunId, RunInfo
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::seq::{SeqTracker, Verdict};
-use super::{FollowError, FollowEvent};
+use super::FollowEvent;
 use crate::Subscribed;
 use crate::client::{Client, Event};
 use crate::error::ClientError;
+use crate::follow::FollowError;
+use crate::follow::seq::{SeqTracker, Verdict};
 use crate::reconnect::{ReconnectError, Reconnector, is_retryable};
 
 /// After this long without an event about the run, the follower subscribes
@@ -209,6 +210,10 @@ impl FollowTask {
             }
             // The connection's end follows as an event, with its close code.
             Err(ClientError::Closed(_)) => Ok(()),
+            // Its store unavailable, say: try again after a pause.
+            Err(err) if err.is_transient() => Err(End::Dropped(format!(
+                "the hub could not subscribe to the run: {err}"
+            ))),
             Err(err) => Err(End::Failed(err.into())),
         }
     }
