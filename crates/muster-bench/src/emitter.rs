@@ -39,6 +39,13 @@ pub(crate) const STAMP_BYTES: usize = 8;
 /// The pid the run reports; there is no process.
 const SIM_PID: u32 = 1;
 
+/// Emissions queued for the agent: one at a time, the scenario waits for it.
+const ORDER_CAPACITY: usize = 1;
+
+/// Started runs queued for the scenario: it takes each before the next is
+/// created, so a few are plenty.
+const STARTED_CAPACITY: usize = 16;
+
 /// The instant all timestamps of this process count from.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -82,8 +89,8 @@ pub(crate) struct Emitter {
 impl Emitter {
     /// Serves `socket`, an agent connection past its handshake.
     pub(crate) fn spawn(socket: Socket) -> Self {
-        let (orders, orders_rx) = mpsc::channel(1);
-        let (started_tx, started) = mpsc::channel(16);
+        let (orders, orders_rx) = mpsc::channel(ORDER_CAPACITY);
+        let (started_tx, started) = mpsc::channel(STARTED_CAPACITY);
         epoch();
         Self {
             orders,

@@ -3,9 +3,12 @@
 //! agents, and paged job targets (`job.targets`).
 //!
 //! A hub that does not page answers without `next_cursor`, which is simply the
-//! last page. Only agents labelled `sim=true` are ever removed or replaced.
+//! last page. A request the hub refuses with `RATE_LIMIT` is sent again after
+//! a short, growing wait. Only agents labelled `sim=true` are ever removed or
+//! replaced.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -14,6 +17,7 @@ use muster_proto::messages::{AgentAdd, AgentListQuery, AgentRef, JobTargetsQuery
 use muster_proto::{AgentInfo, AgentName, ClientToHub, ErrorCode, HubToClient};
 
 use crate::control::{Control, RequestError};
+
 use crate::raw::Identity;
 use crate::sim_agent::{SIM_LABEL, is_sim};
 
@@ -21,9 +25,33 @@ use crate::sim_agent::{SIM_LABEL, is_sim};
 /// enough to hide the round trip, few enough to stay far from any rate limit.
 const PIPELINE_DEPTH: usize = 128;
 
+/// Retries of one request the hub refused with `RATE_LIMIT`.
+const RATE_LIMIT_RETRIES: u32 = 30;
+
+/// First wait after a `RATE_LIMIT`; it doubles up to [`RATE_LIMIT_MAX_WAIT`].
+const RATE_LIMIT_FIRST_WAIT: Duration = Duration::from_millis(50);
+
+/// Longest wait between retries after a `RATE_LIMIT`.
+const RATE_LIMIT_MAX_WAIT: Duration = Duration::from_secs(1);
+
 /// Most pages followed for one list: 10,000 pages of the smallest useful
 /// size is far beyond any fleet here, and stops a hub that loops its cursor.
 const MAX_PAGES: usize = 10_000;
+
+/// Sends `msg`, again after a wait each time the hub answers `RATE_LIMIT`.
+async fn request(control: &Control, msg: ClientToHub) -> Result<HubToClient, RequestError> {
+    let mut wait = RATE_LIMIT_FIRST_WAIT;
+    for _ in 0..RATE_LIMIT_RETRIES {
+        match control.request(msg.clone()).await {
+            Err(RequestError::Hub(error)) if error.code == ErrorCode::RateLimit => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RATE_LIMIT_MAX_WAIT);
+            }
+            other => return other,
+        }
+    }
+    control.request(msg).await
+}
 
 /// Every agent `selector` matches, following `next_cursor` page by page.
 pub(crate) async fn list_agents(
@@ -38,7 +66,7 @@ pub(crate) async fn list_agents(
             cursor: cursor.take(),
             limit: None,
         };
-        let page = match control.request(ClientToHub::AgentList(query)).await? {
+        let page = match request(control, ClientToHub::AgentList(query)).await? {
             HubToClient::AgentList(page) => page,
             other => bail!("expected agent.list, got {other:?}"),
         };
@@ -68,7 +96,7 @@ pub(crate) async fn job_targets(
             cursor: Some(next),
             limit: None,
         };
-        match control.request(ClientToHub::JobTargets(query)).await? {
+        match request(control, ClientToHub::JobTargets(query)).await? {
             HubToClient::JobTargets(page) => {
                 targets.extend(page.targets);
                 cursor = page.next_cursor;
@@ -104,10 +132,11 @@ async fn register(
     labels: &BTreeMap<String, String>,
 ) -> anyhow::Result<Identity> {
     let add = || {
-        control.request(ClientToHub::AgentAdd(AgentAdd {
+        let add = ClientToHub::AgentAdd(AgentAdd {
             name: name.clone(),
             labels: labels.clone(),
-        }))
+        });
+        request(control, add)
     };
     let reply = match add().await {
         Err(RequestError::Hub(error)) if error.code == ErrorCode::Conflict => {
@@ -128,7 +157,7 @@ async fn register(
 /// Removes the existing agent `name` if it is a sim agent; fails otherwise.
 async fn replace(control: &Control, name: &AgentName) -> anyhow::Result<()> {
     let get = ClientToHub::AgentGet(AgentRef { name: name.clone() });
-    let existing = match control.request(get).await? {
+    let existing = match request(control, get).await? {
         HubToClient::AgentInfo(info) => info.agent,
         other => bail!("expected agent.info, got {other:?}"),
     };
@@ -144,8 +173,7 @@ async fn replace(control: &Control, name: &AgentName) -> anyhow::Result<()> {
 
 async fn remove(control: &Control, name: &AgentName) -> anyhow::Result<()> {
     let remove = ClientToHub::AgentRemove(AgentRef { name: name.clone() });
-    control
-        .request(remove)
+    request(control, remove)
         .await
         .with_context(|| format!("removing the sim agent {name}"))?;
     Ok(())

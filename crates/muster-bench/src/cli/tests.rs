@@ -1,3 +1,5 @@
+//! Tests of the command line: defaults, bounds, sweeps and the plans they make.
+
 use std::time::Duration;
 
 use anyhow::Context;
