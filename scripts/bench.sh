@@ -36,7 +36,7 @@ if [ "$QUICK" = 1 ]; then
         "output|120|output --bytes 8388608"
         "idle-clients|150|idle --kind client --count 500 --timeout 60s"
         "idle-agents|150|idle --kind agent --count 500 --timeout 60s"
-        "fanout|240|fanout --subscribers 50 --rate 20 --rate 100 --duration 2s"
+        "fanout|300|fanout --subscribers 50 --rate 20 --rate 100 --duration 2s"
         "job-200|150|job --agents 200 --timeout 60s"
         "job-500|150|job --agents 500 --timeout 60s"
         "storm|150|storm --count 500 --timeout 60s"
