@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use muster_client::{Client, ClientError, RunRequest};
 use muster_proto::types::CommandSpec;
-use muster_proto::{AgentName, RunState};
+use muster_proto::{AgentName, RunId, RunState};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -36,6 +36,9 @@ use crate::waiters::Waiters;
 /// Longest wait for one run's terminal status after `run.accepted`; a run
 /// past it is stuck.
 const RUN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ids of stuck runs kept per mode, for looking them up on the hub.
+const MAX_STUCK_IDS: usize = 10;
 
 /// What the round-trip scenario does.
 #[derive(Clone, Debug)]
@@ -194,12 +197,11 @@ impl Bench {
         let run = accepted.run.id;
         let finish = match timeout(RUN_TIMEOUT, self.waiters.claim(run)).await {
             Ok(Ok(finish)) => finish,
-            Ok(Err(_)) => return Err(Failure::Stuck(closed_kind(&self.waiters))),
+            Ok(Err(_)) => return Err(Failure::Stuck(closed_kind(&self.waiters), run)),
             Err(_) => {
                 self.waiters.forget(run);
-                return Err(Failure::Stuck(format!(
-                    "no terminal status within {RUN_TIMEOUT:?}"
-                )));
+                let kind = format!("no terminal status within {RUN_TIMEOUT:?}");
+                return Err(Failure::Stuck(kind, run));
             }
         };
         match finish.state {
@@ -214,7 +216,7 @@ enum Failure {
     /// The request failed, or the run ended other than `completed`.
     Error(String),
     /// The run was accepted but no terminal status arrived: stuck.
-    Stuck(String),
+    Stuck(String, RunId),
 }
 
 /// A short, groupable description of a failed request.
@@ -246,21 +248,29 @@ struct TallyInner {
     latencies: Vec<Duration>,
     errors: BTreeMap<String, u64>,
     stuck: BTreeMap<String, u64>,
-    last_done: Option<Instant>,
+    stuck_runs: Vec<String>,
+    /// When the last run completed; a stuck run's wait does not stretch the
+    /// mode's throughput.
+    last_completed: Option<Instant>,
 }
 
 impl Tally {
     /// Records one outcome; true if it was not a success.
     fn record(&self, outcome: Result<Duration, Failure>) -> bool {
         let mut inner = self.inner.lock().expect("tally lock poisoned");
-        inner.last_done = Some(Instant::now());
         let (kinds, kind) = match outcome {
             Ok(latency) => {
                 inner.latencies.push(latency);
+                inner.last_completed = Some(Instant::now());
                 return false;
             }
             Err(Failure::Error(kind)) => (&mut inner.errors, kind),
-            Err(Failure::Stuck(kind)) => (&mut inner.stuck, kind),
+            Err(Failure::Stuck(kind, run)) => {
+                if inner.stuck_runs.len() < MAX_STUCK_IDS {
+                    inner.stuck_runs.push(run.to_string());
+                }
+                (&mut inner.stuck, kind)
+            }
         };
         if !kinds.contains_key(&kind) {
             tracing::warn!("round trip failed: {kind}");
@@ -279,7 +289,7 @@ impl Tally {
         meter: &Meter,
     ) -> ModeReport {
         let inner = std::mem::take(&mut *self.inner.lock().expect("tally lock poisoned"));
-        let elapsed = inner.last_done.unwrap_or_else(Instant::now) - start;
+        let elapsed = inner.last_completed.unwrap_or_else(Instant::now) - start;
         let completed = inner.latencies.len() as u64;
         let resources = meter.finish(completed as f64, OpUnit::Run);
         ModeReport {
@@ -295,9 +305,34 @@ impl Tally {
             error_kinds: inner.errors,
             stuck: inner.stuck.values().sum(),
             stuck_kinds: inner.stuck,
+            stuck_runs: inner.stuck_runs,
             throughput_per_s: completed as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
             latency_ms: LatencySummary::of(inner.latencies),
             resources,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuck_runs_are_counted_apart_from_errors() {
+        let tally = Tally::default();
+        let start = Instant::now();
+        assert!(!tally.record(Ok(Duration::from_millis(3))));
+        assert!(tally.record(Err(Failure::Error("QUEUE_FULL".to_owned()))));
+        for _ in 0..MAX_STUCK_IDS + 2 {
+            let kind = "no terminal status".to_owned();
+            assert!(tally.record(Err(Failure::Stuck(kind, RunId::generate()))));
+        }
+        let meter = Meter::start(None);
+        let report = tally.report(ModeKind::Max, 4, Duration::from_secs(1), start, 14, &meter);
+        assert_eq!((report.completed, report.errors, report.stuck), (1, 1, 12));
+        assert_eq!(report.error_kinds["QUEUE_FULL"], 1);
+        assert_eq!(report.stuck_kinds["no terminal status"], 12);
+        assert_eq!(report.stuck_runs.len(), MAX_STUCK_IDS);
+        assert!(report.latency_ms.is_some_and(|l| l.count == 1));
     }
 }

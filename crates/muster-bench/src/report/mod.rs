@@ -62,7 +62,7 @@ pub(crate) struct ModeReport {
     pub(crate) concurrency: usize,
     /// Scheduled length of the mode.
     pub(crate) duration_s: f64,
-    /// From the first send to the last outcome.
+    /// From the first send to the last completed run.
     pub(crate) elapsed_s: f64,
     /// Requests sent.
     pub(crate) sent: u64,
@@ -78,6 +78,8 @@ pub(crate) struct ModeReport {
     pub(crate) stuck: u64,
     /// Stuck runs by kind.
     pub(crate) stuck_kinds: BTreeMap<String, u64>,
+    /// The ids of the first stuck runs, to look them up on the hub.
+    pub(crate) stuck_runs: Vec<String>,
     /// Completed runs per second of `elapsed_s`.
     pub(crate) throughput_per_s: f64,
     /// Latency of completed runs.

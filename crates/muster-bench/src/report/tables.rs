@@ -48,6 +48,9 @@ pub(super) fn roundtrip(modes: &[ModeReport]) -> String {
         let _ = writeln!(out, "  {}", mode.resources.summary());
         kinds(&mut out, "error", &mode.error_kinds);
         kinds(&mut out, "STUCK", &mode.stuck_kinds);
+        if !mode.stuck_runs.is_empty() {
+            let _ = writeln!(out, "  stuck runs: {}", mode.stuck_runs.join(" "));
+        }
     }
     out
 }
