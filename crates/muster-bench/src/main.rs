@@ -2,40 +2,71 @@
 //!
 //! `main` parses the command line, installs tracing (stderr, `warn` unless
 //! `MUSTER_LOG` or `RUST_LOG` say otherwise), and runs the plan under one
-//! global deadline — the scheduled time of every mode plus [`DEADLINE_GRACE`] —
-//! so an invocation always ends by itself.
+//! global deadline — the plan's budget plus [`DEADLINE_GRACE`] — so an
+//! invocation always ends by itself.
 //!
 //! Codemap:
-//! - `cli` — flags and the [`Plan`](cli::Plan) they describe; `target` — the loopback rule;
-//! - `sim` — the in-memory executor; `sim_agent` — registering and running it;
-//!   `sim_fleet` — many of them at once;
-//! - `roundtrip`, `output` and `job` — the scenarios; `waiters` — routing
-//!   terminal statuses to round trips;
-//! - `stats` — exact percentiles; `report` — the table and the JSON object.
+//! - `cli` — flags and the [`Plan`](cli::Plan) they describe; `target` — the
+//!   loopback rule; `ctx` — what every scenario is given;
+//! - run scenarios, through the library client and one full sim agent:
+//!   `roundtrip` (with `waiters`, routing terminal statuses to round trips)
+//!   and `output`; `sim` — the in-memory executor; `sim_agent` — registering
+//!   and running it;
+//! - fleet scenarios, over raw protocol connections: `idle` (S1), `fanout`
+//!   (S4, with `subscriber` and the emitting agent `emitter`), `storm` (S6,
+//!   with the fleet watcher `watch`) and `job` (with its checks in
+//!   `job_check`);
+//! - their parts: `net` — dialing with spread source addresses and small
+//!   buffers; `wire` — the few protocol pieces read cheaply; `raw` — raw
+//!   client and agent handshakes, idling, answering runs; `swarm` — thousands
+//!   of connections with bounded handshakes; `control` — a pipelined request
+//!   connection; `registry` — paged lists, pipelined registration, pruning;
+//!   `fleet` — registered agent fleets and the presence check;
+//! - figures: `resources` — hub and generator CPU and memory; `stats` —
+//!   exact percentiles; `histogram` — mergeable latency histograms;
+//!   `report` — the table and the JSON object.
 
 mod cli;
+mod control;
+mod ctx;
+mod emitter;
+mod fanout;
+mod fleet;
+mod histogram;
+mod idle;
 mod job;
+mod job_check;
+mod net;
 mod output;
+mod raw;
+mod registry;
 mod report;
+mod resources;
 mod roundtrip;
 mod sim;
 mod sim_agent;
-mod sim_fleet;
 mod stats;
+mod storm;
+mod subscriber;
+mod swarm;
 mod target;
 mod waiters;
+mod watch;
+mod wire;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use muster_client::{Client, Event};
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Plan};
-use crate::report::{BenchReport, ModeReport, OutputReport};
+use crate::cli::{Cli, Plan, RunsPlan};
+use crate::ctx::Ctx;
+use crate::net::HubAddr;
+use crate::report::BenchReport;
 use crate::sim::{Pattern, SimExecutor};
 use crate::sim_agent::SimAgent;
 
@@ -45,9 +76,9 @@ const EXIT_ERROR: u8 = 1;
 /// Exit code when the bench ran but some request failed or a check did not hold.
 const EXIT_FAILURES_MEASURED: u8 = 2;
 
-/// Added to the scheduled time of the modes for setup, draining and the output
-/// scenario; past it the bench aborts.
-const DEADLINE_GRACE: Duration = Duration::from_secs(30);
+/// Added to the plan's budget for setup, draining and the output scenario;
+/// past it the bench aborts.
+const DEADLINE_GRACE: Duration = Duration::from_secs(60);
 
 /// How long pending tasks get once the bench has returned.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -86,6 +117,11 @@ fn init_tracing() {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     target::ensure_loopback(&cli.hub)?;
+    if let Some(pid) = cli.hub_pid
+        && !resources::readable(pid)
+    {
+        bail!("--hub-pid {pid}: /proc/{pid}/stat cannot be read; is the hub running?");
+    }
     let plan = cli.plan()?;
     let deadline = plan.budget() + DEADLINE_GRACE;
     let report = tokio::time::timeout(deadline, execute(&cli, &plan))
@@ -107,59 +143,91 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Connects, checks the plan against the hub's limits, runs the scenarios
-/// with their sim agents, and closes the control connection again.
+/// Runs the plan's scenario and collects its figures.
 async fn execute(cli: &Cli, plan: &Plan) -> anyhow::Result<BenchReport> {
+    let hub = HubAddr::resolve(&cli.hub).await?;
+    let ctx = Ctx::new(hub, cli.token.expose(), cli.agent_name.clone(), cli.hub_pid);
+    let mut report = BenchReport {
+        hub: cli.hub.clone(),
+        hub_pid: cli.hub_pid,
+        agent: cli.agent_name.to_string(),
+        ..BenchReport::default()
+    };
+    let fleet_name = |scenario: &str, count: usize| {
+        let base = &cli.agent_name;
+        match count {
+            0 | 1 => format!("{base}-{scenario}-00000"),
+            _ => format!(
+                "{base}-{scenario}-00000..{base}-{scenario}-{:05}",
+                count - 1
+            ),
+        }
+    };
+    match plan {
+        Plan::Runs(runs) => {
+            (report.roundtrip, report.output) = run_scenarios(cli, runs).await?;
+        }
+        Plan::Idle(idle) => {
+            if idle.kind == idle::Kind::Agent {
+                report.agent = fleet_name("idle", idle.count);
+            }
+            report.idle = Some(idle::run(&ctx, idle).await?);
+        }
+        Plan::Fanout(fanout) => {
+            report.agent = fleet_name("fanout", 1);
+            report.fanout = Some(fanout::run(&ctx, fanout).await?);
+        }
+        Plan::Storm(storm) => {
+            report.agent = fleet_name("storm", storm.count);
+            report.storm = Some(storm::run(&ctx, storm).await?);
+        }
+        Plan::Job(job) => {
+            report.agent = fleet_name("job", job.agents);
+            report.job = Some(job::run(&ctx, job).await?);
+        }
+    }
+    Ok(report)
+}
+
+/// Connects, checks the plan against the hub's limits, runs round trip and
+/// output with their sim agent, and closes the control connection again.
+async fn run_scenarios(
+    cli: &Cli,
+    plan: &RunsPlan,
+) -> anyhow::Result<(Vec<report::ModeReport>, Option<report::OutputReport>)> {
     let (control, control_events) = Client::connect(&cli.hub, cli.token.expose())
         .await
         .context("connecting to the hub")?;
     let discarding = tokio::spawn(discard(control_events));
-    let measured = measure(cli, plan, &control).await;
+    let measured = async {
+        let limits = control.ack().limits.clone();
+        plan.check_limits(&limits)?;
+        let chunk = plan.output.as_ref().map_or(1, |output| output.chunk);
+        let executor = SimExecutor::new(Pattern::new(chunk), plan.payload);
+        let agent = SimAgent::start(&control, &cli.hub, &cli.agent_name, executor).await?;
+        let measured = scenarios(cli, plan, limits.max_output_bytes_per_run).await;
+        agent.stop().await;
+        measured
+    }
+    .await;
     control.close().await;
     discarding.abort();
     measured
 }
 
-async fn measure(cli: &Cli, plan: &Plan, control: &Client) -> anyhow::Result<BenchReport> {
-    let limits = control.ack().limits.clone();
-    plan.check_limits(&limits)?;
-    let mut report = BenchReport {
-        hub: cli.hub.clone(),
-        agent: cli.agent_name.to_string(),
-        roundtrip: Vec::new(),
-        output: None,
-        job: None,
-    };
-    if let Some(job) = &plan.job {
-        let names = job::agent_names(&cli.agent_name, job.agents)?;
-        if let (Some(first), Some(last)) = (names.first(), names.last()) {
-            report.agent = format!("{first}..{last}");
-        }
-        let token = cli.token.expose();
-        report.job = Some(job::run(control, &cli.hub, token, &names, job).await?);
-        return Ok(report);
-    }
-    let chunk = plan.output.as_ref().map_or(1, |output| output.chunk);
-    let executor = SimExecutor::new(Pattern::new(chunk), plan.payload);
-    let agent = SimAgent::start(control, &cli.hub, &cli.agent_name, executor).await?;
-    let measured = scenarios(cli, plan, limits.max_output_bytes_per_run).await;
-    agent.stop().await;
-    (report.roundtrip, report.output) = measured?;
-    Ok(report)
-}
-
 async fn scenarios(
     cli: &Cli,
-    plan: &Plan,
+    plan: &RunsPlan,
     cap: u64,
-) -> anyhow::Result<(Vec<ModeReport>, Option<OutputReport>)> {
+) -> anyhow::Result<(Vec<report::ModeReport>, Option<report::OutputReport>)> {
     let token = cli.token.expose();
+    let (agent, pid) = (&cli.agent_name, cli.hub_pid);
     let roundtrip = match &plan.roundtrip {
-        Some(roundtrip) => roundtrip::run(&cli.hub, token, &cli.agent_name, roundtrip).await?,
+        Some(roundtrip) => roundtrip::run(&cli.hub, token, agent, roundtrip, pid).await?,
         None => Vec::new(),
     };
     let output = match &plan.output {
-        Some(output) => Some(output::run(&cli.hub, token, &cli.agent_name, output, cap).await?),
+        Some(output) => Some(output::run(&cli.hub, token, agent, output, cap, pid).await?),
         None => None,
     };
     Ok((roundtrip, output))

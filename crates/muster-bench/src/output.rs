@@ -5,6 +5,7 @@
 //! `run.status` (which the hub sends after the last frame). Then the run's
 //! stored record must show every byte and no truncation, and a replay of the
 //! stored output (`subscribe` with `since: 0`) must return the same bytes.
+//! Hub and generator CPU are measured over the live stream, per 10^6 bytes.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::report::OutputReport;
+use crate::resources::{Meter, OpUnit};
 use crate::sim::{OUTPUT_PROGRAM, Pattern};
 use crate::stats::millis;
 
@@ -36,11 +38,13 @@ pub(crate) async fn run(
     agent: &AgentName,
     plan: &OutputPlan,
     cap: u64,
+    hub_pid: Option<u32>,
 ) -> anyhow::Result<OutputReport> {
     let (client, mut events) = Client::connect(hub_url, token)
         .await
         .context("connecting the output client")?;
     let pattern = Pattern::new(plan.chunk);
+    let meter = Meter::start(hub_pid);
     let created = Instant::now();
     // The hub answers before it forwards any of the run's events, and the
     // client routes the answer first, so nothing is lost by reading events later.
@@ -52,6 +56,7 @@ pub(crate) async fn run(
     let mut live = StreamCheck::new(run, pattern.clone());
     let state = live.follow(&mut events).await?;
     let finished = Instant::now();
+    let resources = meter.finish(live.bytes as f64 / 1e6, OpUnit::Mb);
     let info = client
         .run_info(run)
         .await
@@ -94,6 +99,7 @@ pub(crate) async fn run(
         replay_mb_per_s: megabytes_per_s(replay.bytes, replay_time),
         verified: problems.is_empty(),
         problems,
+        resources,
     })
 }
 
