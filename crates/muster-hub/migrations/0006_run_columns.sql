@@ -25,11 +25,14 @@ UPDATE runs SET
     started_ms       = json_extract(doc, '$.started_ms'),
     finished_ms      = json_extract(doc, '$.finished_ms');
 
--- Listings page newest first by id (a ULID, so by creation time), per agent
--- or per state.
+-- Listings page newest first by id (a ULID, so by creation time), per agent.
 DROP INDEX runs_by_agent;
 CREATE INDEX runs_by_agent ON runs (agent, id);
+-- Only unfinished runs are indexed by state: the index stays as small as
+-- the work in flight, and a run that ends leaves it instead of moving
+-- inside it. Listings of ended runs by state walk the runs by id.
 DROP INDEX runs_by_state;
-CREATE INDEX runs_by_state ON runs (state, id);
+CREATE INDEX runs_unfinished ON runs (state, id)
+    WHERE state IN ('queued', 'dispatched', 'running');
 DROP INDEX jobs_by_state;
 CREATE INDEX jobs_by_state ON jobs (state, id);

@@ -109,7 +109,8 @@ impl Hub {
         let engine = Engine::new(config.clone(), hub_id, snapshot, now_ms());
         let fresh = engine.api_key_count() == 0;
         let page_bytes = config.max_message_bytes / 2;
-        let running = runtime::start(engine, store.clone(), broker.clone(), page_bytes);
+        let running = runtime::start(engine, store.clone(), broker.clone(), page_bytes)
+            .context("starting the engine")?;
         let hub = Self {
             inner: Arc::new(Inner {
                 config,

@@ -68,7 +68,7 @@ impl EngineHandle {
 pub(crate) struct Running {
     pub(crate) handle: EngineHandle,
     engine_task: JoinHandle<()>,
-    writer_task: JoinHandle<()>,
+    writer_thread: std::thread::JoinHandle<()>,
 }
 
 impl Running {
@@ -76,9 +76,10 @@ impl Running {
     /// out what they hold; the handle must be the last one.
     pub(crate) async fn close(self, grace: Duration) {
         drop(self.handle);
+        let writer = self.writer_thread;
         let drained = async {
             let _ = self.engine_task.await;
-            let _ = self.writer_task.await;
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("the engine did not drain within {grace:?}");
@@ -86,39 +87,47 @@ impl Running {
     }
 }
 
-/// Starts the engine and the writer over `store` and `broker`.
+/// Starts the engine and the writer over `store` and `broker`. The writer
+/// gets a thread of its own: a commit blocks it (see `SqliteStore`), and
+/// nothing else should wait behind a commit.
 pub(crate) fn start(
     engine: Engine,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     page_bytes: usize,
-) -> Running {
+) -> anyhow::Result<Running> {
     let (inputs_tx, inputs) = mpsc::channel(QUEUED_INPUTS);
     let (control_tx, control) = mpsc::unbounded_channel();
     let (batches_tx, batches) = mpsc::channel(writer::QUEUED_BATCHES);
     let health = Arc::new(Health::default());
-    let writer_task = tokio::spawn(writer::run(
+    let writer = writer::run(
         store.clone(),
         broker,
         batches,
         control_tx.downgrade(),
         health.clone(),
-    ));
+    );
+    let writer_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let writer_thread = std::thread::Builder::new()
+        .name("muster-writer".into())
+        .spawn(move || writer_runtime.block_on(writer))?;
     let lookups = Lookups {
         store,
         control: control_tx.downgrade(),
         page_bytes,
     };
     let engine_task = tokio::spawn(drive(engine, inputs, control, batches_tx, lookups));
-    Running {
+    Ok(Running {
         handle: EngineHandle {
             inputs: inputs_tx,
             control: control_tx,
             health,
         },
         engine_task,
-        writer_task,
-    }
+        writer_thread,
+    })
 }
 
 /// The engine's loop: until every handle and connection is gone.

@@ -177,6 +177,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Connections the kernel queues before the hub accepts them: enough for a
+/// fleet reconnecting at once (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Runs `muster dev`: a hub, an in-process agent named `local`, until Ctrl-C.
 pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut config = HubConfig {
@@ -264,8 +268,21 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
-    let listener = TcpListener::bind(listen)
+    let addr = tokio::net::lookup_host(listen)
         .await
+        .with_context(|| format!("cannot resolve {listen}"))?
+        .next()
+        .with_context(|| format!("{listen} resolves to no address"))?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     Ok((listener, format!("http://{addr}")))

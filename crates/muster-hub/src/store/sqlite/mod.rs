@@ -1,9 +1,11 @@
 //! The SQLite implementation of [`Store`], embedded in the data dir.
 //!
-//! One thread owns the only write connection and applies each batch in one
-//! transaction, so a batch costs one hand-off between threads however many
-//! changes it holds. Reads run on a small pool of read-only connections, on
-//! tokio's blocking threads; in WAL mode they never wait for the writer.
+//! The only write connection applies each batch in one transaction, on the
+//! thread that commits: the hub's writer runs on a thread of its own for
+//! that, so a commit costs no hand-off between threads however many changes
+//! it holds. Reads run on a small pool of read-only connections, on tokio's
+//! blocking threads; in WAL mode they never wait for the writer. A third
+//! thread folds the WAL back into the database in the background.
 //!
 //! WAL mode with `synchronous = NORMAL`: a committed batch survives a crash
 //! of the hub process (the case `kill -9` tests), and may lose the last
@@ -24,7 +26,7 @@ use muster_proto::jobs::{JobInfo, JobState, JobTarget};
 use muster_proto::messages::{SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, UnixMillis};
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 
 use super::{Change, RunFilter, Snapshot, Store, StoredChunk};
 
@@ -33,26 +35,28 @@ const READERS: usize = 4;
 /// How long a connection waits for a lock another holds (only checkpoints
 /// and migrations take one the writer or a reader must wait for).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pages the WAL may grow to before the writer folds it back into the
-/// database (about 40 MiB): fewer, larger checkpoints under heavy output.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+/// How often the checkpointer folds the WAL back into the database. The
+/// writer never checkpoints itself: a checkpoint copies pages and syncs the
+/// file, and a commit waiting behind one is a latency spike for everyone.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Memory-mapped I/O for readers, so replays read pages without copying
 /// them through SQLite's cache first.
 const READER_MMAP_BYTES: u64 = 256 * 1024 * 1024;
-
-/// A batch for the writer thread, and where to say how it went.
-struct Commit {
-    changes: Arc<Vec<Change>>,
-    done: oneshot::Sender<anyhow::Result<()>>,
-}
 
 /// A [`Store`] backed by one SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
-    /// The writer thread's queue; it ends when the last clone is dropped.
-    writer: std_mpsc::Sender<Commit>,
-    readers: Arc<Readers>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The write connection. A std `Mutex`: only the hub's writer commits,
+    /// one batch at a time, so it is never contended.
+    writer: Mutex<Connection>,
+    readers: Readers,
+    /// Dropped with the store: tells the checkpoint thread to finish.
+    _stop_checkpoints: std_mpsc::Sender<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -89,17 +93,21 @@ impl SqliteStore {
         let readers = (0..READERS)
             .map(|_| open_reader(&path))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let (writer, commits) = std_mpsc::channel();
+        let checkpointer = open_reader_writer(&path)?;
+        let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
         std::thread::Builder::new()
-            .name("muster-store-writer".into())
-            .spawn(move || write_loop(conn, commits))
-            .context("starting the store writer thread")?;
+            .name("muster-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop_rx))
+            .context("starting the store checkpoint thread")?;
         Ok(Self {
             path,
-            writer,
-            readers: Arc::new(Readers {
-                idle: Mutex::new(readers),
-                available: Semaphore::new(READERS),
+            shared: Arc::new(Shared {
+                writer: Mutex::new(conn),
+                readers: Readers {
+                    idle: Mutex::new(readers),
+                    available: Semaphore::new(READERS),
+                },
+                _stop_checkpoints: stop_tx,
             }),
         })
     }
@@ -111,13 +119,15 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
     {
         let _permit = self
+            .shared
             .readers
             .available
             .acquire()
             .await
             .context("the store is closed")?;
-        let readers = self.readers.clone();
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            let readers = &shared.readers;
             let conn = readers
                 .idle
                 .lock()
@@ -143,9 +153,37 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// A second read-write connection, for checkpoints only.
+fn open_reader_writer(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// Folds the WAL back into the database every [`CHECKPOINT_INTERVAL`],
+/// without blocking the writer (a passive checkpoint copies what no reader
+/// still needs), until the writer thread ends.
+fn checkpoint_loop(conn: Connection, stop: std_mpsc::Receiver<()>) {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_INTERVAL) {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        });
+        if let Err(e) = done {
+            tracing::debug!(error = %e, "checkpoint failed; trying again later");
+        }
+    }
+    // The writer is gone: fold everything in, so the WAL is empty on disk.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn open_reader(path: &Path) -> anyhow::Result<Connection> {
@@ -156,14 +194,6 @@ fn open_reader(path: &Path) -> anyhow::Result<Connection> {
     conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
-}
-
-/// The writer thread: one transaction per batch, until every sender is gone.
-fn write_loop(mut conn: Connection, commits: std_mpsc::Receiver<Commit>) {
-    while let Ok(commit) = commits.recv() {
-        let result = commit_batch(&mut conn, &commit.changes);
-        let _ = commit.done.send(result);
-    }
 }
 
 fn commit_batch(conn: &mut Connection, changes: &[Change]) -> anyhow::Result<()> {
@@ -179,14 +209,11 @@ impl Store for SqliteStore {
         self.read(read::snapshot).await
     }
 
+    /// Commits on the calling thread, blocking it for the transaction: the
+    /// hub's writer, the only caller, runs on a thread of its own.
     async fn commit(&self, changes: Arc<Vec<Change>>) -> anyhow::Result<()> {
-        let (done, result) = oneshot::channel();
-        self.writer
-            .send(Commit { changes, done })
-            .map_err(|_| anyhow!("the store writer thread is gone"))?;
-        result
-            .await
-            .map_err(|_| anyhow!("the store writer thread is gone"))?
+        let mut conn = self.shared.writer.lock().expect("writer lock poisoned");
+        commit_batch(&mut conn, &changes)
     }
 
     async fn run(&self, id: RunId) -> anyhow::Result<Option<RunInfo>> {
