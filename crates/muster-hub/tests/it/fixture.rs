@@ -1,11 +1,12 @@
 //! `TestHub`: a hub on a free loopback port with a temporary data dir,
 //! shut down when dropped, plus helpers to start agents and clients.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster_agent::AgentOptions;
 use muster_client::{Client, Event};
-use muster_hub::{Hub, HubConfig};
+use muster_hub::{Hub, HubConfig, InProcessBroker, Store};
 use muster_proto::{AgentName, HubToClient, JobId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,35 @@ impl TestHub {
         };
         tune(&mut config);
         let opened = Hub::open(config).await.unwrap();
+        Self::serve(opened, data).await
+    }
+
+    /// A hub over `store`, which keeps its data in `data`.
+    pub(crate) async fn start_on_store(store: Arc<dyn Store>, data: tempfile::TempDir) -> Self {
+        let config = HubConfig {
+            data_dir: data.path().to_owned(),
+            ..HubConfig::default()
+        };
+        let broker = Arc::new(InProcessBroker::new());
+        let opened = Hub::with_parts(config, store, broker).await.unwrap();
+        Self::serve(opened, data).await
+    }
+
+    /// A hub on an existing data dir, with a fresh admin key.
+    pub(crate) async fn start_in(data: tempfile::TempDir) -> Self {
+        let config = HubConfig {
+            data_dir: data.path().to_owned(),
+            ..HubConfig::default()
+        };
+        let mut opened = Hub::open(config).await.unwrap();
+        if opened.initial_admin_token.is_none() {
+            let token = opened.hub.mint_admin_key("test", false).await.unwrap();
+            opened.initial_admin_token = Some(token);
+        }
+        Self::serve(opened, data).await
+    }
+
+    async fn serve(opened: muster_hub::Opened, data: tempfile::TempDir) -> Self {
         let admin_token = opened.initial_admin_token.unwrap().expose().to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -121,6 +151,22 @@ impl TestHub {
 
     pub(crate) fn ws_url(&self, path: &str) -> String {
         format!("{}{path}", self.url.replacen("http://", "ws://", 1))
+    }
+
+    /// The HTTP status of `GET path`.
+    pub(crate) async fn http_status(&self, path: &str) -> u16 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self.url.trim_start_matches("http://");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("an HTTP status line")
     }
 }
 

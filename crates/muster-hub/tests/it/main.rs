@@ -12,3 +12,5 @@ mod protocol;
 mod queueing;
 mod replay;
 mod slow;
+mod storage;
+mod upgrade;
