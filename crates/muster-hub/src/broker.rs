@@ -5,8 +5,8 @@
 //! broker can implement [`Broker`] for a cluster without changing the core.
 //!
 //! Backpressure policy: delivery never blocks the publisher. Each subscriber owns
-//! a bounded queue; when it is full the subscriber's `overflow` token is
-//! cancelled, and its connection closes with `SLOW_CONSUMER` (4008). Everything on
+//! a bounded queue (`queue.rs`); when it is full the queue is marked
+//! overflowed, and its connection closes with `SLOW_CONSUMER` (4008). Everything on
 //! a stream channel is stored before it is published, so the dropped client can
 //! reconnect and resume from its last sequence number.
 
@@ -15,9 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
 pub use crate::outbound::Outbound;
 
 /// One encoded WebSocket message.
@@ -50,26 +47,7 @@ pub struct Delivery {
     pub last: bool,
 }
 
-/// A connection's queue, registered with [`Broker::subscribe`] and used for
-/// replies and agent messages too.
-#[derive(Clone, Debug)]
-pub struct Subscriber {
-    /// Bounded queue into the connection task.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled when `tx` is full: the connection must close as a slow consumer.
-    pub overflow: CancellationToken,
-}
-
-impl Subscriber {
-    /// Queues `item` without waiting; a full queue flags the connection as a
-    /// slow consumer instead. A closed one (the connection ended) drops it.
-    pub fn send(&self, item: Outbound) {
-        match self.tx.try_send(item) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.overflow.cancel(),
-        }
-    }
-}
+pub use crate::queue::Subscriber;
 
 /// Removes its subscription when dropped.
 pub struct SubscriptionGuard {
@@ -161,7 +139,7 @@ impl Broker for InProcessBroker {
         let extra = wildcard
             .into_iter()
             .flat_map(|s| s.values().filter_map(live))
-            .filter(|w| !direct.iter().any(|d| d.tx.same_channel(&w.tx)));
+            .filter(|w| !direct.iter().any(|d| d.same_queue(w)));
         let targets: Vec<&Subscriber> = direct.iter().copied().chain(extra).collect();
         for subscriber in targets {
             subscriber.send(Outbound::Delivery(delivery.clone()));
@@ -198,15 +176,13 @@ impl Broker for InProcessBroker {
 mod tests {
     use super::*;
 
-    fn subscriber(capacity: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let overflow = CancellationToken::new();
-        (Subscriber { tx, overflow }, rx)
+    fn subscriber(capacity: usize) -> (Subscriber, crate::queue::Receiver) {
+        crate::queue::bounded(capacity)
     }
 
-    fn seq(item: Option<Outbound>) -> Option<u64> {
+    fn seq(item: Result<Outbound, crate::queue::Overflowed>) -> Option<u64> {
         match item {
-            Some(Outbound::Delivery(d)) => d.seq,
+            Ok(Outbound::Delivery(d)) => d.seq,
             other => panic!("expected a delivery, got {other:?}"),
         }
     }
@@ -229,7 +205,7 @@ mod tests {
         let _gb = broker.subscribe("run:2", b, false);
         broker.publish(delivery("run:1", 7));
         assert_eq!(seq(a_rx.recv().await), Some(7));
-        assert!(b_rx.try_recv().is_err());
+        assert!(b_rx.try_recv().unwrap().is_none());
     }
 
     #[tokio::test]
@@ -237,13 +213,13 @@ mod tests {
         let broker = InProcessBroker::new();
         let (slow, _slow_rx) = subscriber(1);
         let (fast, mut fast_rx) = subscriber(8);
-        let slow_overflow = slow.overflow.clone();
+        let slow_queue = slow.clone();
         let _g1 = broker.subscribe("fleet", slow, false);
         let _g2 = broker.subscribe("fleet", fast, false);
         for n in 0..3 {
             broker.publish(delivery("fleet", n));
         }
-        assert!(slow_overflow.is_cancelled());
+        assert!(slow_queue.is_overflowed());
         for n in 0..3u64 {
             assert_eq!(seq(fast_rx.recv().await), Some(n));
         }
@@ -259,7 +235,7 @@ mod tests {
         broker.publish(delivery("fleet", 2));
         assert_eq!(seq(rx.recv().await), Some(1));
         assert_eq!(seq(rx.recv().await), Some(2));
-        assert!(rx.try_recv().is_err(), "no duplicate");
+        assert!(rx.try_recv().unwrap().is_none(), "no duplicate");
     }
 
     #[tokio::test]
@@ -268,7 +244,7 @@ mod tests {
         let (s, mut rx) = subscriber(4);
         let guard = broker.subscribe("run:1", s, true);
         broker.publish(delivery("run:1", 1));
-        assert!(rx.try_recv().is_err());
+        assert!(rx.try_recv().unwrap().is_none());
         guard.resume();
         broker.publish(delivery("run:1", 2));
         assert_eq!(seq(rx.recv().await), Some(2));
@@ -281,6 +257,6 @@ mod tests {
         drop(broker.subscribe("fleet", s, false));
         broker.publish(delivery("fleet", 1));
         assert!(broker.channels.lock().unwrap().is_empty());
-        assert!(rx.recv().await.is_none());
+        assert!(rx.try_recv().unwrap().is_none());
     }
 }

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod metrics;
 mod outbound;
 mod paging;
+pub mod queue;
 pub mod reads;
 mod runtime;
 pub mod scheduler;
@@ -42,7 +43,7 @@ use anyhow::Context as _;
 use muster_proto::messages::AgentEnvelope;
 use muster_proto::{AgentName, AgentStatus, Envelope, HubToClient};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,7 +55,7 @@ pub use outbound::{Outbound, Reply};
 pub use store::{SqliteStore, Store};
 pub use writer::Health;
 
-use crate::broker::{Frame, Subscriber};
+use crate::broker::Frame;
 use crate::engine::{Engine, Input, Request};
 
 /// Time connections get to close after shutdown is requested.
@@ -184,11 +185,7 @@ impl Hub {
 
     /// Waits until agent `name` is online.
     pub async fn wait_online(&self, name: &AgentName) {
-        let (tx, mut rx) = mpsc::channel(256);
-        let queue = Subscriber {
-            tx,
-            overflow: CancellationToken::new(),
-        };
+        let (queue, mut rx) = queue::bounded(256);
         let _fleet = self.inner.broker.subscribe("fleet", queue.clone(), false);
         let ask = Input::Request {
             principal: Arc::new(muster_proto::messages::Principal {
@@ -198,12 +195,12 @@ impl Hub {
             }),
             to: queue,
             re: None,
-            request: Request::AgentGet(name.clone()),
+            request: Box::new(Request::AgentGet(name.clone())),
         };
         if !self.inner.running.handle.send(ask).await {
             return;
         }
-        while let Some(item) = rx.recv().await {
+        while let Ok(item) = rx.recv().await {
             let msg = match item {
                 Outbound::Reply(reply) => reply.msg,
                 Outbound::Delivery(delivery) => match decode(&delivery.frame) {

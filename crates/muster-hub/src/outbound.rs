@@ -16,7 +16,7 @@ pub enum Outbound {
     /// An answer to one of the connection's requests.
     Reply(Box<Reply>),
     /// A message for the agent on this connection.
-    Agent(HubToAgent),
+    Agent(Box<HubToAgent>),
 }
 
 /// An answer to a client request.

@@ -39,9 +39,16 @@ pub(crate) struct EngineHandle {
 
 impl EngineHandle {
     /// Hands an input over, waiting while the engine is behind; false if the
-    /// engine is gone.
+    /// engine is gone. The wait is boxed: it is rare, and its future would
+    /// otherwise live inside every connection's task.
     pub(crate) async fn send(&self, input: Input) -> bool {
-        self.inputs.send(input).await.is_ok()
+        match self.inputs.try_send(input) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                Box::pin(self.inputs.send(input)).await.is_ok()
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Sends `make(reply)` and waits for the answer; `None` if the engine is gone.
@@ -208,7 +215,7 @@ impl Lookups {
                     };
                     let found = found.map_err(|e| format!("{e:#}"));
                     if let Some(control) = control.upgrade() {
-                        let _ = control.send(Input::KeyFound(KeyFound { key, found }));
+                        let _ = control.send(Input::KeyFound(Box::new(KeyFound { key, found })));
                     }
                 });
             }

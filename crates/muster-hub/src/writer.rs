@@ -143,7 +143,7 @@ fn carry_out(broker: &dyn Broker, feedback: &mpsc::WeakUnboundedSender<Input>, e
         }
         Effect::Raw(delivery) => broker.publish(delivery),
         Effect::Reply(to, reply) => to.send(Outbound::Reply(reply)),
-        Effect::ToAgent(to, msg) => to.send(Outbound::Agent(msg)),
+        Effect::ToAgent(to, msg) => to.send(Outbound::Agent(Box::new(msg))),
         Effect::Close(control, code, reason) => control.close(code, &reason),
         Effect::Notify(notify) => notify(),
         Effect::ReleaseKeys(runs, jobs) => {

@@ -120,11 +120,12 @@ pub enum Input {
         to: ReplyTo,
         /// The request id to answer.
         re: Option<RequestId>,
-        /// What is asked.
-        request: Request,
+        /// What is asked (boxed: inputs stay small, and so does every
+        /// connection's future that hands one over).
+        request: Box<Request>,
     },
     /// A store lookup of an idempotency key came back.
-    KeyFound(keys::KeyFound),
+    KeyFound(Box<keys::KeyFound>),
     /// A batch that ended these runs and jobs is committed: their keys can
     /// be found in the store from now on.
     ReleaseKeys(Vec<RunId>, Vec<muster_proto::JobId>),
@@ -256,8 +257,8 @@ impl Engine {
                 to,
                 re,
                 request,
-            } => self.request(&principal, &to, re, request, now),
-            Input::KeyFound(found) => self.key_found(found, now),
+            } => self.request(&principal, &to, re, *request, now),
+            Input::KeyFound(found) => self.key_found(*found, now),
             Input::ReleaseKeys(runs, jobs) => self.keys.release(&runs, &jobs),
             Input::MintKey {
                 name,

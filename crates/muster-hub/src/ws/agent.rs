@@ -13,12 +13,9 @@ use futures_util::StreamExt as _;
 use futures_util::stream::SplitStream;
 use muster_proto::messages::{AgentHello, ErrorData, Heartbeat, Principal};
 use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
-use crate::broker::Subscriber;
 use crate::clock::now_ms;
 use crate::engine::{AgentConn, AgentLink, ConnControl, Engine, Input, LastSeen, PresenceGuard};
 use crate::outbound::Outbound;
@@ -32,15 +29,12 @@ const AGENT_QUEUE: usize = 1024;
 pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink);
-    let Some(hello) = read_hello(&state, &mut stream, &mut writer).await else {
+    // Boxed: one-time steps whose futures would otherwise be kept inside
+    // every idle connection's task.
+    let Some(hello) = Box::pin(read_hello(&state, &mut stream, &mut writer)).await else {
         return;
     };
-    let (tx, rx) = mpsc::channel(AGENT_QUEUE);
-    let overflow = CancellationToken::new();
-    let queue = Subscriber {
-        tx,
-        overflow: overflow.clone(),
-    };
+    let (queue, rx) = crate::queue::bounded(AGENT_QUEUE);
     let control = ConnControl::default();
     let last_seen = LastSeen::default();
     let conn = AgentConn {
@@ -49,14 +43,12 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
         control: control.clone(),
         last_seen: last_seen.clone(),
     };
-    let accepted = state
-        .engine
-        .ask(|reply| Input::AgentHello {
-            hello: Box::new(hello),
-            conn,
-            reply,
-        })
-        .await;
+    let accepted = Box::pin(state.engine.ask(|reply| Input::AgentHello {
+        hello: Box::new(hello),
+        conn,
+        reply,
+    }))
+    .await;
     let name = match accepted {
         Some(Ok(name)) => name,
         Some(Err(e)) => {
@@ -86,11 +78,11 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
         last_seen,
         stale: false,
     };
-    let end = conn.run(&mut stream, rx, &control, &overflow).await;
+    let end = conn.run(&mut stream, rx, &control).await;
     match end {
         Some((code, reason)) => {
             tracing::info!(agent = %name, code, reason = %reason, "closing agent connection");
-            conn.writer.close(code, &reason).await;
+            Box::pin(conn.writer.close(code, &reason)).await;
         }
         None => tracing::info!(agent = %name, "agent disconnected"),
     }
@@ -132,9 +124,8 @@ impl Connection {
     async fn run(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
-        mut rx: mpsc::Receiver<Outbound>,
+        mut rx: crate::queue::Receiver,
         control: &ConnControl,
-        overflow: &CancellationToken,
     ) -> Option<(u16, String)> {
         self.send(HubToAgent::ConnectionAck(self.ack()))
             .await
@@ -146,13 +137,12 @@ impl Connection {
         loop {
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return Some((CloseCode::GOING_AWAY, "hub shutting down".into())),
-                _ = overflow.cancelled() => return Some((CloseCode::SLOW_CONSUMER, "control queue overflow".into())),
                 (code, reason) = control.closed() => return Some((code, reason)),
                 frame = stream.next() => {
                     liveness.heard();
                     self.heard().await;
                     match frame {
-                        Some(Ok(Message::Text(text))) => self.on_text(&text).await.ok()?,
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text)).await.ok()?,
                         Some(Ok(Message::Binary(bytes))) => self.on_binary(bytes).await.ok()?,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Close(_))) | None => return None,
@@ -162,7 +152,10 @@ impl Connection {
                         },
                     }
                 }
-                Some(item) = rx.recv() => self.forward(item, &mut rx).await.ok()?,
+                item = rx.recv() => match item {
+                    Ok(item) => self.forward(item, &mut rx).await.ok()?,
+                    Err(_) => return Some((CloseCode::SLOW_CONSUMER, "control queue overflow".into())),
+                },
                 _ = ticker.tick() => {
                     if liveness.expired() {
                         return Some((CloseCode::HEARTBEAT_TIMEOUT, "no heartbeat within the deadline".into()));
@@ -215,11 +208,11 @@ impl Connection {
     async fn forward(
         &mut self,
         first: Outbound,
-        rx: &mut mpsc::Receiver<Outbound>,
+        rx: &mut crate::queue::Receiver,
     ) -> Result<(), axum::Error> {
         self.feed(first).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
-            let Ok(more) = rx.try_recv() else { break };
+            let Ok(Some(more)) = rx.try_recv() else { break };
             self.feed(more).await?;
         }
         self.writer.flush().await
@@ -227,7 +220,7 @@ impl Connection {
 
     async fn feed(&mut self, item: Outbound) -> Result<(), axum::Error> {
         match item {
-            Outbound::Agent(msg) => self.writer.feed_text(Envelope::plain(msg).encode()).await,
+            Outbound::Agent(msg) => self.writer.feed_text(Envelope::plain(*msg).encode()).await,
             Outbound::Delivery(delivery) => self.writer.feed(delivery.frame).await,
             Outbound::Reply(_) => Ok(()),
         }

@@ -7,13 +7,10 @@ use futures_util::StreamExt as _;
 use futures_util::stream::SplitStream;
 use muster_proto::messages::{ErrorData, Heartbeat};
 use muster_proto::{Channel, ClientToHub, CloseCode, Envelope, ErrorCode, HubToClient};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
 use super::session::Session;
-use crate::broker::Subscriber;
 use crate::delivery::{SinkClosed, Subscriptions};
 use crate::engine::{ClientWelcome, Engine, Input};
 use crate::outbound::Outbound;
@@ -25,16 +22,13 @@ const SLOW_CONSUMER_REASON: &str = "send queue overflow: read faster and resume"
 pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink);
-    let Some(welcome) = handshake(&state, &mut stream, &mut writer).await else {
+    // Boxed: a one-time step whose future would otherwise be kept inside
+    // every idle connection's task.
+    let Some(welcome) = Box::pin(handshake(&state, &mut stream, &mut writer)).await else {
         return;
     };
     tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
-    let (tx, mut rx) = mpsc::channel(state.config.client_queue_frames);
-    let overflow = CancellationToken::new();
-    let queue = Subscriber {
-        tx,
-        overflow: overflow.clone(),
-    };
+    let (queue, mut rx) = crate::queue::bounded(state.config.client_queue_frames);
     let mut subs = Subscriptions::new(state.broker.clone(), queue.clone());
     subs.subscribe_live(&Channel::Fleet);
     let ack = Engine::ack_template(
@@ -49,7 +43,7 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
         let agents = HubToClient::AgentList(welcome.agents);
         writer.send(&Envelope::plain(agents)).await
     };
-    if greeted.await.is_err() {
+    if Box::pin(greeted).await.is_err() {
         return;
     }
     let page_bytes = state.config.max_message_bytes / 2;
@@ -57,7 +51,7 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
         welcome.principal,
         state.engine.clone(),
         state.history.clone(),
-        queue,
+        queue.clone(),
         subs,
         page_bytes,
     );
@@ -66,12 +60,11 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
     let (code, reason) = loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break (CloseCode::GOING_AWAY, "hub shutting down"),
-            _ = overflow.cancelled() => break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON),
             frame = stream.next() => {
                 liveness.heard();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        if session.handle_text(&mut writer, &text).await.is_err() {
+                        if Box::pin(session.handle_text(&mut writer, &text)).await.is_err() {
                             return;
                         }
                     }
@@ -89,16 +82,19 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
                     },
                 }
             }
-            Some(item) = rx.recv() => {
-                // A client that stops reading blocks this write; the overflow
-                // token is what gets the connection out of it.
+            item = rx.recv() => {
+                let Ok(item) = item else {
+                    break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+                };
+                // A client that stops reading blocks this write; its queue
+                // overflowing is what gets the connection out of it.
                 tokio::select! {
-                    sent = forward_batch(&mut session, &mut writer, item, &mut rx) => {
+                    sent = Box::pin(forward_batch(&mut session, &mut writer, item, &mut rx)) => {
                         if sent.is_err() {
                             return;
                         }
                     }
-                    _ = overflow.cancelled() => break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON),
+                    _ = queue.overflowed() => break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON),
                 }
             }
             _ = ticker.tick() => {
@@ -112,7 +108,7 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
             }
         }
     };
-    writer.close(code, reason).await;
+    Box::pin(writer.close(code, reason)).await;
 }
 
 /// Reads the `hello` and asks the engine who it is, or refuses the connection.
@@ -153,13 +149,14 @@ async fn forward_batch(
     session: &mut Session,
     writer: &mut Writer,
     first: Outbound,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut crate::queue::Receiver,
 ) -> Result<(), SinkClosed> {
     session.forward(writer, first).await?;
     for _ in 1..MAX_FRAMES_PER_FLUSH {
         match rx.try_recv() {
-            Ok(item) => session.forward(writer, item).await?,
-            Err(_) => break,
+            Ok(Some(item)) => session.forward(writer, item).await?,
+            // An overflow is seen by the connection loop next.
+            Ok(None) | Err(_) => break,
         }
     }
     writer.flush().await.map_err(|_| SinkClosed)

@@ -27,9 +27,13 @@ use crate::config::HubConfig;
 use crate::delivery::History;
 use crate::runtime::EngineHandle;
 
-/// Bytes read from a socket at a time. Small on purpose: an idle connection's
-/// memory is dominated by its buffers, and output chunks are at most 10 KiB.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes a client connection reads from its socket at a time, which is also
+/// the buffer it keeps for that while idle: requests are small, and an idle
+/// connection's memory is mostly this buffer.
+const CLIENT_READ_BUFFER_BYTES: usize = 1024;
+/// The same for an agent connection: output frames are up to 10 KiB, so a
+/// frame takes a few reads; a larger buffer would be kept by every idle agent.
+const AGENT_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes buffered before a write is forced out.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -88,19 +92,25 @@ fn accept(state: AppState, upgrade: WebSocketUpgrade, endpoint: Endpoint) -> Res
     };
     let max = state.config.max_message_bytes;
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let read_buffer = match endpoint {
+        Endpoint::Agent => AGENT_READ_BUFFER_BYTES,
+        Endpoint::Client => CLIENT_READ_BUFFER_BYTES,
+    };
     upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
-            tracker.track_future(async move {
+            let fut = async move {
                 let _permit = permit;
                 match endpoint {
                     Endpoint::Agent => agent::serve(state, socket, conn_id).await,
                     Endpoint::Client => client::serve(state, socket, conn_id).await,
                 }
-            })
+            };
+            eprintln!("SIZES conn future {} writer {} stream {} session {} interval {} appstate {} ws {}", std::mem::size_of_val(&fut), std::mem::size_of::<conn::Writer>(), std::mem::size_of::<futures_util::stream::SplitStream<axum::extract::ws::WebSocket>>(), std::mem::size_of::<session::Session>(), std::mem::size_of::<tokio::time::Interval>(), std::mem::size_of::<AppState>(), std::mem::size_of::<crate::engine::Input>());
+            tracker.track_future(fut)
         })
 }

@@ -141,7 +141,7 @@ impl Session {
             principal: self.principal.clone(),
             to: self.queue.clone(),
             re: re.clone(),
-            request,
+            request: Box::new(request),
         };
         if !self.engine.send(input).await {
             let error = ErrorData::new(ErrorCode::Internal, "the hub is shutting down");
@@ -361,7 +361,7 @@ impl Session {
                         principal: self.principal.clone(),
                         to: self.queue.clone(),
                         re: None,
-                        request: Request::AgentChannel(name, reply),
+                        request: Box::new(Request::AgentChannel(name, reply)),
                     })
                     .await
                     .ok_or_else(unknown)??;
