@@ -5,13 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use muster_proto::messages::{
-    AgentHello, Principal, RunCreate, RunExited, RunOutcome, RunReport, RunStarted,
-};
+use muster_proto::messages::{AgentHello, Principal, RunReport};
 use muster_proto::types::RunRequest;
 use muster_proto::{
-    AgentName, CommandSpec, HubToAgent, OutputFrame, OutputHeader, OutputStream, RequestId, RunId,
-    RunInfo, RunState, UnixMillis,
+    AgentName, CommandSpec, HubToAgent, RequestId, RunId, RunInfo, RunState, UnixMillis,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +41,7 @@ pub(super) fn config() -> HubConfig {
         lost_grace_ms: 40,
         heartbeat_deadline_ms: 20,
         max_queue_per_agent: 2,
-        max_output_bytes_per_run: 48,
+        max_output_bytes_per_run: 16,
         ..HubConfig::default()
     }
 }
@@ -119,6 +116,8 @@ pub(super) struct Fleet {
     pub(super) now: UnixMillis,
     pub(super) agents: Vec<FakeAgent>,
     clients: Vec<FakeClient>,
+    /// An admin key, for the registry.
+    admin: FakeClient,
     next_run: u128,
     next_conn: u64,
     next_request: u64,
@@ -159,12 +158,16 @@ impl Fleet {
             ..Snapshot::default()
         };
         let engine = Engine::new(Arc::new(config), "hub".into(), snapshot, START_MS);
-        let clients = CLIENTS.iter().map(|name| client(name)).collect();
+        let clients = CLIENTS
+            .iter()
+            .map(|name| client(name, "operator"))
+            .collect();
         Self {
             engine,
             now: START_MS,
             agents,
             clients,
+            admin: client("root", crate::engine::ROLE_ADMIN),
             next_run: recovered.len() as u128 + 1,
             next_conn: 0,
             next_request: 0,
@@ -248,6 +251,18 @@ impl Fleet {
         re
     }
 
+    /// A request of an admin key; its answer is not looked at.
+    pub(super) fn admin_request(&mut self, request: Request) {
+        let FakeClient { principal, tx, .. } = &self.admin;
+        let input = Input::Request {
+            principal: principal.clone(),
+            to: tx.clone(),
+            re: None,
+            request,
+        };
+        self.engine.handle(input, self.now);
+    }
+
     /// The API key name of client `client`.
     pub(super) fn client_name(&self, client: usize) -> &str {
         &self.clients[client].principal.name
@@ -301,12 +316,12 @@ impl Fleet {
     }
 }
 
-fn client(name: &str) -> FakeClient {
+fn client(name: &str, role: &str) -> FakeClient {
     let (tx, rx) = queue();
     let principal = Principal {
         kind: "client".into(),
         name: name.into(),
-        role: Some("operator".into()),
+        role: Some(role.into()),
     };
     FakeClient {
         principal: Arc::new(principal),
@@ -331,58 +346,4 @@ pub(super) fn carry_out(effects: Vec<Effect>) -> Vec<Input> {
         }
     }
     released
-}
-
-/// `run.create` with a plain command.
-pub(super) fn create(
-    agent: AgentName,
-    priority: i32,
-    key: Option<String>,
-    ttl_ms: Option<u64>,
-) -> RunCreate {
-    let mut request = RunRequest::new(agent, CommandSpec::Argv(vec!["true".into()]));
-    request.priority = priority;
-    request.idempotency_key = key;
-    request.ttl_ms = ttl_ms;
-    RunCreate {
-        request,
-        subscribe: true,
-    }
-}
-
-/// `run.started` on `link`.
-pub(super) fn started(link: &Arc<AgentLink>, run: RunId) -> Input {
-    Input::RunStarted(link.clone(), RunStarted { run, pid: 4242 })
-}
-
-/// An output frame of `len` bytes on `link`, raw as an agent sends it and decoded.
-pub(super) fn output(link: &Arc<AgentLink>, run: RunId, seq: u64, len: usize) -> Input {
-    let stream = if seq.is_multiple_of(2) {
-        OutputStream::Stdout
-    } else {
-        OutputStream::Stderr
-    };
-    let header = OutputHeader {
-        run,
-        stream,
-        seq,
-        offset: seq.saturating_mul(8),
-    };
-    let raw = OutputFrame::encode(&header, &vec![b'x'; len]);
-    let frame = OutputFrame::decode(raw.clone()).expect("a frame encoded here decodes");
-    Input::RunOutput(link.clone(), raw, frame)
-}
-
-/// `run.exited` on `link`.
-pub(super) fn exited(link: &Arc<AgentLink>, run: RunId, outcome: RunOutcome) -> Input {
-    let exited = RunExited {
-        run,
-        outcome,
-        exit_code: (outcome == RunOutcome::Completed).then_some(0),
-        signal: None,
-        error: None,
-        error_code: None,
-        output_truncated: false,
-    };
-    Input::RunExited(link.clone(), exited)
 }

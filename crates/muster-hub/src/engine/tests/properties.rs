@@ -11,11 +11,13 @@ use super::sim::Sim;
 use crate::config::HubConfig;
 
 /// Cases per property: enough to meet the rare interleavings, few enough
-/// for a debug build to finish in seconds. XorShift, because the default
-/// ChaCha generator takes most of the time in an unoptimized build.
+/// for a debug build to finish in seconds; `PROPTEST_CASES` asks for more
+/// in a longer hunt. XorShift, because the default ChaCha generator takes
+/// most of the time in an unoptimized build.
 fn cases(cases: u32) -> Config {
+    let asked = std::env::var("PROPTEST_CASES").ok();
     Config {
-        cases,
+        cases: asked.and_then(|n| n.parse().ok()).unwrap_or(cases),
         rng_algorithm: RngAlgorithm::XorShift,
         failure_persistence: None,
         ..Config::default()

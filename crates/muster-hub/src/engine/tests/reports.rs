@@ -6,9 +6,8 @@ use std::sync::Arc;
 use muster_proto::messages::{RunAck, RunOutcome, RunReport, RunReportStatus};
 use muster_proto::{ErrorCode, HubToAgent, RunId, RunState};
 
-use super::fleet::{
-    Fleet, Recovered, agent_name, carry_out, config, create, exited, output, run_id, started,
-};
+use super::fleet::{Fleet, Recovered, agent_name, carry_out, config, run_id};
+use super::inputs::{create, exited, output, started};
 use crate::engine::{AgentLink, Batch, Effect, Request};
 use crate::store::Change;
 

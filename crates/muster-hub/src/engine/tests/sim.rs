@@ -7,9 +7,8 @@ use std::sync::Arc;
 use muster_proto::messages::{RunOutcome, RunReport, RunReportStatus};
 use muster_proto::{AgentName, RunId, RunState};
 
-use super::fleet::{
-    AGENTS, CLIENTS, Fleet, agent_name, carry_out, create, exited, output, run_id, started,
-};
+use super::fleet::{AGENTS, CLIENTS, Fleet, agent_name, carry_out, run_id};
+use super::inputs::{create, exited, output, started};
 use super::model::{Asked, Model};
 use super::ops::{Op, Pick, Report, Sender, Seq, Setup, Ttl};
 use crate::config::HubConfig;
