@@ -29,6 +29,8 @@ mod registry;
 mod reports;
 mod requests;
 mod runs;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
