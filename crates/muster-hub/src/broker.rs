@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 pub use crate::outbound::Outbound;
+use bytes::Bytes;
 
 /// One encoded WebSocket message.
 #[derive(Clone, Debug)]

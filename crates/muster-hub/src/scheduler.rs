@@ -93,6 +93,14 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
+    /// Runs waiting on an agent, in queue order.
+    pub fn waiting(&self, agent: &AgentName) -> Vec<RunId> {
+        self.agents
+            .get(agent)
+            .map(|q| q.waiting.iter().map(|key| key.2).collect())
+            .unwrap_or_default()
+    }
+
     /// Counts a run as in flight without dispatching it (recovery after a restart).
     pub fn restore_in_flight(&mut self, agent: &AgentName, run: RunId) {
         self.agents

@@ -173,13 +173,34 @@ impl Engine {
             return self.reply_error(to, re, agent_not_found(&name), None);
         }
         self.batch.change(Change::DeleteAgent(name.clone()));
-        self.kick(&name, CloseCode::REVOKED, "agent removed");
-        for run in self.scheduler.remove_agent(&name) {
-            self.end_run(run, RunEvent::Dequeued, "agent removed", now);
-        }
+        self.forget_agent(&name, now);
         let removed = HubToClient::AgentRemoved(AgentRef { name: name.clone() });
         self.batch.event(Channel::Fleet, removed.clone());
         self.batch.reply(to, Reply::to(re, removed));
+    }
+
+    /// Ends everything of an agent that was just unregistered: its waiting
+    /// runs end `cancelled`, its runs in flight `lost` (it can never report
+    /// them now), and its connection is closed. The connection leaves
+    /// presence first, so nothing is dispatched to it on the way.
+    fn forget_agent(&mut self, name: &AgentName, now: UnixMillis) {
+        self.kick(name, CloseCode::REVOKED, "agent removed");
+        if let Some(conn_id) = self.presence.get(name).map(|a| a.conn_id) {
+            self.presence.disconnect(name, conn_id);
+        }
+        self.scheduler.set_offline(name);
+        for run in self.scheduler.waiting(name) {
+            self.end_run(run, RunEvent::Dequeued, "agent removed", now);
+        }
+        for run in self.scheduler.in_flight(name) {
+            self.end_run(
+                run,
+                RunEvent::Lost,
+                "agent removed while the run was in flight",
+                now,
+            );
+        }
+        self.scheduler.remove_agent(name);
     }
 
     /// `agent.label`: sets and removes registered labels.

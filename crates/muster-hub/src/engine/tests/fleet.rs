@@ -10,12 +10,10 @@ use muster_proto::types::RunRequest;
 use muster_proto::{
     AgentName, CommandSpec, HubToAgent, RequestId, RunId, RunInfo, RunState, UnixMillis,
 };
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 use ulid::Ulid;
 
 use crate::auth;
-use crate::broker::Subscriber;
 use crate::config::HubConfig;
 use crate::engine::{
     AgentConn, AgentLink, Batch, ConnControl, Effect, Engine, Input, LastSeen, Reply, ReplyTo,
@@ -100,14 +98,14 @@ pub(super) struct FakeAgent {
     /// Ids of its connections, oldest first.
     conn_ids: Vec<u64>,
     /// The queues of its connections.
-    queues: Vec<mpsc::Receiver<Outbound>>,
+    queues: Vec<crate::queue::Receiver>,
 }
 
 /// A client connection.
 struct FakeClient {
     principal: Arc<Principal>,
     tx: ReplyTo,
-    rx: mpsc::Receiver<Outbound>,
+    rx: crate::queue::Receiver,
 }
 
 /// The engine with its fleet and its clock.
@@ -123,10 +121,8 @@ pub(super) struct Fleet {
     next_request: u64,
 }
 
-fn queue() -> (ReplyTo, mpsc::Receiver<Outbound>) {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let overflow = CancellationToken::new();
-    (Subscriber { tx, overflow }, rx)
+fn queue() -> (ReplyTo, crate::queue::Receiver) {
+    crate::queue::bounded(QUEUE)
 }
 
 impl Fleet {
@@ -245,7 +241,7 @@ impl Fleet {
             principal: principal.clone(),
             to: tx.clone(),
             re: Some(re.clone()),
-            request,
+            request: Box::new(request),
         };
         self.engine.handle(input, self.now);
         re
@@ -258,7 +254,7 @@ impl Fleet {
             principal: principal.clone(),
             to: tx.clone(),
             re: None,
-            request,
+            request: Box::new(request),
         };
         self.engine.handle(input, self.now);
     }
@@ -288,9 +284,9 @@ impl Fleet {
     pub(super) fn agent_messages(&mut self, agent: usize) -> Vec<HubToAgent> {
         let mut messages = Vec::new();
         for rx in &mut self.agents[agent].queues {
-            while let Ok(item) = rx.try_recv() {
+            while let Ok(Some(item)) = rx.try_recv() {
                 match item {
-                    Outbound::Agent(msg) => messages.push(msg),
+                    Outbound::Agent(msg) => messages.push(*msg),
                     other => panic!("an agent connection got {other:?}"),
                 }
             }
@@ -301,12 +297,9 @@ impl Fleet {
     /// What client `client`'s queue holds.
     pub(super) fn client_replies(&mut self, client: usize) -> Vec<Reply> {
         let fake = &mut self.clients[client];
-        assert!(
-            !fake.tx.overflow.is_cancelled(),
-            "a client queue overflowed"
-        );
+        assert!(!fake.tx.is_overflowed(), "a client queue overflowed");
         let mut replies = Vec::new();
-        while let Ok(item) = fake.rx.try_recv() {
+        while let Ok(Some(item)) = fake.rx.try_recv() {
             match item {
                 Outbound::Reply(reply) => replies.push(*reply),
                 other => panic!("a client got {other:?} without subscribing"),
@@ -339,7 +332,7 @@ pub(super) fn carry_out(effects: Vec<Effect>) -> Vec<Input> {
             // Nobody subscribes: the model reads these from the batch.
             Effect::Event { .. } | Effect::Raw(_) => {}
             Effect::Reply(to, reply) => to.send(Outbound::Reply(reply)),
-            Effect::ToAgent(to, msg) => to.send(Outbound::Agent(msg)),
+            Effect::ToAgent(to, msg) => to.send(Outbound::Agent(Box::new(msg))),
             Effect::Close(control, code, reason) => control.close(code, &reason),
             Effect::Notify(notify) => notify(),
             Effect::ReleaseKeys(runs, jobs) => released.push(Input::ReleaseKeys(runs, jobs)),

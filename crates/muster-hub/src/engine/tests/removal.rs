@@ -7,13 +7,10 @@ use crate::engine::Request;
 /// Long past every deadline of the test configuration.
 const DAY_MS: u64 = 24 * 3_600_000;
 
-/// `agent.remove` ends the queued runs of the agent (`cancelled`), but the
-/// scheduler forgets its runs in flight with its queue: when the kicked
-/// connection ends, `agent_left` finds nothing in flight, sets no lost
-/// deadline, and the run stays `dispatched` (or `running`) for good,
-/// against protocol.md §7.1 ("reaches exactly one terminal state").
+/// `agent.remove` ends the queued runs of the agent (`cancelled`) and its
+/// runs in flight (`lost`): it can never report them, and a run must reach
+/// exactly one terminal state (protocol.md §7.1).
 #[test]
-#[ignore = "engine bug: the runs in flight on a removed agent never end"]
 fn the_runs_in_flight_on_a_removed_agent_end() {
     let mut fleet = Fleet::new(config(), &[]);
     fleet.connect(0, 1, Vec::new());

@@ -249,7 +249,8 @@ impl Sim {
         for key in std::mem::take(&mut self.lookups) {
             let run = self.model.run_of_key(&key.owner, &key.key);
             let found = Ok(Found::Run(run));
-            self.fleet.input(Input::KeyFound(KeyFound { key, found }));
+            self.fleet
+                .input(Input::KeyFound(Box::new(KeyFound { key, found })));
         }
     }
 
