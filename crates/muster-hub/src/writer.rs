@@ -7,18 +7,22 @@
 //!
 //! A commit that fails produces no effect. The writer keeps the batch and
 //! commits it again, backing off, until it succeeds: the hub reports itself
-//! unavailable meanwhile ([`Health`]), new requests are refused with
-//! `STORAGE_UNAVAILABLE` at the door, and everything in flight waits,
-//! because the engine's memory is already ahead of the store and nothing of
-//! it may be seen before the store holds it. When the disk has room again
-//! the same batch commits and everything carries on where it stopped.
+//! unavailable meanwhile ([`Health`]), new requests that would change state
+//! are refused with `STORAGE_UNAVAILABLE` at the door, agent connections stop
+//! reading (their agents keep what they have not sent, and their commands
+//! slow down), and everything already in flight waits, because the engine's
+//! memory is ahead of the store and nothing of it may be seen before the
+//! store holds it. Batches the engine finishes meanwhile join the failed
+//! one, so the engine itself never waits: handshakes, agent listings and
+//! reads of history go on. When the disk has room again the whole commits
+//! and everything carries on where it stopped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use muster_proto::Envelope;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Broker, Delivery, Frame};
 use crate::engine::{Batch, Effect, Input, MAX_FRAMES_PER_BATCH};
@@ -39,6 +43,7 @@ const RETRY_CEILING: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Health {
     writable: AtomicBool,
+    writable_again: Notify,
     failed_commits: AtomicU64,
     commits: AtomicU64,
 }
@@ -47,6 +52,7 @@ impl Default for Health {
     fn default() -> Self {
         Self {
             writable: AtomicBool::new(true),
+            writable_again: Notify::new(),
             failed_commits: AtomicU64::new(0),
             commits: AtomicU64::new(0),
         }
@@ -56,7 +62,20 @@ impl Default for Health {
 impl Health {
     /// Whether the last commit succeeded.
     pub fn writable(&self) -> bool {
-        self.writable.load(Ordering::Relaxed)
+        self.writable.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the store takes writes (at once if it does).
+    pub async fn until_writable(&self) {
+        loop {
+            let again = self.writable_again.notified();
+            tokio::pin!(again);
+            again.as_mut().enable();
+            if self.writable() {
+                return;
+            }
+            again.await;
+        }
     }
 
     /// Commits that succeeded, and tries that failed, since the start.
@@ -77,47 +96,76 @@ pub(crate) async fn run(
     health: Arc<Health>,
 ) {
     while let Some(first) = batches.recv().await {
-        let (mut size, mut frames) = (first.changes.len(), first.frames);
-        let mut taken = vec![first];
-        while size < MAX_CHANGES_PER_COMMIT && frames < MAX_FRAMES_PER_BATCH {
+        let mut taken = Taken::new(first);
+        while taken.size < MAX_CHANGES_PER_COMMIT && taken.frames < MAX_FRAMES_PER_BATCH {
             let Ok(next) = batches.try_recv() else { break };
-            size += next.changes.len();
-            frames += next.frames;
-            taken.push(next);
+            taken.add(next);
         }
-        let changes: Vec<Change> = taken
-            .iter_mut()
-            .flat_map(|batch| std::mem::take(&mut batch.changes))
-            .collect();
-        if !changes.is_empty() {
-            commit(&*store, Arc::new(changes), &health).await;
-        }
-        for batch in taken {
-            for effect in batch.effects {
-                carry_out(&*broker, &feedback, effect);
-            }
+        commit(&*store, &mut taken, &mut batches, &health).await;
+        for effect in taken.effects {
+            carry_out(&*broker, &feedback, effect);
         }
     }
 }
 
-/// Commits `changes`, trying again until it works.
-async fn commit(store: &dyn Store, changes: Arc<Vec<Change>>, health: &Health) {
+/// The batches one commit covers: their changes, and their effects in order.
+struct Taken {
+    changes: Arc<Vec<Change>>,
+    effects: Vec<Effect>,
+    size: usize,
+    frames: usize,
+}
+
+impl Taken {
+    fn new(first: Batch) -> Self {
+        let mut taken = Self {
+            changes: Arc::new(Vec::new()),
+            effects: Vec::new(),
+            size: 0,
+            frames: 0,
+        };
+        taken.add(first);
+        taken
+    }
+
+    fn add(&mut self, batch: Batch) {
+        self.size += batch.changes.len();
+        self.frames += batch.frames;
+        Arc::make_mut(&mut self.changes).extend(batch.changes);
+        self.effects.extend(batch.effects);
+    }
+}
+
+/// Commits what `taken` holds, trying again until it works. While it does
+/// not, batches the engine finishes meanwhile join the same commit, so the
+/// engine is never held up by a store that cannot write; the connections
+/// that feed it changes (agents) stop reading instead, see `Health`.
+async fn commit(
+    store: &dyn Store,
+    taken: &mut Taken,
+    batches: &mut mpsc::Receiver<Batch>,
+    health: &Health,
+) {
+    if taken.changes.is_empty() {
+        return;
+    }
     let mut wait = RETRY_FIRST;
     loop {
-        match store.commit(changes.clone()).await {
+        match store.commit(taken.changes.clone()).await {
             Ok(()) => {
                 health.commits.fetch_add(1, Ordering::Relaxed);
-                if !health.writable.swap(true, Ordering::Relaxed) {
+                if !health.writable.swap(true, Ordering::AcqRel) {
                     tracing::warn!("the store takes writes again; carrying on");
+                    health.writable_again.notify_waiters();
                 }
                 return;
             }
             Err(e) => {
                 health.failed_commits.fetch_add(1, Ordering::Relaxed);
-                if health.writable.swap(false, Ordering::Relaxed) {
+                if health.writable.swap(false, Ordering::AcqRel) {
                     tracing::error!(
                         error = %format!("{e:#}"),
-                        changes = changes.len(),
+                        changes = taken.changes.len(),
                         "committing to the store failed; refusing new requests and retrying"
                     );
                 } else {
@@ -125,6 +173,9 @@ async fn commit(store: &dyn Store, changes: Arc<Vec<Change>>, health: &Health) {
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(RETRY_CEILING);
+                while let Ok(next) = batches.try_recv() {
+                    taken.add(next);
+                }
             }
         }
     }

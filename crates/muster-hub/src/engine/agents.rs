@@ -57,7 +57,6 @@ impl Engine {
         let online = OnlineAgent {
             conn_id: conn.conn_id,
             tx: conn.tx.clone(),
-            facts: facts.clone(),
             since_ms: now,
             last_seen: conn.last_seen,
             stale: false,
@@ -67,10 +66,10 @@ impl Engine {
             old.control
                 .close(CloseCode::REPLACED, "replaced by a newer connection");
         }
-        self.registry.seen(&name, Some(facts.clone()), now);
+        self.scheduler.set_online(&name, facts.max_concurrency);
         self.batch
             .change(Change::AgentSeen(name.clone(), Some(facts.clone()), now));
-        self.scheduler.set_online(&name, facts.max_concurrency);
+        self.registry.seen(&name, Some(facts), now);
         self.reconcile(&name, &conn.tx, &hello.runs, now);
         self.dispatch(&name, now);
         self.publish_positions(&name);
@@ -328,7 +327,8 @@ impl Engine {
     fn info_of(&self, record: &AgentRecord) -> Option<AgentInfo> {
         let online = self.presence.get(&record.name);
         let (queued, running) = self.scheduler.counts(&record.name);
-        let facts = online.map(|o| &o.facts).or(record.facts.as_ref());
+        // What the agent said in its last hello, kept with its registration.
+        let facts = record.facts.as_ref();
         let mut labels = record.labels.clone();
         if let Some(facts) = facts {
             labels.extend(facts.labels.clone());

@@ -6,38 +6,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use muster_proto::{AgentName, UnixMillis};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, mpsc};
 
 use super::Input;
 use super::batch::ReplyTo;
-use crate::store::AgentFacts;
 
 /// A handle to close a connection from outside its task, with a close code.
 #[derive(Clone, Debug, Default)]
 pub struct ConnControl {
-    token: CancellationToken,
-    reason: Arc<Mutex<Option<(u16, String)>>>,
+    inner: Arc<Control>,
+}
+
+#[derive(Debug, Default)]
+struct Control {
+    /// A std `Mutex`: set once, read once.
+    reason: Mutex<Option<(u16, String)>>,
+    asked: Notify,
 }
 
 impl ConnControl {
-    /// Asks the connection to close with `code`.
+    /// Asks the connection to close with `code` (the first reason given wins).
     pub fn close(&self, code: u16, reason: &str) {
-        self.reason
+        self.inner
+            .reason
             .lock()
             .expect("conn control lock poisoned")
             .get_or_insert((code, reason.to_owned()));
-        self.token.cancel();
+        self.inner.asked.notify_one();
     }
 
     /// Resolves when [`ConnControl::close`] was called.
     pub async fn closed(&self) -> (u16, String) {
-        self.token.cancelled().await;
-        self.reason
-            .lock()
-            .expect("conn control lock poisoned")
-            .clone()
-            .unwrap_or((muster_proto::CloseCode::NORMAL, String::new()))
+        loop {
+            let asked = self.inner.asked.notified();
+            tokio::pin!(asked);
+            asked.as_mut().enable();
+            if let Some(reason) = self.inner.reason.lock().expect("conn control lock poisoned").clone() {
+                return reason;
+            }
+            asked.await;
+        }
     }
 }
 
@@ -65,8 +73,6 @@ pub(crate) struct OnlineAgent {
     pub(crate) conn_id: u64,
     /// The connection's queue: messages for the agent.
     pub(crate) tx: ReplyTo,
-    /// What it reported in `hello`.
-    pub(crate) facts: AgentFacts,
     /// When it connected.
     pub(crate) since_ms: UnixMillis,
     /// When it was last heard from.

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket};
+use tungstenite::Message;
+
+use super::upgrade::Socket;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::SplitStream;
@@ -26,7 +28,12 @@ use crate::outbound::Outbound;
 const AGENT_QUEUE: usize = 1024;
 
 /// Serves one agent WebSocket until it closes or the hub shuts down.
-pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
+pub(crate) async fn serve(
+    state: AppState,
+    socket: Socket,
+    conn_id: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink);
     // Boxed: one-time steps whose futures would otherwise be kept inside
@@ -91,7 +98,7 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
 /// Reads the `hello`, or refuses the connection.
 async fn read_hello(
     state: &AppState,
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
     writer: &mut Writer,
 ) -> Option<AgentHello> {
     let (code, error) =
@@ -123,7 +130,7 @@ impl Connection {
     /// The connection loop. Returns the close code to send, or `None` if the socket is gone.
     async fn run(
         &mut self,
-        stream: &mut SplitStream<WebSocket>,
+        stream: &mut SplitStream<Socket>,
         mut rx: crate::queue::Receiver,
         control: &ConnControl,
     ) -> Option<(u16, String)> {
@@ -134,17 +141,23 @@ impl Connection {
         let mut liveness = Liveness::new(config.heartbeat_deadline());
         let mut ticker = conn::heartbeat_ticker(config.heartbeat_interval() / 2);
         let mut ticks = 0u64;
+        let health = self.state.engine.health().clone();
         loop {
+            // While the store cannot write, the agent is not read: what it
+            // would send could not be stored, so it keeps it, and TCP holds
+            // it back; its runs slow down instead of anything being lost.
+            let reading = health.writable();
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return Some((CloseCode::GOING_AWAY, "hub shutting down".into())),
                 (code, reason) = control.closed() => return Some((code, reason)),
-                frame = stream.next() => {
+                _ = health.until_writable(), if !reading => liveness.heard(),
+                frame = stream.next(), if reading => {
                     liveness.heard();
                     self.heard().await;
                     match frame {
                         Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text)).await.ok()?,
                         Some(Ok(Message::Binary(bytes))) => self.on_binary(bytes).await.ok()?,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) | None => return None,
                         Some(Err(e)) => match conn::read_error(e) {
                             ReadEnd::TooBig => return Some((CloseCode::MESSAGE_TOO_BIG, "message exceeds max_message_bytes".into())),
@@ -157,6 +170,10 @@ impl Connection {
                     Err(_) => return Some((CloseCode::SLOW_CONSUMER, "control queue overflow".into())),
                 },
                 _ = ticker.tick() => {
+                    if !reading {
+                        // Silence the hub chose is not the agent's.
+                        liveness.heard();
+                    }
                     if liveness.expired() {
                         return Some((CloseCode::HEARTBEAT_TIMEOUT, "no heartbeat within the deadline".into()));
                     }
@@ -209,7 +226,7 @@ impl Connection {
         &mut self,
         first: Outbound,
         rx: &mut crate::queue::Receiver,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), tungstenite::Error> {
         self.feed(first).await?;
         for _ in 1..MAX_FRAMES_PER_FLUSH {
             let Ok(Some(more)) = rx.try_recv() else { break };
@@ -218,7 +235,7 @@ impl Connection {
         self.writer.flush().await
     }
 
-    async fn feed(&mut self, item: Outbound) -> Result<(), axum::Error> {
+    async fn feed(&mut self, item: Outbound) -> Result<(), tungstenite::Error> {
         match item {
             Outbound::Agent(msg) => self.writer.feed_text(Envelope::plain(*msg).encode()).await,
             Outbound::Delivery(delivery) => self.writer.feed(delivery.frame).await,
@@ -226,11 +243,11 @@ impl Connection {
         }
     }
 
-    async fn send(&mut self, msg: HubToAgent) -> Result<(), axum::Error> {
+    async fn send(&mut self, msg: HubToAgent) -> Result<(), tungstenite::Error> {
         self.writer.send(&Envelope::plain(msg)).await
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), axum::Error> {
+    async fn on_text(&mut self, text: &str) -> Result<(), tungstenite::Error> {
         let env = match Envelope::<AgentToHub>::decode(text) {
             Ok(env) => env,
             Err(e) => {
@@ -268,7 +285,7 @@ impl Connection {
 
     /// A binary frame is output; one whose header does not decode is
     /// answered with `INVALID_MESSAGE`, and the connection stays open.
-    async fn on_binary(&mut self, bytes: Bytes) -> Result<(), axum::Error> {
+    async fn on_binary(&mut self, bytes: Bytes) -> Result<(), tungstenite::Error> {
         match OutputFrame::decode(bytes.clone()) {
             Ok(frame) => {
                 let input = Input::RunOutput(self.link.clone(), bytes, frame);

@@ -2,7 +2,9 @@
 //! the socket, its queue (answers and published frames), heartbeats and
 //! shutdown.
 
-use axum::extract::ws::{Message, WebSocket};
+use tungstenite::Message;
+
+use super::upgrade::Socket;
 use futures_util::StreamExt as _;
 use futures_util::stream::SplitStream;
 use muster_proto::messages::{ErrorData, Heartbeat};
@@ -19,7 +21,12 @@ use crate::outbound::Outbound;
 const SLOW_CONSUMER_REASON: &str = "send queue overflow: read faster and resume";
 
 /// Serves one client WebSocket until it closes or the hub shuts down.
-pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
+pub(crate) async fn serve(
+    state: AppState,
+    socket: Socket,
+    conn_id: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink);
     // Boxed: a one-time step whose future would otherwise be kept inside
@@ -74,7 +81,7 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
                             return;
                         }
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => return,
                     Some(Err(e)) => match conn::read_error(e) {
                         ReadEnd::TooBig => break (CloseCode::MESSAGE_TOO_BIG, "message exceeds max_message_bytes"),
@@ -114,7 +121,7 @@ pub(crate) async fn serve(state: AppState, socket: WebSocket, conn_id: u64) {
 /// Reads the `hello` and asks the engine who it is, or refuses the connection.
 async fn handshake(
     state: &AppState,
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
     writer: &mut Writer,
 ) -> Option<ClientWelcome> {
     let (code, error) =

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
+
+use super::upgrade::Socket;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use muster_proto::messages::{ErrorData, Message as ProtoMessage};
@@ -21,7 +24,7 @@ pub(crate) const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 /// The sending half of a connection.
 pub(crate) struct Writer {
-    sink: SplitSink<WebSocket, Message>,
+    sink: SplitSink<Socket, Message>,
 }
 
 /// The receiving half failed or ended.
@@ -33,7 +36,7 @@ pub(crate) enum ReadEnd {
 }
 
 impl Writer {
-    pub(crate) fn new(sink: SplitSink<WebSocket, Message>) -> Self {
+    pub(crate) fn new(sink: SplitSink<Socket, Message>) -> Self {
         Self { sink }
     }
 
@@ -41,7 +44,7 @@ impl Writer {
     pub(crate) async fn send<M: ProtoMessage>(
         &mut self,
         env: &Envelope<M>,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), tungstenite::Error> {
         self.sink.send(Message::Text(env.encode().into())).await
     }
 
@@ -51,7 +54,7 @@ impl Writer {
         re: Option<RequestId>,
         error: ErrorData,
         wrap: fn(ErrorData) -> M,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), tungstenite::Error> {
         self.send(&Envelope::reply(re, wrap(error))).await
     }
 
@@ -72,17 +75,17 @@ impl Writer {
     }
 
     /// Queues a frame without flushing.
-    pub(crate) async fn feed(&mut self, frame: Frame) -> Result<(), axum::Error> {
+    pub(crate) async fn feed(&mut self, frame: Frame) -> Result<(), tungstenite::Error> {
         self.sink.feed(to_message(frame)).await
     }
 
     /// Queues an encoded text message without flushing.
-    pub(crate) async fn feed_text(&mut self, text: String) -> Result<(), axum::Error> {
+    pub(crate) async fn feed_text(&mut self, text: String) -> Result<(), tungstenite::Error> {
         self.sink.feed(Message::Text(text.into())).await
     }
 
     /// Flushes queued frames.
-    pub(crate) async fn flush(&mut self) -> Result<(), axum::Error> {
+    pub(crate) async fn flush(&mut self) -> Result<(), tungstenite::Error> {
         self.sink.flush().await
     }
 
@@ -91,7 +94,7 @@ impl Writer {
     /// data already queued, before the socket is dropped without it.
     pub(crate) async fn close(&mut self, code: u16, reason: &str) {
         let frame = CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from(reason),
         };
         let close = self.sink.send(Message::Close(Some(frame)));
@@ -122,27 +125,23 @@ pub(crate) fn to_message(frame: Frame) -> Message {
 }
 
 /// Maps a read error to how the connection ends.
-pub(crate) fn read_error(err: axum::Error) -> ReadEnd {
-    let too_big = std::error::Error::source(&err)
-        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if too_big {
-        ReadEnd::TooBig
-    } else {
-        ReadEnd::Gone
+pub(crate) fn read_error(err: tungstenite::Error) -> ReadEnd {
+    match err {
+        tungstenite::Error::Capacity(_) => ReadEnd::TooBig,
+        _ => ReadEnd::Gone,
     }
 }
 
 /// Waits for the first text message and decodes it, or explains why not.
 pub(crate) async fn read_hello<M: ProtoMessage>(
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
     timeout: Duration,
 ) -> Result<Envelope<M>, (u16, ErrorData)> {
     let first = tokio::time::timeout(timeout, async {
         loop {
             match stream.next().await {
                 Some(Ok(Message::Text(text))) => return Some(Ok(text)),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Binary(_))) => return Some(Err(())),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
             }

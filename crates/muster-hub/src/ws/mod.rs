@@ -8,17 +8,18 @@ mod agent;
 mod client;
 mod conn;
 mod session;
+mod upgrade;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::Semaphore;
+use tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,13 +28,10 @@ use crate::config::HubConfig;
 use crate::delivery::History;
 use crate::runtime::EngineHandle;
 
-/// Bytes a client connection reads from its socket at a time, which is also
-/// the buffer it keeps for that while idle: requests are small, and an idle
-/// connection's memory is mostly this buffer.
-const CLIENT_READ_BUFFER_BYTES: usize = 1024;
-/// The same for an agent connection: output frames are up to 10 KiB, so a
-/// frame takes a few reads; a larger buffer would be kept by every idle agent.
-const AGENT_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// The WebSocket codec's own read buffer, kept by every connection while
+/// idle. Small: the socket is read in 16 KiB chunks below it (see
+/// `upgrade::LazyRead`), and the codec only copies out of those.
+const READ_BUFFER_BYTES: usize = 512;
 /// Bytes buffered before a write is forced out.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
@@ -78,39 +76,32 @@ enum Endpoint {
     Client,
 }
 
-async fn agent_ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn agent_ws(State(state): State<AppState>, upgrade: upgrade::Upgrade) -> Response {
     accept(state, upgrade, Endpoint::Agent)
 }
 
-async fn client_ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn client_ws(State(state): State<AppState>, upgrade: upgrade::Upgrade) -> Response {
     accept(state, upgrade, Endpoint::Client)
 }
 
-fn accept(state: AppState, upgrade: WebSocketUpgrade, endpoint: Endpoint) -> Response {
+fn accept(state: AppState, upgrade: upgrade::Upgrade, endpoint: Endpoint) -> Response {
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     };
     let max = state.config.max_message_bytes;
     let conn_id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let read_buffer = match endpoint {
-        Endpoint::Agent => AGENT_READ_BUFFER_BYTES,
-        Endpoint::Client => CLIENT_READ_BUFFER_BYTES,
-    };
-    upgrade
-        .read_buffer_size(read_buffer)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            let fut = async move {
-                let _permit = permit;
-                match endpoint {
-                    Endpoint::Agent => agent::serve(state, socket, conn_id).await,
-                    Endpoint::Client => client::serve(state, socket, conn_id).await,
-                }
-            };
-            eprintln!("SIZES conn future {} writer {} stream {} session {} interval {} appstate {} ws {}", std::mem::size_of_val(&fut), std::mem::size_of::<conn::Writer>(), std::mem::size_of::<futures_util::stream::SplitStream<axum::extract::ws::WebSocket>>(), std::mem::size_of::<session::Session>(), std::mem::size_of::<tokio::time::Interval>(), std::mem::size_of::<AppState>(), std::mem::size_of::<crate::engine::Input>());
-            tracker.track_future(fut)
-        })
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let tracker = state.tracker.clone();
+    match endpoint {
+        Endpoint::Agent => upgrade.serve(config, &tracker, move |socket| {
+            agent::serve(state, socket, conn_id, permit)
+        }),
+        Endpoint::Client => upgrade.serve(config, &tracker, move |socket| {
+            client::serve(state, socket, conn_id, permit)
+        }),
+    }
 }

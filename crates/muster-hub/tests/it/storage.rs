@@ -155,14 +155,12 @@ struct RawAgent {
 }
 
 impl RawAgent {
-    async fn connect(hub: &TestHub, name: &str) -> Self {
-        let name = AgentName::new(name).unwrap();
-        let token = hub.hub.agent_token(&name).await.unwrap();
+    async fn dial(hub: &TestHub, name: &str, token: &str) -> Self {
         let (mut ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/agent"))
             .await
             .unwrap();
         let hello = json!({"type": "hello", "data": {
-            "token": token.expose(), "name": name.as_str(), "hostname": "h", "os": "linux",
+            "token": token, "name": name, "hostname": "h", "os": "linux",
             "arch": "x86_64", "version": "test", "max_concurrency": 4}});
         ws.send(Message::text(hello.to_string())).await.unwrap();
         let mut agent = Self { ws };
@@ -232,7 +230,11 @@ fn drain(events: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_uncommitted_is_published_or_acknowledged_and_the_run_completes_after() {
     let (hub, store) = flaky_hub().await;
-    let mut agent = RawAgent::connect(&hub, "raw").await;
+    let raw_token = hub.hub.agent_token(&AgentName::new("raw").unwrap()).await.unwrap();
+    let raw_token = raw_token.expose().to_owned();
+    let flap_token = hub.hub.agent_token(&AgentName::new("flap").unwrap()).await.unwrap();
+    let flap_token = flap_token.expose().to_owned();
+    let mut agent = RawAgent::dial(&hub, "raw", &raw_token).await;
     let (client, mut events) = hub.client().await;
     let request = RunRequest::new(
         AgentName::new("raw").unwrap(),
@@ -291,6 +293,16 @@ async fn nothing_uncommitted_is_published_or_acknowledged_and_the_run_completes_
         stored.run(run).await.unwrap().unwrap().state,
         RunState::Running
     );
+
+    // The hub still serves what needs no write, however much queues up:
+    // an agent coming and going a hundred times (each time a change to
+    // store), then a new client's handshake and an agent listing.
+    for _ in 0..100 {
+        drop(RawAgent::dial(&hub, "flap", &flap_token).await);
+    }
+    let (fresh, _fresh_events) = hub.client().await;
+    let listed = fresh.agents().await.unwrap();
+    assert!(listed.iter().any(|a| a.name.as_str() == "flap"));
 
     // New work is refused, and says why.
     let refused = client.create_run(request.clone(), false).await.unwrap_err();

@@ -1,0 +1,226 @@
+//! The WebSocket handshake (RFC 6455 §4.2), and the stream each connection
+//! reads through.
+//!
+//! The handshake is done here rather than by axum's extractor so that the
+//! stream under the WebSocket codec is ours: [`LazyRead`] reads from the
+//! socket in large chunks into a buffer on the stack, and keeps on the heap
+//! only the bytes the codec has not taken yet, for as long as it has not. An
+//! idle connection, which is most connections of a large fleet, then holds no
+//! read buffer at all beyond the codec's small one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::{Role, WebSocketConfig};
+
+/// A connection's WebSocket, over [`LazyRead`].
+pub(crate) type Socket = WebSocketStream<LazyRead<TokioIo<Upgraded>>>;
+
+/// Bytes read from the socket at once, on the stack.
+const CHUNK: usize = 16 * 1024;
+
+/// A request to upgrade to a WebSocket.
+pub(crate) struct Upgrade {
+    on_upgrade: OnUpgrade,
+    key: HeaderValue,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        let refuse = |why: &'static str| (StatusCode::BAD_REQUEST, why).into_response();
+        if parts.method != Method::GET {
+            return Err(refuse("a WebSocket upgrade must be a GET"));
+        }
+        let headers = &parts.headers;
+        if !has_token(headers, header::CONNECTION, "upgrade")
+            || !has_token(headers, header::UPGRADE, "websocket")
+        {
+            return Err(refuse("expected Connection: upgrade and Upgrade: websocket"));
+        }
+        if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+            return Err(refuse("expected Sec-WebSocket-Version: 13"));
+        }
+        let key = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or_else(|| refuse("missing Sec-WebSocket-Key"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or_else(|| refuse("this connection cannot be upgraded"))?;
+        Ok(Self { on_upgrade, key })
+    }
+}
+
+impl Upgrade {
+    /// Answers `101 Switching Protocols` and, once the connection has
+    /// switched, spawns `serve` with its WebSocket on `tracker`.
+    pub(crate) fn serve<F>(
+        self,
+        config: WebSocketConfig,
+        tracker: &tokio_util::task::TaskTracker,
+        serve: impl FnOnce(Socket) -> F + Send + 'static,
+    ) -> Response
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let accept = derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        tracker.spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
+            };
+            let io = LazyRead::new(TokioIo::new(upgraded));
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            serve(socket).await;
+        });
+        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        response
+    }
+}
+
+/// Whether a comma-separated header holds `token`, ignoring case.
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// A reader that reads large chunks but holds memory only while it holds
+/// unread bytes: a chunk is read into a buffer on the stack, what the caller
+/// takes is copied out, and only the rest is kept, on the heap, until taken.
+pub(crate) struct LazyRead<T> {
+    inner: T,
+    /// Bytes read but not taken yet; empty (and unallocated) most of the time.
+    held: Vec<u8>,
+    /// How much of `held` was taken.
+    taken: usize,
+}
+
+impl<T> LazyRead<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        Self {
+            inner,
+            held: Vec::new(),
+            taken: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for LazyRead<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.taken < this.held.len() {
+            let n = out.remaining().min(this.held.len() - this.taken);
+            out.put_slice(&this.held[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.held.len() {
+                this.held = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if out.remaining() >= CHUNK {
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        let mut chunk = [0u8; CHUNK];
+        let mut read = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+        let filled = read.filled();
+        let n = out.remaining().min(filled.len());
+        out.put_slice(&filled[..n]);
+        if n < filled.len() {
+            this.held = filled[n..].to_vec();
+            this.taken = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for LazyRead<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn small_reads_get_every_byte_and_nothing_is_held_after() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let mut reader = LazyRead::new(&data[..]);
+        let mut got = Vec::new();
+        let mut small = [0u8; 100];
+        loop {
+            let n = reader.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(reader.held.capacity(), 0, "nothing kept once drained");
+    }
+
+    #[tokio::test]
+    async fn a_large_read_goes_straight_through() {
+        let data = vec![7u8; 3 * CHUNK];
+        let mut reader = LazyRead::new(&data[..]);
+        let mut big = vec![0u8; 2 * CHUNK];
+        let n = reader.read(&mut big).await.unwrap();
+        assert_eq!(n, 2 * CHUNK);
+        assert_eq!(reader.held.capacity(), 0);
+    }
+}
