@@ -2,7 +2,7 @@
 //! concurrency limit per agent.
 //!
 //! Plain data driven by method calls; it knows nothing of sockets or storage.
-//! The hub holds it behind a mutex and acts on what [`Scheduler::take_ready`]
+//! The engine owns it (one task, no lock) and acts on what [`Scheduler::take_ready`]
 //! returns.
 
 use std::cmp::Reverse;

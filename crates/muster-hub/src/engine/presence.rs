@@ -41,7 +41,13 @@ impl ConnControl {
             let asked = self.inner.asked.notified();
             tokio::pin!(asked);
             asked.as_mut().enable();
-            if let Some(reason) = self.inner.reason.lock().expect("conn control lock poisoned").clone() {
+            if let Some(reason) = self
+                .inner
+                .reason
+                .lock()
+                .expect("conn control lock poisoned")
+                .clone()
+            {
                 return reason;
             }
             asked.await;

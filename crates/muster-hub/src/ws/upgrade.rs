@@ -46,9 +46,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !has_token(headers, header::CONNECTION, "upgrade")
             || !has_token(headers, header::UPGRADE, "websocket")
         {
-            return Err(refuse("expected Connection: upgrade and Upgrade: websocket"));
+            return Err(refuse(
+                "expected Connection: upgrade and Upgrade: websocket",
+            ));
         }
-        if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
             return Err(refuse("expected Sec-WebSocket-Version: 13"));
         }
         let key = headers

@@ -230,9 +230,17 @@ fn drain(events: &mut tokio::sync::mpsc::Receiver<Event>) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_uncommitted_is_published_or_acknowledged_and_the_run_completes_after() {
     let (hub, store) = flaky_hub().await;
-    let raw_token = hub.hub.agent_token(&AgentName::new("raw").unwrap()).await.unwrap();
+    let raw_token = hub
+        .hub
+        .agent_token(&AgentName::new("raw").unwrap())
+        .await
+        .unwrap();
     let raw_token = raw_token.expose().to_owned();
-    let flap_token = hub.hub.agent_token(&AgentName::new("flap").unwrap()).await.unwrap();
+    let flap_token = hub
+        .hub
+        .agent_token(&AgentName::new("flap").unwrap())
+        .await
+        .unwrap();
     let flap_token = flap_token.expose().to_owned();
     let mut agent = RawAgent::dial(&hub, "raw", &raw_token).await;
     let (client, mut events) = hub.client().await;

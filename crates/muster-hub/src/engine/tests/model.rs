@@ -319,8 +319,9 @@ impl Model {
                 slots, flying,
                 "{at}: slots of {agent} vs its runs in flight"
             );
-            if let Some(online) = engine.presence.get(&agent) {
-                let limit = online.facts.max_concurrency as usize;
+            let facts = engine.registry.get(&agent).and_then(|r| r.facts.as_ref());
+            if let (Some(_), Some(facts)) = (engine.presence.get(&agent), facts) {
+                let limit = facts.max_concurrency as usize;
                 let free = slots.len() < limit;
                 assert!(
                     !free || waiting.is_empty(),

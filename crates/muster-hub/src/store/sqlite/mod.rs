@@ -75,7 +75,7 @@ struct Readers {
 
 impl SqliteStore {
     /// Opens (creating if needed) `muster.db` in `data_dir`, applies
-    /// migrations and starts the writer thread.
+    /// migrations and starts the checkpoint thread.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let data_dir = data_dir.to_owned();
         tokio::task::spawn_blocking(move || Self::open_blocking(&data_dir))
