@@ -45,6 +45,9 @@ pub struct Delivery {
     /// Nothing more will be published on this channel (a run's terminal status);
     /// subscribers can let go of it once they forwarded this frame.
     pub last: bool,
+    /// For state rather than a stream (an agent's presence): a newer delivery
+    /// with the same key replaces one still waiting in a subscriber's queue.
+    pub key: Option<Arc<str>>,
 }
 
 pub use crate::queue::Subscriber;
@@ -102,6 +105,9 @@ pub trait Broker: Send + Sync + 'static {
     /// [`SubscriptionGuard::resume`]: a replay from the store runs meanwhile,
     /// so live frames do not pile up behind it.
     fn subscribe(&self, channel: &str, subscriber: Subscriber, paused: bool) -> SubscriptionGuard;
+    /// Whether anything published on `channel` now would reach anyone, so a
+    /// publisher can skip encoding what nobody would receive.
+    fn wants(&self, channel: &str) -> bool;
 }
 
 type Channels = HashMap<Arc<str>, HashMap<u64, (Subscriber, Arc<AtomicBool>)>>;
@@ -144,6 +150,11 @@ impl Broker for InProcessBroker {
         for subscriber in targets {
             subscriber.send(Outbound::Delivery(delivery.clone()));
         }
+    }
+
+    fn wants(&self, channel: &str) -> bool {
+        let channels = self.channels.lock().expect("broker lock poisoned");
+        channels.contains_key(channel) || channels.contains_key(WILDCARD_CHANNEL)
     }
 
     fn subscribe(&self, channel: &str, subscriber: Subscriber, paused: bool) -> SubscriptionGuard {
@@ -193,6 +204,7 @@ mod tests {
             seq: Some(n.into()),
             frame: Frame::Binary(Bytes::from(vec![n])),
             last: false,
+            key: None,
         }
     }
 

@@ -28,6 +28,7 @@ use muster_proto::messages::{ErrorData, StoredEvent};
 use muster_proto::{Channel, Envelope, ErrorCode, HubToClient, OutputFrame, OutputHeader, RunId};
 
 use crate::broker::{Broker, Delivery, Frame, Subscriber, SubscriptionGuard};
+use crate::queue::Skipped;
 use crate::store::{Store, StoredChunk};
 
 /// Stored entries read per query while replaying.
@@ -228,13 +229,22 @@ impl Subscriptions {
     }
 
     /// Passes one published frame on, unless the client has it already;
-    /// fills a gap before it from the store.
+    /// fills a gap before it from the store, including what the queue
+    /// `skipped` of the channel while it was full.
     pub async fn deliver(
         &mut self,
         sink: &mut dyn FrameSink,
         history: &History,
         delivery: Delivery,
+        skipped: Option<Skipped>,
     ) -> Result<(), SinkClosed> {
+        if let Some(missed) = skipped
+            && delivery.seq.is_none()
+        {
+            // A status or the last delivery: everything before it is stored.
+            self.catch_up(sink, history, &delivery.channel, missed)
+                .await?;
+        }
         let Some(sub) = self.subs.get_mut(&delivery.channel) else {
             // Queued before an unsubscribe, or for the wildcard, which gets
             // everything as it comes.
@@ -244,7 +254,8 @@ impl Subscriptions {
             return Ok(());
         };
         if let Some(seq) = delivery.seq {
-            let expected = sub.next_seq.unwrap_or(seq);
+            let first_skipped = skipped.as_ref().map_or(seq, |s| s.first_seq.min(seq));
+            let expected = sub.next_seq.unwrap_or(first_skipped);
             if seq < expected {
                 return Ok(());
             }
@@ -261,6 +272,32 @@ impl Subscriptions {
             self.subs.remove(&delivery.channel);
         }
         sink.feed(delivery.frame).await
+    }
+
+    /// Sends what `channel` missed while its queue was full, up to what is
+    /// stored now.
+    pub async fn catch_up(
+        &mut self,
+        sink: &mut dyn FrameSink,
+        history: &History,
+        channel: &str,
+        skipped: Skipped,
+    ) -> Result<(), SinkClosed> {
+        let Some(sub) = self.subs.get(channel) else {
+            return Ok(());
+        };
+        let Some(from) = sub
+            .next_seq
+            .or(Some(skipped.first_seq).filter(|s| *s != u64::MAX))
+        else {
+            return Ok(()); // only events that are state were skipped
+        };
+        let channel = sub.channel.clone();
+        match self.replay(sink, history, &channel, from).await {
+            Ok(_) => Ok(()),
+            Err(ReplayError::Closed) => Err(SinkClosed),
+            Err(e) => self.gap_unfilled(sink, &channel, from, e).await,
+        }
     }
 
     /// Tells the client its stream has a hole here could not fill, and

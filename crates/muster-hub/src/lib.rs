@@ -74,6 +74,8 @@ struct Inner {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     running: runtime::Running,
+    /// One permit per WebSocket connection being served.
+    connections: Arc<Semaphore>,
 }
 
 /// The result of opening a hub.
@@ -112,12 +114,14 @@ impl Hub {
         let page_bytes = config.max_message_bytes / 2;
         let running = runtime::start(engine, store.clone(), broker.clone(), page_bytes)
             .context("starting the engine")?;
+        let connections = Arc::new(Semaphore::new(config.max_connections));
         let hub = Self {
             inner: Arc::new(Inner {
                 config,
                 store,
                 broker,
                 running,
+                connections,
             }),
         };
         let initial_admin_token = match fresh {
@@ -219,6 +223,12 @@ impl Hub {
         }
     }
 
+    /// How many WebSocket connections (agents and clients) are being served.
+    pub fn open_connections(&self) -> usize {
+        let max = self.inner.config.max_connections;
+        max.saturating_sub(self.inner.connections.available_permits())
+    }
+
     /// Serves HTTP and WebSockets on `listener` until `shutdown` is cancelled,
     /// then closes connections (1001) and waits for them a bounded time.
     pub async fn serve(
@@ -232,7 +242,7 @@ impl Hub {
             engine: self.inner.running.handle.clone(),
             broker: self.inner.broker.clone(),
             history: delivery::History::new(self.inner.store.clone()),
-            connections: Arc::new(Semaphore::new(config.max_connections)),
+            connections: self.inner.connections.clone(),
             next_conn_id: Arc::new(AtomicU64::new(1)),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use muster_proto::Envelope;
+use muster_proto::{Channel, Envelope, HubToClient};
 use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Broker, Delivery, Frame};
@@ -181,15 +181,32 @@ async fn commit(
     }
 }
 
+/// An agent's presence on `fleet` is state: a subscriber that falls behind
+/// needs only the latest of each agent (see `queue`).
+fn presence_key(channel: &Channel, msg: &HubToClient) -> Option<Arc<str>> {
+    let agent = match (channel, msg) {
+        (Channel::Fleet, HubToClient::AgentStatus(status)) => &status.agent.name,
+        (Channel::Fleet, HubToClient::AgentRemoved(removed)) => &removed.name,
+        _ => return None,
+    };
+    Some(Arc::from(agent.as_str()))
+}
+
 fn carry_out(broker: &dyn Broker, feedback: &mpsc::WeakUnboundedSender<Input>, effect: Effect) {
     match effect {
         Effect::Event { channel, msg, last } => {
-            let text = Envelope::event(channel.to_string(), *msg).encode();
+            let name = channel.to_string();
+            if !broker.wants(&name) {
+                return; // nobody would receive it: not even encoded
+            }
+            let key = presence_key(&channel, &msg);
+            let text = Envelope::event(&name, *msg).encode();
             broker.publish(Delivery {
-                channel: channel.into(),
+                channel: name.into(),
                 seq: None,
                 frame: Frame::text(text),
                 last,
+                key,
             });
         }
         Effect::Raw(delivery) => broker.publish(delivery),
@@ -200,6 +217,11 @@ fn carry_out(broker: &dyn Broker, feedback: &mpsc::WeakUnboundedSender<Input>, e
         Effect::ReleaseKeys(runs, jobs) => {
             if let Some(engine) = feedback.upgrade() {
                 let _ = engine.send(Input::ReleaseKeys(runs, jobs));
+            }
+        }
+        Effect::ContinueJob(job) => {
+            if let Some(engine) = feedback.upgrade() {
+                let _ = engine.send(Input::ContinueJob(job));
             }
         }
     }

@@ -44,6 +44,8 @@ pub enum Effect {
     /// Tell the engine the batch is committed: the idempotency keys of
     /// these runs and jobs may now be found in the store.
     ReleaseKeys(Vec<RunId>, Vec<muster_proto::JobId>),
+    /// Tell the engine the batch is committed: this job may start more targets.
+    ContinueJob(muster_proto::JobId),
 }
 
 impl std::fmt::Debug for Effect {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for Effect {
             Self::Close(_, code, reason) => write!(f, "Close({code}, {reason})"),
             Self::Notify(_) => f.write_str("Notify"),
             Self::ReleaseKeys(runs, jobs) => write!(f, "ReleaseKeys({runs:?}, {jobs:?})"),
+            Self::ContinueJob(job) => write!(f, "ContinueJob({job})"),
         }
     }
 }

@@ -36,6 +36,7 @@ impl Engine {
             seq: Some(stored.seq),
             frame: Frame::text(text),
             last: false,
+            key: None,
         }));
         self.job_step_event(&link.name, &stored.event, now);
         self.batch.change(Change::AppendEvent(Box::new(stored)));

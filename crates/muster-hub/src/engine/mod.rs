@@ -131,6 +131,8 @@ pub enum Input {
     /// A batch that ended these runs and jobs is committed: their keys can
     /// be found in the store from now on.
     ReleaseKeys(Vec<RunId>, Vec<muster_proto::JobId>),
+    /// A batch that started some of a job's targets is committed: start more.
+    ContinueJob(muster_proto::JobId),
     /// Mints an API key (the hub's library API; answered after the commit).
     MintKey {
         /// Key name.
@@ -262,6 +264,7 @@ impl Engine {
             } => self.request(&principal, &to, re, *request, now),
             Input::KeyFound(found) => self.key_found(*found, now),
             Input::ReleaseKeys(runs, jobs) => self.keys.release(&runs, &jobs),
+            Input::ContinueJob(job) => self.continue_job(job, now),
             Input::MintKey {
                 name,
                 role,

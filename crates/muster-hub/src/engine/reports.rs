@@ -118,6 +118,7 @@ impl Engine {
                     seq: Some(header.seq),
                     frame: Frame::Binary(raw),
                     last: false,
+                    key: None,
                 }));
             }
             None => run.info.output_truncated = true,

@@ -35,7 +35,7 @@ pub(crate) async fn serve(
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let (sink, mut stream) = socket.split();
-    let mut writer = Writer::new(sink);
+    let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
     // Boxed: one-time steps whose futures would otherwise be kept inside
     // every idle connection's task.
     let Some(hello) = Box::pin(read_hello(&state, &mut stream, &mut writer)).await else {

@@ -28,7 +28,7 @@ pub(crate) async fn serve(
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let (sink, mut stream) = socket.split();
-    let mut writer = Writer::new(sink);
+    let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
     // Boxed: a one-time step whose future would otherwise be kept inside
     // every idle connection's task.
     let Some(welcome) = Box::pin(handshake(&state, &mut stream, &mut writer)).await else {
@@ -93,8 +93,9 @@ pub(crate) async fn serve(
                 let Ok(item) = item else {
                     break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
                 };
-                // A client that stops reading blocks this write; its queue
-                // overflowing is what gets the connection out of it.
+                // A client that stops reading blocks this write. Its queue
+                // overflowing, or the writer's stall deadline, is what gets
+                // the connection out of it.
                 tokio::select! {
                     sent = Box::pin(forward_batch(&mut session, &mut writer, item, &mut rx)) => {
                         if sent.is_err() {
@@ -115,6 +116,9 @@ pub(crate) async fn serve(
             }
         }
     };
+    if code != CloseCode::GOING_AWAY {
+        tracing::info!(conn_id, code, reason, "closing client connection");
+    }
     Box::pin(writer.close(code, reason)).await;
 }
 
@@ -158,13 +162,29 @@ async fn forward_batch(
     first: Outbound,
     rx: &mut crate::queue::Receiver,
 ) -> Result<(), SinkClosed> {
-    session.forward(writer, first).await?;
+    let skipped = skipped_of(rx, &first);
+    session.forward(writer, first, skipped).await?;
     for _ in 1..MAX_FRAMES_PER_FLUSH {
         match rx.try_recv() {
-            Ok(Some(item)) => session.forward(writer, item).await?,
+            Ok(Some(item)) => {
+                let skipped = skipped_of(rx, &item);
+                session.forward(writer, item, skipped).await?;
+            }
             // An overflow is seen by the connection loop next.
             Ok(None) | Err(_) => break,
         }
     }
+    // Caught up with the queue: fill in what it had to skip.
+    for (channel, skipped) in rx.take_all_skipped() {
+        session.fill_skipped(writer, &channel, skipped).await?;
+    }
     writer.flush().await.map_err(|_| SinkClosed)
+}
+
+/// What the channel of `item` missed while the queue was full.
+fn skipped_of(rx: &mut crate::queue::Receiver, item: &Outbound) -> Option<crate::queue::Skipped> {
+    match item {
+        Outbound::Delivery(delivery) => rx.take_skipped(&delivery.channel, delivery.seq),
+        _ => None,
+    }
 }

@@ -25,6 +25,10 @@ pub(crate) const MAX_FRAMES_PER_FLUSH: usize = 64;
 /// The sending half of a connection.
 pub(crate) struct Writer {
     sink: SplitSink<Socket, Message>,
+    /// How long one write may wait for the peer to take bytes.
+    stall: Duration,
+    /// A write waited longer than `stall`: the peer stopped reading.
+    stalled: bool,
 }
 
 /// The receiving half failed or ended.
@@ -36,8 +40,34 @@ pub(crate) enum ReadEnd {
 }
 
 impl Writer {
-    pub(crate) fn new(sink: SplitSink<Socket, Message>) -> Self {
-        Self { sink }
+    /// A writer whose writes fail once the peer has taken no bytes for
+    /// `stall` (a peer that stopped reading, or a dead link): the connection
+    /// then ends without a close frame, which could not reach the peer.
+    pub(crate) fn new(sink: SplitSink<Socket, Message>, stall: Duration) -> Self {
+        Self {
+            sink,
+            stall,
+            stalled: false,
+        }
+    }
+
+    /// Runs one write against the stall deadline.
+    async fn write(
+        stall: Duration,
+        stalled: &mut bool,
+        io: impl Future<Output = Result<(), tungstenite::Error>>,
+    ) -> Result<(), tungstenite::Error> {
+        match tokio::time::timeout(stall, io).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::info!(
+                    ?stall,
+                    "the peer took no bytes within the deadline; dropping it"
+                );
+                *stalled = true;
+                Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))
+            }
+        }
     }
 
     /// Sends one envelope and flushes.
@@ -45,7 +75,8 @@ impl Writer {
         &mut self,
         env: &Envelope<M>,
     ) -> Result<(), tungstenite::Error> {
-        self.sink.send(Message::Text(env.encode().into())).await
+        let message = Message::Text(env.encode().into());
+        Self::write(self.stall, &mut self.stalled, self.sink.send(message)).await
     }
 
     /// Sends an `error` reply.
@@ -76,23 +107,28 @@ impl Writer {
 
     /// Queues a frame without flushing.
     pub(crate) async fn feed(&mut self, frame: Frame) -> Result<(), tungstenite::Error> {
-        self.sink.feed(to_message(frame)).await
+        let message = to_message(frame);
+        Self::write(self.stall, &mut self.stalled, self.sink.feed(message)).await
     }
 
     /// Queues an encoded text message without flushing.
     pub(crate) async fn feed_text(&mut self, text: String) -> Result<(), tungstenite::Error> {
-        self.sink.feed(Message::Text(text.into())).await
+        let message = Message::Text(text.into());
+        Self::write(self.stall, &mut self.stalled, self.sink.feed(message)).await
     }
 
     /// Flushes queued frames.
     pub(crate) async fn flush(&mut self) -> Result<(), tungstenite::Error> {
-        self.sink.flush().await
+        Self::write(self.stall, &mut self.stalled, self.sink.flush()).await
     }
 
     /// Sends a close frame; errors are moot at this point. A peer that is not
     /// reading (a slow consumer) gets [`CLOSE_TIMEOUT`] to take it, behind the
     /// data already queued, before the socket is dropped without it.
     pub(crate) async fn close(&mut self, code: u16, reason: &str) {
+        if self.stalled {
+            return;
+        }
         let frame = CloseFrame {
             code: code.into(),
             reason: Utf8Bytes::from(reason),

@@ -13,10 +13,11 @@ use muster_proto::{
 };
 
 use super::conn::Writer;
-use crate::broker::{Delivery, Subscriber};
+use crate::broker::Subscriber;
 use crate::delivery::{History, ReplayError, SinkClosed, Subscriptions};
 use crate::engine::{ApiError, Input, ROLE_ADMIN, Reply, Request};
 use crate::outbound::Outbound;
+use crate::queue::Skipped;
 use crate::reads::{self, Read};
 use crate::runtime::EngineHandle;
 
@@ -164,14 +165,20 @@ impl Session {
         Ok(())
     }
 
-    /// Passes one item of the connection's queue on to the socket.
+    /// Passes one item of the connection's queue on to the socket, with what
+    /// its channel missed while the queue was full.
     pub(crate) async fn forward(
         &mut self,
         writer: &mut Writer,
         item: Outbound,
+        skipped: Option<Skipped>,
     ) -> Result<(), SinkClosed> {
         match item {
-            Outbound::Delivery(delivery) => self.deliver(writer, delivery).await,
+            Outbound::Delivery(delivery) => {
+                self.subs
+                    .deliver(writer, &self.history, delivery, skipped)
+                    .await
+            }
             Outbound::Reply(reply) => {
                 let Reply {
                     re,
@@ -192,8 +199,17 @@ impl Session {
         }
     }
 
-    async fn deliver(&mut self, writer: &mut Writer, delivery: Delivery) -> Result<(), SinkClosed> {
-        self.subs.deliver(writer, &self.history, delivery).await
+    /// Sends what a channel missed while the queue was full, once the
+    /// queue is empty.
+    pub(crate) async fn fill_skipped(
+        &mut self,
+        writer: &mut Writer,
+        channel: &str,
+        skipped: Skipped,
+    ) -> Result<(), SinkClosed> {
+        self.subs
+            .catch_up(writer, &self.history, channel, skipped)
+            .await
     }
 
     /// Subscribes, answers `subscribed`, and replays from `since` up to

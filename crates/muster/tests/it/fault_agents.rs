@@ -171,7 +171,7 @@ fn rss_kib(pid: Pid) -> u64 {
 }
 
 #[test]
-fn a_client_that_stops_reading_50_mb_is_dropped_while_another_gets_it_all() {
+fn a_client_that_stops_reading_50_mb_stalls_nobody_and_holds_only_its_queue() {
     const TOTAL: usize = 50_000_000;
     let dir = tempdir();
     let (hub, cli, token) = hub_with_agent(&dir, "firehose");
@@ -221,9 +221,15 @@ fn a_client_that_stops_reading_50_mb_is_dropped_while_another_gets_it_all() {
     eprintln!("hub peak RSS while a client was stuck on a 50 MB stream: {peak_rss} KiB");
     assert!(peak_rss < 200 * 1024, "hub RSS grew to {peak_rss} KiB");
 
-    let code = runtime.block_on(crate::slow_client::read_to_close(&mut slow));
-    eprintln!("the stuck client ended with close code {code:?}");
-    assert_eq!(code, Some(muster_proto::CloseCode::SLOW_CONSUMER));
+    // When it reads again it gets the rest in order: all of it, or, once
+    // the hub has dropped it for taking nothing within the heartbeat
+    // deadline, a part and the connection's end.
+    let rest = runtime.block_on(crate::slow_client::read_rest(&mut slow));
+    eprintln!(
+        "the stuck client got {} bytes, finished: {}",
+        rest.bytes, rest.finished
+    );
+    assert_eq!(rest.finished, rest.bytes == TOTAL);
     // It can come back for everything.
     let out = cli.output(&["runs", "output", &run_id]);
     assert_eq!(out.stdout.len(), TOTAL);

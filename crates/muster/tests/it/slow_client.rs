@@ -39,16 +39,42 @@ pub(crate) async fn create_and_stall(
     }
 }
 
-/// Reads until the connection ends; the close code, if a close frame came.
-pub(crate) async fn read_to_close(ws: &mut Ws) -> Option<u16> {
-    let wait = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+/// What a stalled client got once it read again.
+pub(crate) struct Rest {
+    /// Output bytes, after checking that frames came in order, once each.
+    pub(crate) bytes: usize,
+    /// Whether the run's final status came.
+    pub(crate) finished: bool,
+}
+
+/// Reads until the connection ends, checking the output frames' order.
+pub(crate) async fn read_rest(ws: &mut Ws) -> Rest {
+    let mut rest = Rest {
+        bytes: 0,
+        finished: false,
+    };
+    let mut next_seq = 0;
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
             match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Binary(raw))) => {
+                    let frame = muster_proto::OutputFrame::decode(raw).expect("an output frame");
+                    assert_eq!(frame.header.seq, next_seq, "in order, once each");
+                    next_seq += 1;
+                    rest.bytes += frame.payload.len();
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "run.status" && value["data"]["run"]["state"] == "completed"
+                    {
+                        rest.finished = true;
+                    }
+                }
                 Some(Ok(_)) => {}
-                None | Some(Err(_)) => return None,
+                None | Some(Err(_)) => return,
             }
         }
     });
-    wait.await.expect("the hub closed the stuck client")
+    read.await.expect("the connection ends");
+    rest
 }

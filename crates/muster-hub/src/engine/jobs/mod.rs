@@ -40,12 +40,19 @@ use crate::validate;
 /// Targets in one page of `job.targets`, and in `job.info` at most.
 pub(crate) const TARGET_PAGE: usize = 1000;
 
+/// Targets a job starts in one batch at most; it starts more once that batch
+/// is committed. This bounds the burst of events a follower of the job gets
+/// at once, and the first targets start before the last are even created.
+const STARTS_PER_BATCH: usize = 256;
+
 /// The jobs not yet final.
 #[derive(Default)]
 pub(crate) struct Jobs {
     active: HashMap<JobId, ActiveJob>,
     /// Jobs changed in the current batch: written and counted at its end.
     dirty: BTreeSet<JobId>,
+    /// Jobs waiting for a commit before they start more targets.
+    paced: BTreeSet<JobId>,
 }
 
 impl Engine {
@@ -292,9 +299,20 @@ impl Engine {
             .reply(to, Reply::to(re, HubToClient::Ok(Default::default())));
     }
 
-    /// Starts waiting targets while the batch has room, or skips them once
+    /// A batch that started some of a job's targets is committed.
+    pub(super) fn continue_job(&mut self, id: JobId, now: UnixMillis) {
+        if self.jobs.paced.remove(&id) {
+            self.fill_slots(id, now);
+        }
+    }
+
+    /// Starts waiting targets while the batch has room (at most
+    /// [`STARTS_PER_BATCH`] now, more after the commit), or skips them once
     /// fail-fast applies.
     fn fill_slots(&mut self, id: JobId, now: UnixMillis) {
+        if self.jobs.paced.contains(&id) {
+            return; // more start once the current batch is committed
+        }
         let Some(job) = self.jobs.active.get_mut(&id) else {
             return;
         };
@@ -306,16 +324,20 @@ impl Engine {
             return;
         }
         let room = (job.info.batch_limit as usize).saturating_sub(job.in_progress());
-        let pending: Vec<usize> = job
+        let mut pending = job
             .info
             .targets
             .iter()
             .enumerate()
             .filter(|(_, t)| t.state == TargetState::Pending)
             .map(|(i, _)| i)
-            .take(room)
-            .collect();
-        for i in pending {
+            .take(room);
+        let now_starting: Vec<usize> = pending.by_ref().take(STARTS_PER_BATCH).collect();
+        if pending.next().is_some() {
+            self.jobs.paced.insert(id);
+            self.batch.effect(Effect::ContinueJob(id));
+        }
+        for i in now_starting {
             if !self.start_step(id, i, 0, now) {
                 // A failed start stops a fail-fast job at once.
                 return self.fill_slots(id, now);
@@ -546,6 +568,7 @@ impl Engine {
                 seq: Some(event.seq),
                 frame: Frame::text(event.text),
                 last: event.last,
+                key: None,
             }));
         }
     }

@@ -336,6 +336,7 @@ pub(super) fn carry_out(effects: Vec<Effect>) -> Vec<Input> {
             Effect::Close(control, code, reason) => control.close(code, &reason),
             Effect::Notify(notify) => notify(),
             Effect::ReleaseKeys(runs, jobs) => released.push(Input::ReleaseKeys(runs, jobs)),
+            Effect::ContinueJob(job) => released.push(Input::ContinueJob(job)),
         }
     }
     released
