@@ -103,8 +103,17 @@ impl Items {
         if self.plain >= capacity && !last {
             // A channel's last delivery is queued even over the bound:
             // nothing else would stand for it.
-            let Outbound::Delivery(delivery) = &item else {
-                return false;
+            let delivery = match &item {
+                Outbound::Delivery(delivery) => delivery,
+                // A reply answers the client's own request: it may use a
+                // second bound's worth of room, so a burst of stream frames
+                // ahead of it does not make the client a slow consumer.
+                Outbound::Reply(_) if self.plain < capacity.saturating_mul(2) => {
+                    self.plain += 1;
+                    self.slots.push_back(Slot::Item(item));
+                    return true;
+                }
+                _ => return false,
             };
             if !skippable(delivery) {
                 return false;
@@ -424,6 +433,25 @@ mod tests {
             "8 and 9 are still missing after 7"
         );
         assert_eq!(rx.take_skipped("run:x", None), None);
+    }
+
+    #[test]
+    fn a_reply_finds_room_behind_a_full_queue_up_to_twice_the_bound() {
+        let (tx, _rx) = bounded(2);
+        tx.send(item(1));
+        tx.send(item(2));
+        tx.send(reply());
+        tx.send(reply());
+        assert!(!tx.is_overflowed());
+        tx.send(reply());
+        assert!(tx.is_overflowed());
+    }
+
+    fn reply() -> Outbound {
+        Outbound::Reply(Box::new(crate::outbound::Reply::to(
+            None,
+            muster_proto::HubToClient::Ok(Default::default()),
+        )))
     }
 
     #[test]
