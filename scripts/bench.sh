@@ -47,7 +47,7 @@ else
         "output|180|output --bytes 62914560"
         "idle-clients|330|idle --kind client --count 15000 --timeout 240s"
         "idle-agents|390|idle --kind agent --count 15000 --timeout 300s"
-        "fanout|420|fanout --subscribers 1000 --rate 50 --rate 100 --rate 200 --rate 300 --duration 5s"
+        "fanout|480|fanout --subscribers 1000 --rate 100 --rate 300 --rate 600 --rate 1000 --duration 5s"
         "job-200|210|job --agents 200 --timeout 120s"
         "job-1000|270|job --agents 1000 --timeout 180s"
         "job-3000|330|job --agents 3000 --timeout 240s"

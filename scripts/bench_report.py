@@ -98,6 +98,9 @@ def fanout_rows(report):
     if not f:
         return []
     rows = []
+    delivered = [r["delivered_per_s"] for r in f["rounds"] if r.get("delivered_per_s") is not None]
+    if delivered:
+        rows.append(("max delivered/s (best offered rate)", max(delivered), UP))
     for r in f["rounds"]:
         name = f"{r['offered_per_s'] / 1000:g}k/s offered"
         latency = r.get("latency_ms")
@@ -283,9 +286,8 @@ def summary_lines(tables):
     if fanout:
         rates = sorted({float(label.split("k/s")[0]) for label in fanout[2] if "k/s offered" in label})
         if rates:
-            top = f"{max(rates):g}k/s offered"
             near = min(rates, key=lambda r: abs(r - 100))
-            picks += [("fanout", f"{top}: delivered/s"), ("fanout", f"{near:g}k/s offered: p99 ms")]
+            picks += [("fanout", "max delivered/s (best offered rate)"), ("fanout", f"{near:g}k/s offered: p99 ms")]
     for scenario in sorted((s for s in tables if s.startswith("job-")), key=lambda s: int(s[4:])):
         picks.append((scenario, "last result, s"))
     picks.append(("storm", "all back online (hub's view), s"))

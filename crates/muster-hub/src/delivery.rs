@@ -32,7 +32,7 @@ use crate::queue::Skipped;
 use crate::store::{Store, StoredChunk};
 
 /// Stored entries read per query while replaying.
-pub const REPLAY_PAGE: u32 = 256;
+pub const REPLAY_PAGE: u32 = 128;
 
 /// The connection is gone.
 #[derive(Debug)]
@@ -97,6 +97,14 @@ impl History {
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
+}
+
+/// Writes one page of stored entries and flushes.
+async fn send_page(sink: &mut dyn FrameSink, page: Vec<(u64, Frame)>) -> Result<(), ReplayError> {
+    for (_, frame) in page {
+        sink.feed(frame).await.map_err(|_| ReplayError::Closed)?;
+    }
+    sink.flush().await.map_err(|_| ReplayError::Closed)
 }
 
 /// Re-frames a stored chunk exactly as the agent sent it.
@@ -207,20 +215,24 @@ impl Subscriptions {
         since: u64,
     ) -> Result<u64, ReplayError> {
         let mut next = since;
+        let mut page = history
+            .read(channel, next, REPLAY_PAGE)
+            .await
+            .map_err(ReplayError::Store)?;
         loop {
-            let page = history
-                .read(channel, next, REPLAY_PAGE)
-                .await
-                .map_err(ReplayError::Store)?;
             let full = page.len() == REPLAY_PAGE as usize;
-            for (seq, frame) in page {
-                sink.feed(frame).await.map_err(|_| ReplayError::Closed)?;
-                next = seq.saturating_add(1);
-            }
-            sink.flush().await.map_err(|_| ReplayError::Closed)?;
+            let after = page.last().map_or(next, |(seq, _)| seq.saturating_add(1));
+            let send = send_page(sink, page);
             if !full {
+                send.await?;
+                next = after;
                 break;
             }
+            // The next page is read while this one is written.
+            let (sent, read) = tokio::join!(send, history.read(channel, after, REPLAY_PAGE));
+            sent?;
+            next = after;
+            page = read.map_err(ReplayError::Store)?;
         }
         if let Some(sub) = self.subs.get_mut(channel.to_string().as_str()) {
             sub.next_seq = Some(next);

@@ -31,7 +31,7 @@ use crate::runtime::EngineHandle;
 /// The WebSocket codec's own read buffer, kept by every connection while
 /// idle. Small: the socket is read in 16 KiB chunks below it (see
 /// `upgrade::LazyRead`), and the codec only copies out of those.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 128;
 /// Bytes buffered before a write is forced out.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 
