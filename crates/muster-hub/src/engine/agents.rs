@@ -2,6 +2,7 @@
 //! shown to clients.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use muster_proto::messages::{
     AgentAdd, AgentAdded, AgentEnvelope, AgentHello, AgentLabel, AgentList, AgentListQuery,
@@ -48,7 +49,7 @@ impl Engine {
             os: hello.os,
             arch: hello.arch,
             version: hello.version,
-            labels: hello.labels,
+            labels: self.registry.intern_labels(hello.labels),
             max_concurrency: hello.max_concurrency.max(1),
             exec: hello.exec,
             actions: hello.actions,
@@ -143,7 +144,7 @@ impl Engine {
         let minted = auth::mint();
         let record = AgentRecord {
             name: name.clone(),
-            labels: add.labels,
+            labels: Arc::new(add.labels),
             key_id: minted.key_id,
             secret_hash: minted.secret_hash,
             facts: None,
@@ -217,12 +218,12 @@ impl Engine {
                     .registry
                     .get(&edit.name)
                     .ok_or_else(|| agent_not_found(&edit.name))?;
-                let mut labels = record.labels.clone();
+                let mut labels = (*record.labels).clone();
                 labels.extend(edit.set);
                 for key in &edit.remove {
                     labels.remove(key);
                 }
-                Ok(labels)
+                Ok(Arc::new(labels))
             });
         match labelled {
             Ok(labels) => {
@@ -329,9 +330,9 @@ impl Engine {
         let (queued, running) = self.scheduler.counts(&record.name);
         // What the agent said in its last hello, kept with its registration.
         let facts = record.facts.as_ref();
-        let mut labels = record.labels.clone();
+        let mut labels = (*record.labels).clone();
         if let Some(facts) = facts {
-            labels.extend(facts.labels.clone());
+            labels.extend(facts.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         let status = match online {
             Some(agent) if agent.stale => AgentStatus::Stale,

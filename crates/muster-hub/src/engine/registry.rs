@@ -4,15 +4,16 @@
 //! handshake and every `run.create` is answered without a database read. The
 //! engine writes each change to the store in the same batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use muster_proto::messages::{AgentHello, Principal};
 use muster_proto::{AgentName, ErrorCode, UnixMillis};
 
 use super::error::ApiError;
 use crate::auth;
-use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord};
+use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord, Labels};
 
 /// Registered agents and every credential.
 #[derive(Debug, Default)]
@@ -23,6 +24,8 @@ pub(crate) struct Registry {
     agent_keys: HashMap<String, AgentName>,
     /// API keys by the public half of their token.
     api_keys: HashMap<String, ApiKeyRecord>,
+    /// One copy of each label set in use.
+    label_sets: LabelSets,
 }
 
 impl Registry {
@@ -104,7 +107,11 @@ impl Registry {
     }
 
     /// Registers an agent (replacing one of the same name).
-    pub(crate) fn insert(&mut self, agent: AgentRecord) {
+    pub(crate) fn insert(&mut self, mut agent: AgentRecord) {
+        agent.labels = self.label_sets.intern(agent.labels);
+        if let Some(facts) = &mut agent.facts {
+            facts.labels = self.label_sets.intern(facts.labels.clone());
+        }
         self.agent_keys
             .insert(agent.key_id.clone(), agent.name.clone());
         if let Some(old) = self.agents.insert(agent.name.clone(), agent) {
@@ -134,9 +141,9 @@ impl Registry {
     }
 
     /// Replaces an agent's registered labels.
-    pub(crate) fn set_labels(&mut self, name: &AgentName, labels: BTreeMap<String, String>) {
+    pub(crate) fn set_labels(&mut self, name: &AgentName, labels: Labels) {
         if let Some(agent) = self.agents.get_mut(name) {
-            agent.labels = labels;
+            agent.labels = self.label_sets.intern(labels);
         }
     }
 
@@ -144,10 +151,16 @@ impl Registry {
     pub(crate) fn seen(&mut self, name: &AgentName, facts: Option<AgentFacts>, at: UnixMillis) {
         if let Some(agent) = self.agents.get_mut(name) {
             agent.last_seen_ms = Some(at);
-            if facts.is_some() {
-                agent.facts = facts;
+            if let Some(mut facts) = facts {
+                facts.labels = self.label_sets.intern(facts.labels);
+                agent.facts = Some(facts);
             }
         }
+    }
+
+    /// The shared copy of `labels`, for facts about to be reported.
+    pub(crate) fn intern_labels(&mut self, labels: BTreeMap<String, String>) -> Labels {
+        self.label_sets.intern(Arc::new(labels))
     }
 
     /// Agents in name order, starting after `after` when given.
@@ -167,4 +180,68 @@ impl Registry {
 
 fn auth_failed() -> ApiError {
     ApiError::new(ErrorCode::AuthFailed, "invalid token")
+}
+
+/// The label sets agents hold, one copy of each. A fleet's agents mostly
+/// report the same few sets, and each copy would otherwise cost a B-tree
+/// node (about half a KiB) per agent.
+#[derive(Debug, Default)]
+struct LabelSets {
+    sets: HashSet<Labels>,
+    /// Size after the last sweep; the next sweep comes at twice that.
+    swept_at: usize,
+}
+
+impl LabelSets {
+    /// The shared copy of `labels`.
+    fn intern(&mut self, labels: Labels) -> Labels {
+        if let Some(shared) = self.sets.get(&labels) {
+            return shared.clone();
+        }
+        if self.sets.len() >= self.swept_at.max(64) * 2 {
+            // Sets no agent holds any more go; amortised over the inserts
+            // since the last sweep.
+            self.sets.retain(|set| Arc::strong_count(set) > 1);
+            self.swept_at = self.sets.len();
+        }
+        self.sets.insert(labels.clone());
+        labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn equal_label_sets_share_one_copy() {
+        let mut sets = LabelSets::default();
+        let a = sets.intern(labels(&[("env", "prod"), ("region", "eu")]));
+        let b = sets.intern(labels(&[("env", "prod"), ("region", "eu")]));
+        let c = sets.intern(labels(&[("env", "dev")]));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(sets.sets.len(), 2);
+    }
+
+    #[test]
+    fn sets_nobody_holds_are_swept() {
+        let mut sets = LabelSets::default();
+        let kept = sets.intern(labels(&[("keep", "yes")]));
+        // Sets dropped at once, as by agents that report a new one each time.
+        for i in 0..10_000 {
+            drop(sets.intern(labels(&[("n", &i.to_string())])));
+        }
+        assert!(sets.sets.len() <= 2 * 64 + 1, "held {}", sets.sets.len());
+        assert!(Arc::ptr_eq(&kept, &sets.intern(labels(&[("keep", "yes")]))));
+    }
 }

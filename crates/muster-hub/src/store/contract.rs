@@ -52,7 +52,7 @@ fn name(s: &str) -> AgentName {
 fn agent(s: &str) -> AgentRecord {
     AgentRecord {
         name: name(s),
-        labels: BTreeMap::from([("role".into(), "web".into())]),
+        labels: BTreeMap::from([("role".into(), "web".into())]).into(),
         key_id: format!("key-{s}"),
         secret_hash: vec![1, 2, 3],
         facts: None,
@@ -95,7 +95,10 @@ async fn registry_round_trips(store: &impl Store) {
                 key_id: "key-new".into(),
                 secret_hash: vec![7],
             },
-            Change::SetAgentLabels(name("web-1"), BTreeMap::from([("a".into(), "b".into())])),
+            Change::SetAgentLabels(
+                name("web-1"),
+                BTreeMap::from([("a".into(), "b".into())]).into(),
+            ),
             Change::AgentSeen(name("web-1"), Some(facts.clone()), 55),
             Change::AgentSeen(name("web-2"), None, 66),
             Change::DeleteAgent(name("gone")),

@@ -26,7 +26,7 @@ use muster_proto::messages::{SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, RunState, UnixMillis};
 
 pub use records::{
-    AgentFacts, AgentRecord, ApiKeyRecord, Change, MetricsRetention, RunUpdate, Snapshot,
+    AgentFacts, AgentRecord, ApiKeyRecord, Change, Labels, MetricsRetention, RunUpdate, Snapshot,
     StoredChunk, UnfinishedJob, UnfinishedRun,
 };
 pub use sqlite::SqliteStore;

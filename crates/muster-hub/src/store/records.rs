@@ -2,6 +2,7 @@
 //! commits, and the snapshot the hub loads at startup.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use muster_proto::actions::{ActionInfo, ExecMode};
@@ -9,6 +10,10 @@ use muster_proto::jobs::{JobInfo, JobTarget};
 use muster_proto::messages::{MetricsSample, StoredEvent};
 use muster_proto::{AgentName, JobId, OutputStream, RunId, RunInfo, UnixMillis};
 use serde::{Deserialize, Serialize};
+
+/// An agent's labels. Shared: the registry hands agents that report the same
+/// set one copy of it (see `engine::registry`).
+pub type Labels = Arc<BTreeMap<String, String>>;
 
 /// A stored API key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +40,7 @@ pub struct AgentFacts {
     /// Agent version.
     pub version: String,
     /// Labels from the agent's own flags.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Concurrency limit.
     pub max_concurrency: u32,
     /// Raw commands, or declared actions only.
@@ -52,7 +57,7 @@ pub struct AgentRecord {
     /// Unique name.
     pub name: AgentName,
     /// Labels given at registration.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Public half of its token.
     pub key_id: String,
     /// SHA-256 of the secret half.
@@ -107,7 +112,7 @@ pub enum Change {
         secret_hash: Vec<u8>,
     },
     /// Replaces an agent's registered labels.
-    SetAgentLabels(AgentName, BTreeMap<String, String>),
+    SetAgentLabels(AgentName, Labels),
     /// Records when an agent was heard from, and what it reported.
     AgentSeen(AgentName, Option<AgentFacts>, UnixMillis),
     /// Removes an agent.

@@ -28,19 +28,59 @@ use crate::outbound::Outbound;
 const AGENT_QUEUE: usize = 1024;
 
 /// Serves one agent WebSocket until it closes or the hub shuts down.
-pub(crate) async fn serve(
+///
+/// This future lives inside the task of every connected agent for as long
+/// as it stays connected, so it keeps only what the idle loop needs: the
+/// handshake, each message's handling and the close run in futures of their
+/// own, on the heap, for as long as they run.
+pub(crate) fn serve(
     state: AppState,
     socket: Socket,
     conn_id: u64,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
+    // The arguments go into the boxed handshake at once: an async fn would
+    // keep room for them in its future for the connection's whole life.
+    let opening = Box::pin(open(state, socket, conn_id));
+    async move {
+        let _permit = permit;
+        let Some(Opened {
+            mut conn,
+            mut stream,
+            rx,
+            control,
+            presence: _presence,
+        }) = opening.await
+        else {
+            return;
+        };
+        let end = conn.run(&mut stream, rx, &control).await;
+        let name = &conn.link.name;
+        match end {
+            Some((code, reason)) => {
+                tracing::info!(agent = %name, code, reason = %reason, "closing agent connection");
+                Box::pin(conn.writer.close(code, &reason)).await;
+            }
+            None => tracing::info!(agent = %name, "agent disconnected"),
+        }
+    }
+}
+
+/// An agent connection past its handshake.
+struct Opened {
+    conn: Connection,
+    stream: SplitStream<Socket>,
+    rx: crate::queue::Receiver,
+    control: ConnControl,
+    /// However the connection's task ends, the engine hears of it.
+    presence: PresenceGuard,
+}
+
+/// Reads the `hello` and has the engine admit the agent, or refuses it.
+async fn open(state: AppState, socket: Socket, conn_id: u64) -> Option<Opened> {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
-    // Boxed: one-time steps whose futures would otherwise be kept inside
-    // every idle connection's task.
-    let Some(hello) = Box::pin(read_hello(&state, &mut stream, &mut writer)).await else {
-        return;
-    };
+    let hello = read_hello(&state, &mut stream, &mut writer).await?;
     let (queue, rx) = crate::queue::bounded(AGENT_QUEUE);
     let control = ConnControl::default();
     let last_seen = LastSeen::default();
@@ -50,49 +90,54 @@ pub(crate) async fn serve(
         control: control.clone(),
         last_seen: last_seen.clone(),
     };
-    let accepted = Box::pin(state.engine.ask(|reply| Input::AgentHello {
-        hello: Box::new(hello),
-        conn,
-        reply,
-    }))
-    .await;
+    let accepted = state
+        .engine
+        .ask(|reply| Input::AgentHello {
+            hello: Box::new(hello),
+            conn,
+            reply,
+        })
+        .await;
     let name = match accepted {
         Some(Ok(name)) => name,
         Some(Err(e)) => {
             tracing::info!(reason = %e.message, "agent handshake rejected");
             let error = e.to_data();
-            return writer
+            writer
                 .reject(CloseCode::AUTH_FAILED, error, HubToAgent::Error)
                 .await;
+            return None;
         }
         None => {
-            return writer
+            writer
                 .close(CloseCode::GOING_AWAY, "hub shutting down")
                 .await;
+            return None;
         }
     };
-    // From here on, however this task ends, the engine hears of it.
-    let _presence = PresenceGuard::new(name.clone(), conn_id, state.engine.control());
+    let presence = PresenceGuard::new(name.clone(), conn_id, state.engine.control());
     tracing::info!(agent = %name, conn_id, "agent connected");
-    let mut conn = Connection {
+    let liveness = Liveness::new(state.config.heartbeat_deadline());
+    let conn = Connection {
         link: Arc::new(AgentLink {
-            name: name.clone(),
+            name,
             conn_id,
             tx: queue,
         }),
         state,
         writer,
         last_seen,
+        liveness,
+        ticks: 0,
         stale: false,
     };
-    let end = conn.run(&mut stream, rx, &control).await;
-    match end {
-        Some((code, reason)) => {
-            tracing::info!(agent = %name, code, reason = %reason, "closing agent connection");
-            Box::pin(conn.writer.close(code, &reason)).await;
-        }
-        None => tracing::info!(agent = %name, "agent disconnected"),
-    }
+    Some(Opened {
+        conn,
+        stream,
+        rx,
+        control,
+        presence,
+    })
 }
 
 /// Reads the `hello`, or refuses the connection.
@@ -122,8 +167,29 @@ struct Connection {
     state: AppState,
     writer: Writer,
     last_seen: LastSeen,
+    liveness: Liveness,
+    /// Heartbeat ticks so far.
+    ticks: u64,
     /// Whether the engine was told this connection's heartbeats are late.
     stale: bool,
+}
+
+/// What woke the connection loop.
+enum Event {
+    /// Close with this code and reason.
+    End(u16, String),
+    /// The store takes writes again.
+    Writable,
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    Queued(Result<Outbound, crate::queue::Overflowed>),
+    Tick,
+}
+
+/// Whether the connection goes on after an event.
+enum Flow {
+    Continue,
+    /// Ends it, with the close code to send, or `None` if the socket is gone.
+    End(Option<(u16, String)>),
 }
 
 impl Connection {
@@ -134,60 +200,107 @@ impl Connection {
         mut rx: crate::queue::Receiver,
         control: &ConnControl,
     ) -> Option<(u16, String)> {
-        self.send(HubToAgent::ConnectionAck(self.ack()))
+        Box::pin(self.send(HubToAgent::ConnectionAck(self.ack())))
             .await
             .ok()?;
-        let config = self.state.config.clone();
-        let mut liveness = Liveness::new(config.heartbeat_deadline());
-        let mut ticker = conn::heartbeat_ticker(config.heartbeat_interval() / 2);
-        let mut ticks = 0u64;
+        let mut ticker = conn::heartbeat_ticker(self.state.config.heartbeat_interval() / 2);
         let health = self.state.engine.health().clone();
+        let shutdown = self.state.shutdown.clone();
         loop {
             // While the store cannot write, the agent is not read: what it
             // would send could not be stored, so it keeps it, and TCP holds
             // it back; its runs slow down instead of anything being lost.
             let reading = health.writable();
-            tokio::select! {
-                _ = self.state.shutdown.cancelled() => return Some((CloseCode::GOING_AWAY, "hub shutting down".into())),
-                (code, reason) = control.closed() => return Some((code, reason)),
-                _ = health.until_writable(), if !reading => liveness.heard(),
-                frame = stream.next(), if reading => {
-                    liveness.heard();
-                    self.heard().await;
-                    match frame {
-                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(&text)).await.ok()?,
-                        Some(Ok(Message::Binary(bytes))) => self.on_binary(bytes).await.ok()?,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => return None,
-                        Some(Err(e)) => match conn::read_error(e) {
-                            ReadEnd::TooBig => return Some((CloseCode::MESSAGE_TOO_BIG, "message exceeds max_message_bytes".into())),
-                            ReadEnd::Gone => return None,
-                        },
-                    }
-                }
-                item = rx.recv() => match item {
-                    Ok(item) => self.forward(item, &mut rx).await.ok()?,
-                    Err(_) => return Some((CloseCode::SLOW_CONSUMER, "control queue overflow".into())),
-                },
-                _ = ticker.tick() => {
-                    if !reading {
-                        // Silence the hub chose is not the agent's.
-                        liveness.heard();
-                    }
-                    if liveness.expired() {
-                        return Some((CloseCode::HEARTBEAT_TIMEOUT, "no heartbeat within the deadline".into()));
-                    }
-                    if liveness.silent_for() > config.heartbeat_interval() * 3 / 2 {
-                        self.set_stale(true).await;
-                    }
-                    ticks += 1;
-                    if ticks.is_multiple_of(2) {
-                        let beat = HubToAgent::Heartbeat(Heartbeat { seq: liveness.next_seq() });
-                        self.send(beat).await.ok()?;
-                    }
-                }
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => Event::End(CloseCode::GOING_AWAY, "hub shutting down".into()),
+                (code, reason) = control.closed() => Event::End(code, reason),
+                _ = health.until_writable(), if !reading => Event::Writable,
+                frame = stream.next(), if reading => Event::Frame(frame),
+                item = rx.recv() => Event::Queued(item),
+                _ = ticker.tick() => Event::Tick,
+            };
+            let tick_while_paused = matches!(event, Event::Tick) && !reading;
+            // Boxed: what handling needs is on the heap only while it runs.
+            if let Flow::End(end) = Box::pin(self.on_event(event, &mut rx, tick_while_paused)).await
+            {
+                return end;
             }
         }
+    }
+
+    async fn on_event(
+        &mut self,
+        event: Event,
+        rx: &mut crate::queue::Receiver,
+        tick_while_paused: bool,
+    ) -> Flow {
+        let gone = Flow::End(None);
+        match event {
+            Event::End(code, reason) => Flow::End(Some((code, reason))),
+            Event::Writable => {
+                self.liveness.heard();
+                Flow::Continue
+            }
+            Event::Frame(frame) => {
+                self.liveness.heard();
+                self.heard().await;
+                let sent = match frame {
+                    Some(Ok(Message::Text(text))) => self.on_text(&text).await,
+                    Some(Ok(Message::Binary(bytes))) => self.on_binary(bytes).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                    Some(Ok(Message::Close(_))) | None => return gone,
+                    Some(Err(e)) => {
+                        return match conn::read_error(e) {
+                            ReadEnd::TooBig => Flow::End(Some((
+                                CloseCode::MESSAGE_TOO_BIG,
+                                "message exceeds max_message_bytes".into(),
+                            ))),
+                            ReadEnd::Gone => gone,
+                        };
+                    }
+                };
+                match sent {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => gone,
+                }
+            }
+            Event::Queued(Ok(item)) => match self.forward(item, rx).await {
+                Ok(()) => Flow::Continue,
+                Err(_) => gone,
+            },
+            Event::Queued(Err(_)) => Flow::End(Some((
+                CloseCode::SLOW_CONSUMER,
+                "control queue overflow".into(),
+            ))),
+            Event::Tick => self.on_tick(tick_while_paused).await,
+        }
+    }
+
+    async fn on_tick(&mut self, paused: bool) -> Flow {
+        let config = self.state.config.clone();
+        if paused {
+            // Silence the hub chose is not the agent's.
+            self.liveness.heard();
+        }
+        if self.liveness.expired() {
+            return Flow::End(Some((
+                CloseCode::HEARTBEAT_TIMEOUT,
+                "no heartbeat within the deadline".into(),
+            )));
+        }
+        if self.liveness.silent_for() > config.heartbeat_interval() * 3 / 2 {
+            self.set_stale(true).await;
+        }
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(2) {
+            let beat = HubToAgent::Heartbeat(Heartbeat {
+                seq: self.liveness.next_seq(),
+            });
+            if self.send(beat).await.is_err() {
+                return Flow::End(None);
+            }
+        }
+        Flow::Continue
     }
 
     fn ack(&self) -> muster_proto::messages::ConnectionAck {

@@ -13,29 +13,72 @@ use muster_proto::{Channel, ClientToHub, CloseCode, Envelope, ErrorCode, HubToCl
 use super::AppState;
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
 use super::session::Session;
+use crate::broker::Subscriber;
 use crate::delivery::{SinkClosed, Subscriptions};
 use crate::engine::{ClientWelcome, Engine, Input};
 use crate::outbound::Outbound;
+use crate::queue::Overflowed;
 
 /// Close reason sent with 4008.
 const SLOW_CONSUMER_REASON: &str = "send queue overflow: read faster and resume";
 
 /// Serves one client WebSocket until it closes or the hub shuts down.
-pub(crate) async fn serve(
+///
+/// As for agents (see `agent::serve`), this future keeps only what the idle
+/// loop needs; the handshake, each message's handling and the close run in
+/// futures of their own, on the heap, for as long as they run.
+pub(crate) fn serve(
     state: AppState,
     socket: Socket,
     conn_id: u64,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
+    let opening = Box::pin(open(state, socket, conn_id));
+    async move {
+        let _permit = permit;
+        let Some(mut conn) = opening.await else {
+            return;
+        };
+        let Some((code, reason)) = conn.run().await else {
+            return;
+        };
+        if code != CloseCode::GOING_AWAY {
+            tracing::info!(conn_id, code, reason, "closing client connection");
+        }
+        Box::pin(conn.writer.close(code, reason)).await;
+    }
+}
+
+/// A client connection past its handshake.
+struct Connection {
+    state: AppState,
+    stream: SplitStream<Socket>,
+    writer: Writer,
+    session: Session,
+    /// Where the engine and the broker queue what goes to the client.
+    queue: Subscriber,
+    rx: crate::queue::Receiver,
+    liveness: Liveness,
+}
+
+/// What woke the connection loop.
+enum Event {
+    Shutdown,
+    Frame(Option<Result<Message, tungstenite::Error>>),
+    Queued(Result<Outbound, Overflowed>),
+    Tick,
+}
+
+/// How a connection ends: with a close frame, or `None` if the socket is gone.
+type End = Option<(u16, &'static str)>;
+
+/// Greets the client, or refuses it.
+async fn open(state: AppState, socket: Socket, conn_id: u64) -> Option<Connection> {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
-    // Boxed: a one-time step whose future would otherwise be kept inside
-    // every idle connection's task.
-    let Some(welcome) = Box::pin(handshake(&state, &mut stream, &mut writer)).await else {
-        return;
-    };
+    let welcome = handshake(&state, &mut stream, &mut writer).await?;
     tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
-    let (queue, mut rx) = crate::queue::bounded(state.config.client_queue_frames);
+    let (queue, rx) = crate::queue::bounded(state.config.client_queue_frames);
     let mut subs = Subscriptions::new(state.broker.clone(), queue.clone());
     subs.subscribe_live(&Channel::Fleet);
     let ack = Engine::ack_template(
@@ -43,18 +86,14 @@ pub(crate) async fn serve(
         welcome.principal.clone(),
         format!("c{conn_id}"),
     );
-    let greeted = async {
-        writer
-            .send(&Envelope::plain(HubToClient::ConnectionAck(ack)))
-            .await?;
-        let agents = HubToClient::AgentList(welcome.agents);
-        writer.send(&Envelope::plain(agents)).await
-    };
-    if Box::pin(greeted).await.is_err() {
-        return;
-    }
+    writer
+        .send(&Envelope::plain(HubToClient::ConnectionAck(ack)))
+        .await
+        .ok()?;
+    let agents = HubToClient::AgentList(welcome.agents);
+    writer.send(&Envelope::plain(agents)).await.ok()?;
     let page_bytes = state.config.max_message_bytes / 2;
-    let mut session = Session::new(
+    let session = Session::new(
         welcome.principal,
         state.engine.clone(),
         state.history.clone(),
@@ -62,64 +101,103 @@ pub(crate) async fn serve(
         subs,
         page_bytes,
     );
-    let mut liveness = Liveness::new(state.config.heartbeat_deadline());
-    let mut ticker = conn::heartbeat_ticker(state.config.heartbeat_interval());
-    let (code, reason) = loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => break (CloseCode::GOING_AWAY, "hub shutting down"),
-            frame = stream.next() => {
-                liveness.heard();
-                match frame {
+    let liveness = Liveness::new(state.config.heartbeat_deadline());
+    Some(Connection {
+        state,
+        stream,
+        writer,
+        session,
+        queue,
+        rx,
+        liveness,
+    })
+}
+
+impl Connection {
+    /// The connection loop; returns how the connection ends.
+    async fn run(&mut self) -> End {
+        let mut ticker = conn::heartbeat_ticker(self.state.config.heartbeat_interval());
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => Event::Shutdown,
+                frame = self.stream.next() => Event::Frame(frame),
+                item = self.rx.recv() => Event::Queued(item),
+                _ = ticker.tick() => Event::Tick,
+            };
+            // Boxed: what handling needs is on the heap only while it runs.
+            if let Err(end) = Box::pin(self.on_event(event)).await {
+                return end;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<(), End> {
+        const GONE: End = None;
+        match event {
+            Event::Shutdown => Err(Some((CloseCode::GOING_AWAY, "hub shutting down"))),
+            Event::Frame(frame) => {
+                self.liveness.heard();
+                let sent = match frame {
                     Some(Ok(Message::Text(text))) => {
-                        if Box::pin(session.handle_text(&mut writer, &text)).await.is_err() {
-                            return;
-                        }
+                        self.session.handle_text(&mut self.writer, &text).await
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        let error = ErrorData::new(ErrorCode::InvalidMessage, "clients may not send binary frames");
-                        if writer.send_error(None, error, HubToClient::Error).await.is_err() {
-                            return;
-                        }
+                        let error = ErrorData::new(
+                            ErrorCode::InvalidMessage,
+                            "clients may not send binary frames",
+                        );
+                        self.writer
+                            .send_error(None, error, HubToClient::Error)
+                            .await
+                            .map_err(|_| SinkClosed)
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => return,
-                    Some(Err(e)) => match conn::read_error(e) {
-                        ReadEnd::TooBig => break (CloseCode::MESSAGE_TOO_BIG, "message exceeds max_message_bytes"),
-                        ReadEnd::Gone => return,
-                    },
-                }
-            }
-            item = rx.recv() => {
-                let Ok(item) = item else {
-                    break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                    Some(Ok(Message::Close(_))) | None => return Err(GONE),
+                    Some(Err(e)) => {
+                        return Err(match conn::read_error(e) {
+                            ReadEnd::TooBig => Some((
+                                CloseCode::MESSAGE_TOO_BIG,
+                                "message exceeds max_message_bytes",
+                            )),
+                            ReadEnd::Gone => GONE,
+                        });
+                    }
                 };
+                sent.map_err(|_| GONE)
+            }
+            Event::Queued(Ok(item)) => {
                 // A client that stops reading blocks this write. Its queue
                 // overflowing, or the writer's stall deadline, is what gets
                 // the connection out of it.
+                let overflowed = self.queue.clone();
                 tokio::select! {
-                    sent = Box::pin(forward_batch(&mut session, &mut writer, item, &mut rx)) => {
-                        if sent.is_err() {
-                            return;
-                        }
+                    sent = forward_batch(&mut self.session, &mut self.writer, item, &mut self.rx) => {
+                        sent.map_err(|_| GONE)
                     }
-                    _ = queue.overflowed() => break (CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON),
+                    _ = overflowed.overflowed() => Err(Some((CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON))),
                 }
             }
-            _ = ticker.tick() => {
-                if liveness.expired() {
-                    break (CloseCode::HEARTBEAT_TIMEOUT, "no heartbeat within the deadline");
+            Event::Queued(Err(Overflowed)) => {
+                Err(Some((CloseCode::SLOW_CONSUMER, SLOW_CONSUMER_REASON)))
+            }
+            Event::Tick => {
+                if self.liveness.expired() {
+                    return Err(Some((
+                        CloseCode::HEARTBEAT_TIMEOUT,
+                        "no heartbeat within the deadline",
+                    )));
                 }
-                let beat = HubToClient::Heartbeat(Heartbeat { seq: liveness.next_seq() });
-                if writer.send(&Envelope::plain(beat)).await.is_err() {
-                    return;
-                }
+                let beat = HubToClient::Heartbeat(Heartbeat {
+                    seq: self.liveness.next_seq(),
+                });
+                self.writer
+                    .send(&Envelope::plain(beat))
+                    .await
+                    .map_err(|_| GONE)
             }
         }
-    };
-    if code != CloseCode::GOING_AWAY {
-        tracing::info!(conn_id, code, reason, "closing client connection");
     }
-    Box::pin(writer.close(code, reason)).await;
 }
 
 /// Reads the `hello` and asks the engine who it is, or refuses the connection.

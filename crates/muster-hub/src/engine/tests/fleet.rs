@@ -134,7 +134,7 @@ impl Fleet {
             let minted = auth::mint();
             records.push(AgentRecord {
                 name: agent_name(i),
-                labels: BTreeMap::new(),
+                labels: Default::default(),
                 key_id: minted.key_id,
                 secret_hash: minted.secret_hash,
                 facts: None,
