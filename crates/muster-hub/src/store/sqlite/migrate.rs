@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run columns",
         include_str!("../../../migrations/0006_run_columns.sql"),
     ),
+    (
+        7,
+        "unfinished runs index without IN",
+        include_str!("../../../migrations/0007_unfinished_without_in.sql"),
+    ),
 ];
 
 /// Brings the schema up to date; returns how many migrations were applied.
@@ -119,7 +124,51 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(run(&mut conn, 1).unwrap(), 1, "only the new one");
+        assert_eq!(
+            run(&mut conn, 1).unwrap(),
+            MIGRATIONS.len() - 5,
+            "only the new ones"
+        );
+    }
+
+    /// SQL's opcodes, one per row of `EXPLAIN`.
+    fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+        stmt.query_map([], |row| row.get::<_, String>(1))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn changing_a_run_builds_no_temporary_table_and_unfinished_runs_use_their_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        run(&mut conn, 1).unwrap();
+        for sql in [
+            "INSERT INTO runs (id, agent, state, created_ms, doc) VALUES ('r', 'a', 'queued', 1, '{}')",
+            "UPDATE runs SET state = 'running', finished_ms = 2 WHERE id = 'r'",
+        ] {
+            let ops = opcodes(&conn, sql);
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql}: {ops:?}"
+            );
+        }
+        let query = format!(
+            "EXPLAIN QUERY PLAN SELECT id FROM runs WHERE {} ORDER BY id",
+            super::super::read::UNFINISHED_RUNS
+        );
+        let plan: Vec<String> = conn
+            .prepare(&query)
+            .unwrap()
+            .query_map([], |row| row.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("runs_unfinished")),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -19,14 +19,17 @@ use crate::store::{
 const RUN_COLUMNS: &str = "doc, state, exit_code, signal, error, error_code, pid, output_bytes,
      output_truncated, dispatched_ms, started_ms, finished_ms";
 
+/// Which runs are unfinished, spelled exactly as the predicate of the
+/// partial index `runs_unfinished` (migration 7), so that a query with it
+/// uses that index.
+pub(super) const UNFINISHED_RUNS: &str =
+    "state = 'queued' OR state = 'dispatched' OR state = 'running'";
+
 /// Everything the hub keeps in memory.
 pub(super) fn snapshot(conn: &Connection) -> anyhow::Result<Snapshot> {
     let runs = query_runs(
         conn,
-        &format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE state IN ('queued', 'dispatched', 'running')
-             ORDER BY id"
-        ),
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED_RUNS} ORDER BY id"),
         [],
     )?
     .into_iter()
