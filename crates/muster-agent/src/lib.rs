@@ -72,7 +72,7 @@ pub use emit::{RUN_ID_ENV, SOCKET_ENV, emit};
 pub use events::{CLIENT_IDLE_TIMEOUT, EVENT_BUFFER, MAX_EVENT_LINE_BYTES, SOCKET_FILE_NAME};
 pub use executor::Executor;
 pub use muster_proto::backoff::Backoff;
-pub use process::ProcessExecutor;
+pub use process::{BIN_ENV, ProcessExecutor};
 pub use sink::{Outgoing, RunSink};
 pub use spool::SPOOL_MAX_BYTES;
 

@@ -1,8 +1,7 @@
 //! The real executor: one child process per run, in its own process group.
 //!
-//! The child gets `/dev/null` as stdin, the agent's environment plus the run's
-//! (which, for runs the agent starts, includes `MUSTER_AGENT_SOCKET` and
-//! `MUSTER_RUN_ID`), and piped stdout and stderr that a separate task reads into the run's
+//! The child gets `/dev/null` as stdin, the environment [`run_environment`]
+//! builds, and piped stdout and stderr that a separate task reads into the run's
 //! [`RunSink`]. A timeout or a cancellation sends SIGTERM to the whole process
 //! group, waits the run's `kill_grace_ms`, then sends SIGKILL. Whenever the
 //! main process exits, the group gets a SIGKILL so no orphan keeps running or
@@ -10,8 +9,12 @@
 //! reported. If the execution is dropped half-way (agent shutdown), a guard
 //! kills the group as well.
 
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use muster_proto::OutputStream;
@@ -35,6 +38,14 @@ const READ_BUFFER_BYTES: usize = 32 * 1024;
 /// process that escaped the group (`setsid`) can hold them that long; the run
 /// is then reported without the rest of its output.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Names of the agent's own environment that no run inherits: every
+/// `MUSTER_*` variable configures the agent or a client, and some hold
+/// credentials (`MUSTER_AGENT_TOKEN`, `MUSTER_TOKEN`).
+const PRIVATE_PREFIX: &str = "MUSTER_";
+
+/// Where a run finds the agent's own binary, to call `muster emit` with.
+pub const BIN_ENV: &str = "MUSTER_BIN";
 
 /// Executes runs as local processes.
 #[derive(Clone, Copy, Debug, Default)]
@@ -101,7 +112,12 @@ fn spawn(start: &RunStart) -> Result<Child, String> {
         }
     };
     command
-        .envs(&start.env)
+        .env_clear()
+        .envs(run_environment(
+            std::env::vars_os(),
+            own_binary(),
+            &start.env,
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -113,6 +129,54 @@ fn spawn(start: &RunStart) -> Result<Child, String> {
     command
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", program(&start.command)))
+}
+
+/// A run's environment, built on purpose rather than inherited whole:
+/// - the agent's environment `inherited`, without any `MUSTER_*` variable,
+///   so no run sees the agent's credentials;
+/// - [`BIN_ENV`], the agent's own binary `bin`, whose directory is also
+///   appended to `PATH` (so `muster emit` works where `muster` is not
+///   installed on the `PATH`);
+/// - the run's own `env` (with `MUSTER_AGENT_SOCKET` and `MUSTER_RUN_ID`,
+///   which the run table sets), over all of the above.
+pub(crate) fn run_environment(
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    bin: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> BTreeMap<OsString, OsString> {
+    let mut vars: BTreeMap<OsString, OsString> = inherited
+        .into_iter()
+        .filter(|(name, _)| {
+            !name
+                .as_encoded_bytes()
+                .starts_with(PRIVATE_PREFIX.as_bytes())
+        })
+        .collect();
+    if let Some(bin) = bin {
+        vars.insert(BIN_ENV.into(), bin.as_os_str().to_owned());
+        if let Some(dir) = bin.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let path = vars.get(OsStr::new("PATH")).cloned().unwrap_or_default();
+            if !std::env::split_paths(&path).any(|p| p == dir) {
+                let mut dirs: Vec<PathBuf> = std::env::split_paths(&path)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect();
+                dirs.push(dir.to_owned());
+                if let Ok(joined) = std::env::join_paths(dirs) {
+                    vars.insert("PATH".into(), joined);
+                }
+            }
+        }
+    }
+    for (name, value) in env {
+        vars.insert(name.into(), value.into());
+    }
+    vars
+}
+
+/// The agent's own binary, once.
+fn own_binary() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| std::env::current_exe().ok()).as_deref()
 }
 
 fn program(command: &CommandSpec) -> &str {
@@ -265,5 +329,71 @@ impl Drop for ProcessGroup {
         if self.live {
             self.kill_rest();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_sees_no_muster_variable_of_the_agent_and_finds_its_binary() {
+        let inherited = vars(&[
+            ("HOME", "/home/ops"),
+            ("PATH", "/usr/bin:/bin"),
+            ("MUSTER_AGENT_TOKEN", "mst_secret"),
+            ("MUSTER_TOKEN", "mst_admin"),
+            ("MUSTER_HUB", "http://hub:7070"),
+        ]);
+        let env = BTreeMap::from([
+            ("MUSTER_RUN_ID".to_owned(), "01RUN".to_owned()),
+            ("SITE".to_owned(), "example.com".to_owned()),
+        ]);
+        let built = run_environment(inherited, Some(Path::new("/opt/muster/bin/muster")), &env);
+        let get = |k: &str| built.get(OsStr::new(k)).map(|v| v.to_str().unwrap());
+        assert_eq!(get("MUSTER_AGENT_TOKEN"), None);
+        assert_eq!(get("MUSTER_TOKEN"), None);
+        assert_eq!(get("MUSTER_HUB"), None);
+        assert_eq!(get("HOME"), Some("/home/ops"));
+        assert_eq!(get("MUSTER_BIN"), Some("/opt/muster/bin/muster"));
+        assert_eq!(get("PATH"), Some("/usr/bin:/bin:/opt/muster/bin"));
+        assert_eq!(get("MUSTER_RUN_ID"), Some("01RUN"));
+        assert_eq!(get("SITE"), Some("example.com"));
+    }
+
+    #[test]
+    fn the_binary_directory_is_added_to_the_path_once() {
+        let inherited = vars(&[("PATH", "/opt/muster/bin:/usr/bin")]);
+        let built = run_environment(
+            inherited,
+            Some(Path::new("/opt/muster/bin/muster")),
+            &BTreeMap::new(),
+        );
+        assert_eq!(built[OsStr::new("PATH")], "/opt/muster/bin:/usr/bin");
+        let built = run_environment(
+            Vec::new(),
+            Some(Path::new("/opt/muster/bin/muster")),
+            &BTreeMap::new(),
+        );
+        assert_eq!(built[OsStr::new("PATH")], "/opt/muster/bin");
+    }
+
+    #[test]
+    fn the_run_may_set_its_own_path() {
+        let env = BTreeMap::from([("PATH".to_owned(), "/custom".to_owned())]);
+        let built = run_environment(
+            vars(&[("PATH", "/usr/bin")]),
+            Some(Path::new("/opt/muster")),
+            &env,
+        );
+        assert_eq!(built[OsStr::new("PATH")], "/custom");
+        assert_eq!(built[OsStr::new("MUSTER_BIN")], "/opt/muster");
     }
 }

@@ -7,7 +7,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::fixture::{Cli, Fleet, FleetAgent, muster_bin};
+use crate::fixture::{Cli, Fleet, FleetAgent};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -73,10 +73,8 @@ fn site_actions_stream_their_events_and_injection_runs_nothing() {
     let sites_dir = tempfile::tempdir().unwrap();
     let sites_path = sites_dir.path().join("sites");
     let config = example_config();
-    let env = [
-        ("MUSTER_BIN", muster_bin()),
-        ("SITES_DIR", sites_path.to_str().unwrap()),
-    ];
+    // No MUSTER_BIN: the agent gives its runs its own binary.
+    let env = [("SITES_DIR", sites_path.to_str().unwrap())];
     let agents = [
         FleetAgent {
             name: "web-1",

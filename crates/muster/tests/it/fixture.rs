@@ -108,6 +108,15 @@ impl Server {
         }
     }
 
+    /// Takes over a spawned `muster` process: it is killed on drop.
+    pub(crate) fn adopt(child: Child, hub: &str) -> Self {
+        Self {
+            child,
+            hub: hub.to_owned(),
+            token: None,
+        }
+    }
+
     fn start(mut cmd: Command, wanted: &[&str]) -> Self {
         let mut child = cmd
             .stdin(Stdio::null())

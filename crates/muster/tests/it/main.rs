@@ -9,6 +9,7 @@ mod fault_streams;
 mod fixture;
 mod fleet;
 mod jobs;
+mod run_env;
 mod slow_client;
 
 use std::io::Read as _;
