@@ -18,6 +18,7 @@
 //!   do; `admission` — which `run.start` may execute (actions, exec mode);
 //! - `spool` — every per-run message, in order, until the hub acknowledges it;
 //! - `ledger` — the run ids this agent started, durable in the state dir;
+//!   [`state_dir`] — that directory, private to the agent's user;
 //! - `metrics` — host sampling, and the per-connection feed of samples;
 //! - `events` — the local event socket programs publish to, and the bounded
 //!   queue of events waiting for the hub; [`mod@emit`] — its client;
@@ -65,6 +66,7 @@ pub mod process;
 mod runs;
 pub mod sink;
 mod spool;
+pub mod state_dir;
 
 pub use actions::ActionSet;
 pub use config::AgentConfig;

@@ -256,8 +256,7 @@ pub(crate) async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
 pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let options = args.into_options()?;
     if let Some(dir) = &options.state_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating state dir {}", dir.display()))?;
+        muster_agent::state_dir::create(dir)?;
     }
     if !options.actions.is_empty() || options.exec != ExecMode::Any {
         let actions: Vec<_> = options.actions.names().collect();

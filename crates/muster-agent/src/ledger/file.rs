@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -32,8 +33,7 @@ impl LedgerFile {
         dir: &Path,
         compact: impl FnOnce(Vec<Line>) -> Vec<Line>,
     ) -> anyhow::Result<(Self, Vec<Line>)> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the state dir {}", dir.display()))?;
+        crate::state_dir::create(dir)?;
         let lines = compact(read(&dir.join(LEDGER_FILE_NAME))?);
         let file = replace(dir, &lines)?;
         let ledger = Self {
@@ -98,7 +98,16 @@ fn replace(dir: &Path, lines: &[Line]) -> anyhow::Result<File> {
 }
 
 fn write_synced(path: &Path, lines: &[Line]) -> std::io::Result<()> {
-    let mut writer = BufWriter::new(File::create(path)?);
+    // Readable by the agent's user only, as everything in the state dir.
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // A file left by a crash keeps its mode through `open`.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let mut writer = BufWriter::new(file);
     for line in lines {
         writeln!(writer, "{line}")?;
     }

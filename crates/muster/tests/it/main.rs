@@ -6,6 +6,7 @@ mod execute;
 mod fault_agents;
 mod fault_jobs;
 mod fault_streams;
+mod files;
 mod fixture;
 mod fleet;
 mod jobs;

@@ -12,6 +12,7 @@
 //! batches only on a power loss.
 
 mod codes;
+mod files;
 mod migrate;
 mod read;
 mod write;
@@ -84,12 +85,15 @@ impl SqliteStore {
     }
 
     fn open_blocking(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let path = data_dir.join("muster.db");
+        files::data_dir(data_dir)?;
+        let now = crate::clock::now_ms() as i64;
+        let path = files::database(data_dir, |conn| {
+            migrate::run(conn, now)
+                .map(|_| ())
+                .context("making a new database")
+        })?;
         let mut conn = open_writer(&path)?;
-        migrate::run(&mut conn, crate::clock::now_ms() as i64)
-            .with_context(|| format!("migrating {}", path.display()))?;
+        migrate::run(&mut conn, now).with_context(|| format!("migrating {}", path.display()))?;
         let readers = (0..READERS)
             .map(|_| open_reader(&path))
             .collect::<anyhow::Result<Vec<_>>>()?;
