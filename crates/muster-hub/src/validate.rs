@@ -174,6 +174,89 @@ pub(crate) fn labels(labels: &std::collections::BTreeMap<String, String>) -> Res
     Ok(())
 }
 
+/// Longest `hostname` in an agent's `hello`, in bytes (a DNS name is at most 253).
+pub(crate) const MAX_HELLO_HOSTNAME: usize = 255;
+/// Longest `os`, `arch` and `version`, and each of the `capabilities`, in bytes.
+pub(crate) const MAX_HELLO_WORD: usize = 64;
+/// Most labels an agent may report, and most capabilities.
+pub(crate) const MAX_HELLO_ITEMS: usize = 64;
+
+/// Checks what an agent says of itself in `hello` against the caps above
+/// (labels as everywhere). Control characters are allowed in the strings
+/// (a host name is what the host says); every client escapes them on a
+/// terminal.
+pub(crate) fn agent_hello(hello: &muster_proto::messages::AgentHello) -> Result<(), ApiError> {
+    let too_long = |field: &str, len: usize, max: usize| {
+        invalid(format!(
+            "hello field {field} is {len} bytes, over the limit of {max}"
+        ))
+    };
+    if hello.hostname.len() > MAX_HELLO_HOSTNAME {
+        return Err(too_long(
+            "hostname",
+            hello.hostname.len(),
+            MAX_HELLO_HOSTNAME,
+        ));
+    }
+    for (field, value) in [
+        ("os", &hello.os),
+        ("arch", &hello.arch),
+        ("version", &hello.version),
+    ] {
+        if value.len() > MAX_HELLO_WORD {
+            return Err(too_long(field, value.len(), MAX_HELLO_WORD));
+        }
+    }
+    if hello.labels.len() > MAX_HELLO_ITEMS || hello.capabilities.len() > MAX_HELLO_ITEMS {
+        return Err(invalid(format!(
+            "hello holds {} labels and {} capabilities; at most {MAX_HELLO_ITEMS} of each",
+            hello.labels.len(),
+            hello.capabilities.len()
+        )));
+    }
+    if let Some(cap) = hello.capabilities.iter().find(|c| c.len() > MAX_HELLO_WORD) {
+        return Err(too_long("capabilities", cap.len(), MAX_HELLO_WORD));
+    }
+    labels(&hello.labels)
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidMessage, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use muster_proto::messages::AgentHello;
+
+    use super::*;
+
+    fn hello() -> AgentHello {
+        serde_json::from_value(serde_json::json!({"token": "t", "max_concurrency": 1})).unwrap()
+    }
+
+    #[test]
+    fn hello_fields_up_to_their_caps_pass_and_past_them_fail() {
+        let mut at_caps = hello();
+        at_caps.hostname = "h".repeat(MAX_HELLO_HOSTNAME);
+        at_caps.version = "v".repeat(MAX_HELLO_WORD);
+        at_caps.labels = (0..MAX_HELLO_ITEMS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        at_caps.hostname.replace_range(0..1, "\x1b");
+        assert!(agent_hello(&at_caps).is_ok());
+
+        let over: [fn(&mut AgentHello); 5] = [
+            |h| h.hostname = "h".repeat(MAX_HELLO_HOSTNAME + 1),
+            |h| h.os = "o".repeat(MAX_HELLO_WORD + 1),
+            |h| h.capabilities = vec!["c".repeat(MAX_HELLO_WORD + 1)],
+            |h| h.capabilities = vec!["exec".into(); MAX_HELLO_ITEMS + 1],
+            |h| _ = h.labels.insert("k".into(), "\x1b[2J".into()),
+        ];
+        for change in over {
+            let mut bad = hello();
+            change(&mut bad);
+            let err = agent_hello(&bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidMessage, "{}", err.message);
+        }
+    }
 }

@@ -147,7 +147,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Emit(args) => (cli::events::emit(args).await, cli::EXIT_ERROR),
     };
     result.unwrap_or_else(|err| {
-        eprintln!("muster: {err:#}");
+        // An error may quote what the hub or an agent said; its lines stay lines.
+        let text = format!("{err:#}");
+        let lines: Vec<_> = text.split('\n').map(cli::output::escape).collect();
+        eprintln!("muster: {}", lines.join("\n"));
         ExitCode::from(failure_code)
     })
 }

@@ -151,7 +151,10 @@ async fn read_hello(
             Ok(Envelope {
                 msg: AgentToHub::Hello(hello),
                 ..
-            }) => return Some(hello),
+            }) => match crate::validate::agent_hello(&hello) {
+                Ok(()) => return Some(hello),
+                Err(e) => (CloseCode::PROTOCOL_ERROR, e.to_data()),
+            },
             Ok(_) => conn::not_hello(),
             Err(rejected) => rejected,
         };

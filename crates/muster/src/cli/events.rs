@@ -122,7 +122,7 @@ fn print_event(event: &StoredEvent, json: bool) -> anyhow::Result<()> {
             "{:>6}  {}  {}  {}",
             event.seq,
             super::output::timestamp(super::output::now_ms(), event.event.ts_ms),
-            event.event.kind,
+            super::output::escape(&event.event.kind),
             event.event.data
         )
     };

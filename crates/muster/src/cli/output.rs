@@ -3,7 +3,14 @@
 //!
 //! Everything goes to stdout through [`print`], which treats a closed pipe
 //! (`muster runs list | head -1`) as the reader being done rather than an error.
+//!
+//! Every cell of a table or record goes through [`escape`]: names, labels,
+//! hostnames and the like come from agents and other clients, and a
+//! terminal must never act on what they hold. (A run's own output is the
+//! exception: `muster run` passes it through as it came, like `ssh`.)
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,8 +53,15 @@ impl Table {
         }
     }
 
-    /// Adds a row; it should have one cell per header.
+    /// Adds a row, its cells escaped; it should have one cell per header.
     pub(crate) fn push(&mut self, row: Vec<String>) {
+        let row = row
+            .into_iter()
+            .map(|cell| match escape(&cell) {
+                Cow::Borrowed(_) => cell,
+                Cow::Owned(escaped) => escaped,
+            })
+            .collect();
         self.rows.push(row);
     }
 
@@ -68,10 +82,11 @@ impl Table {
         for row in &self.rows {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
+                line.push_str(cell);
                 if c + 1 < row.len() {
-                    line.push_str(&format!("{cell:<width$}", width = widths[c] + COLUMN_GAP));
-                } else {
-                    line.push_str(cell);
+                    // Padded by hand: a format width cannot pass 65,535.
+                    let pad = widths[c] + COLUMN_GAP - cell.chars().count();
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             out.push_str(line.trim_end());
@@ -81,13 +96,49 @@ impl Table {
     }
 }
 
-/// Renders `key: value` lines with the values aligned.
+/// Renders `key: value` lines with the values aligned and escaped.
 pub(crate) fn fields(pairs: &[(&str, String)]) -> String {
     let width = pairs.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0) + COLUMN_GAP;
     pairs
         .iter()
-        .map(|(key, value)| format!("{:<width$}{value}\n", format!("{key}:")))
+        .map(|(key, value)| format!("{:<width$}{}\n", format!("{key}:"), escape(value)))
         .collect()
+}
+
+/// `text` with everything a terminal would act on made visible: control
+/// characters (C0, DEL and C1, so `ESC` and `CSI` sequences too) as `\n`,
+/// `\t`, `\r` or `\xNN`, and the Unicode controls that reorder or hide
+/// what is shown (bidirectional overrides and isolates, zero-width marks) as
+/// `\u{NNNN}`.
+pub(crate) fn escape(text: &str) -> Cow<'_, str> {
+    fn needs(c: char) -> bool {
+        c.is_control() || is_format_control(c)
+    }
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() || is_format_control(c) => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Unicode format characters that change how the text around them shows:
+/// bidirectional embeddings, overrides and isolates, and zero-width marks.
+fn is_format_control(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -161,6 +212,37 @@ mod tests {
             table.render(),
             "NAME   STATUS\nweb-1  online\ndb     offline\n"
         );
+    }
+
+    #[test]
+    fn what_a_terminal_would_act_on_is_made_visible() {
+        assert_eq!(escape("web-1"), "web-1");
+        assert!(matches!(
+            escape("plain ascii and ünïcode"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(escape("\x1b]0;owned\x07x"), "\\x1b]0;owned\\x07x");
+        assert_eq!(escape("a\nb\tc\rd\x7f"), "a\\nb\\tc\\rd\\x7f");
+        assert_eq!(escape("\u{9b}31m"), "\\x9b31m");
+        assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
+        let mut table = Table::new(&["NAME", "HOSTNAME"]);
+        table.push(vec!["evil".into(), "\x1b[2J\x1b[31mred".into()]);
+        let text = table.render();
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert!(text.contains("\\x1b[2J"), "{text:?}");
+        assert!(!fields(&[("host", "\x1b[31m".into())]).contains('\x1b'));
+    }
+
+    #[test]
+    fn a_cell_longer_than_a_format_width_can_be_is_printed_whole() {
+        let long = "h".repeat(70_000);
+        let mut table = Table::new(&["HOSTNAME", "STATUS"]);
+        table.push(vec![long.clone(), "online".into()]);
+        table.push(vec!["x".into(), "offline".into()]);
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], format!("{long}  online"));
+        assert_eq!(lines[2].len(), 70_000 + 2 + "offline".len());
     }
 
     #[test]

@@ -90,7 +90,8 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Printer<O, E> {
     /// Writes an event the run's process published to stderr, as one line:
     /// `event site.operation {"status":"progress"}`.
     pub(crate) async fn event(&mut self, event: &StoredEvent) -> io::Result<()> {
-        let line = format!("event {} {}\n", event.event.kind, event.event.data);
+        let kind = super::output::escape(&event.event.kind);
+        let line = format!("event {kind} {}\n", event.event.data);
         self.stderr.write(line.as_bytes()).await
     }
 

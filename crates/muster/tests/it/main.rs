@@ -9,6 +9,7 @@ mod fault_streams;
 mod files;
 mod fixture;
 mod fleet;
+mod hostile_hello;
 mod jobs;
 mod run_env;
 mod slow_client;
