@@ -117,12 +117,20 @@ fn main() -> ExitCode {
     code
 }
 
+/// Log directives that always apply: the frames of a connection carry tokens.
+const NO_FRAMES_LOGGED: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+
 /// Logs go to stderr, filtered by `MUSTER_LOG`, else `RUST_LOG`, else
-/// `default`; colored only when stderr is a terminal.
+/// `default`; colored only when stderr is a terminal. Whatever the filter
+/// says, the WebSocket library logs at most at `debug`: at `trace` it prints
+/// every frame, `hello` and its token included.
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("MUSTER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = NO_FRAMES_LOGGED.iter().fold(filter, |filter, directive| {
+        filter.add_directive(directive.parse().expect("a valid directive"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -36,7 +36,8 @@ impl Server {
     pub(crate) fn dev(data_dir: &Path) -> Self {
         let mut cmd = Command::new(muster_bin());
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir);
+            .arg(data_dir)
+            .stderr(Stdio::inherit());
         cmd.args(["--kill-grace", "2s"]);
         Self::start(cmd, &["MUSTER_HUB=", "MUSTER_TOKEN="])
     }
@@ -51,7 +52,8 @@ impl Server {
         let mut cmd = Command::new(muster_bin());
         cmd.args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(extra);
+            .args(extra)
+            .stderr(Stdio::inherit());
         let wanted: &[&str] = if expect_token {
             &["MUSTER_HUB=", "MUSTER_TOKEN="]
         } else {
@@ -117,11 +119,21 @@ impl Server {
         }
     }
 
+    /// Starts `muster hub` on a fresh `data_dir` at log level `trace`, its
+    /// stderr written to `log`.
+    pub(crate) fn hub_tracing_to(data_dir: &Path, log: &Path) -> Self {
+        let mut cmd = Command::new(muster_bin());
+        cmd.args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("MUSTER_LOG", "trace")
+            .stderr(std::fs::File::create(log).expect("create the log file"));
+        Self::start(cmd, &["MUSTER_HUB=", "MUSTER_TOKEN="])
+    }
+
     fn start(mut cmd: Command, wanted: &[&str]) -> Self {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn muster");
         let stdout = child.stdout.take().expect("stdout");
