@@ -56,6 +56,10 @@ pub struct HubConfig {
     /// Time to live of a run that asks for none: how long it may wait to be
     /// delivered (its agent offline or busy) before it ends `expired`.
     pub default_run_ttl_ms: u64,
+    /// Browser origins (`https://ops.example.com`) allowed to open a
+    /// WebSocket besides the hub's own; a request without `Origin` (not a
+    /// browser) is always allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HubConfig {
@@ -80,6 +84,7 @@ impl Default for HubConfig {
             hub_id: None,
             lost_grace_ms: 30_000,
             default_run_ttl_ms: 3_600_000,
+            allowed_origins: Vec::new(),
         }
     }
 }

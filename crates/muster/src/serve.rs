@@ -52,6 +52,14 @@ pub(crate) struct HubTuning {
     /// How long a run may wait to be dispatched before it ends expired.
     #[arg(long, env = "MUSTER_RUN_TTL", value_parser = humantime::parse_duration)]
     pub(crate) run_ttl: Option<Duration>,
+    /// A browser origin (https://ops.example.com) that may open WebSockets
+    /// besides the hub's own; repeatable, or comma-separated in the variable.
+    #[arg(
+        long = "allow-origin",
+        env = "MUSTER_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub(crate) allowed_origins: Vec<String>,
 }
 
 impl HubTuning {
@@ -74,6 +82,9 @@ impl HubTuning {
         if let Some(d) = self.run_ttl {
             config.default_run_ttl_ms = d.as_millis() as u64;
         }
+        config
+            .allowed_origins
+            .extend(self.allowed_origins.iter().cloned());
     }
 }
 

@@ -85,6 +85,10 @@ async fn client_ws(State(state): State<AppState>, upgrade: upgrade::Upgrade) -> 
 }
 
 fn accept(state: AppState, upgrade: upgrade::Upgrade, endpoint: Endpoint) -> Response {
+    if !upgrade.origin_allowed(&state.config.allowed_origins) {
+        let why = "this origin may not open a WebSocket to the hub (see allowed_origins)";
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     };

@@ -32,13 +32,26 @@ const CHUNK: usize = 16 * 1024;
 pub(crate) struct Upgrade {
     on_upgrade: OnUpgrade,
     key: HeaderValue,
+    /// `Origin`, sent by browsers only.
+    origin: Option<HeaderValue>,
+    /// `Host`, which a same-origin page's `Origin` names.
+    host: Option<HeaderValue>,
 }
+
+/// Query parameters that would carry a credential: refused, since URLs end
+/// up in proxy and access logs.
+const CREDENTIAL_PARAMS: [&str; 5] = ["token", "access_token", "api_key", "key", "jwt"];
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
         let refuse = |why: &'static str| (StatusCode::BAD_REQUEST, why).into_response();
+        if query_holds_credentials(parts.uri.query()) {
+            return Err(refuse(
+                "credentials in the URL are refused (URLs end up in logs): send the token in hello",
+            ));
+        }
         if parts.method != Method::GET {
             return Err(refuse("a WebSocket upgrade must be a GET"));
         }
@@ -65,11 +78,51 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             .extensions
             .remove::<OnUpgrade>()
             .ok_or_else(|| refuse("this connection cannot be upgraded"))?;
-        Ok(Self { on_upgrade, key })
+        Ok(Self {
+            on_upgrade,
+            key,
+            origin: headers.get(header::ORIGIN).cloned(),
+            host: headers.get(header::HOST).cloned(),
+        })
     }
 }
 
+/// Whether a query string names a credential parameter (any case).
+fn query_holds_credentials(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            CREDENTIAL_PARAMS
+                .iter()
+                .any(|param| name.eq_ignore_ascii_case(param))
+        })
+    })
+}
+
 impl Upgrade {
+    /// Whether the upgrade may go on as far as its `Origin` goes: a browser
+    /// page from another origin, one whose `Origin` is neither the hub's own
+    /// (`Host`) nor in `allowed`, may not. Without `Origin` (not a browser)
+    /// it may.
+    pub(crate) fn origin_allowed(&self, allowed: &[String]) -> bool {
+        let Some(origin) = &self.origin else {
+            return true;
+        };
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        let same_origin = origin.split_once("://").is_some_and(|(scheme, authority)| {
+            matches!(scheme, "http" | "https")
+                && self
+                    .host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .is_some_and(|host| authority.eq_ignore_ascii_case(host))
+        });
+        let listed = allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        same_origin || listed
+    }
+
     /// Answers `101 Switching Protocols` and, once the connection has
     /// switched, spawns `serve` with its WebSocket on `tracker`.
     pub(crate) fn serve<F>(

@@ -194,3 +194,58 @@ async fn channels_that_do_not_exist_or_are_not_allowed_are_refused() {
     );
     assert!(admin.subscribe("*", None).await.is_ok());
 }
+
+/// The HTTP status a WebSocket upgrade to `url` gets with `origin`, if any.
+async fn upgrade_status(url: &str, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = url.into_client_request().unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("upgrade to {url}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_from_other_origins_and_credentials_in_urls_are_refused() {
+    let hub = TestHub::start_with(|c| {
+        c.allowed_origins = vec!["https://ops.example.com".into()];
+    })
+    .await;
+    let client = hub.ws_url("/ws/client");
+    let own = hub.url.clone();
+    for (origin, status) in [
+        (None, 101),
+        (Some(own.as_str()), 101),
+        (Some("https://ops.example.com"), 101),
+        (Some("https://ops.example.com/"), 101),
+        (Some("https://evil.example"), 403),
+        (Some("null"), 403),
+        (Some(&*own.replacen("127.0.0.1", "localhost.evil", 1)), 403),
+    ] {
+        assert_eq!(upgrade_status(&client, origin).await, status, "{origin:?}");
+    }
+    assert_eq!(
+        upgrade_status(&hub.ws_url("/ws/agent"), Some("https://evil.example")).await,
+        403
+    );
+    for query in [
+        "?token=mst_x",
+        "?TOKEN=mst_x",
+        "?a=1&access_token=x",
+        "?api_key=x",
+    ] {
+        let url = format!("{client}{query}");
+        assert_eq!(upgrade_status(&url, None).await, 400, "{query}");
+    }
+    assert_eq!(upgrade_status(&format!("{client}?v=1"), None).await, 101);
+
+    // What was refused did not disturb anyone.
+    let (client, _events) = hub.client().await;
+    assert!(client.agents().await.is_ok());
+}
