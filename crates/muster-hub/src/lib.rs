@@ -248,13 +248,9 @@ impl Hub {
             tracker: tracker.clone(),
             config,
         };
-        let app = ws::router(state);
-        // Events are small and latency-bound; never let Nagle hold them back.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        let timeout = state.config.handshake_timeout();
+        let app = ws::router(state).into_make_service_with_connect_info::<ws::Peer>();
+        let listener = ws::PreauthListener::new(listener, timeout);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

@@ -38,10 +38,11 @@ pub(crate) fn serve(
     socket: Socket,
     conn_id: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
+    authenticated: super::preauth::Authenticated,
 ) -> impl Future<Output = ()> + Send + 'static {
     // The arguments go into the boxed handshake at once: an async fn would
     // keep room for them in its future for the connection's whole life.
-    let opening = Box::pin(open(state, socket, conn_id));
+    let opening = Box::pin(open(state, socket, conn_id, authenticated));
     async move {
         let _permit = permit;
         let Some(Opened {
@@ -77,7 +78,12 @@ struct Opened {
 }
 
 /// Reads the `hello` and has the engine admit the agent, or refuses it.
-async fn open(state: AppState, socket: Socket, conn_id: u64) -> Option<Opened> {
+async fn open(
+    state: AppState,
+    socket: Socket,
+    conn_id: u64,
+    authenticated: super::preauth::Authenticated,
+) -> Option<Opened> {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
     let hello = read_hello(&state, &mut stream, &mut writer).await?;
@@ -115,6 +121,7 @@ async fn open(state: AppState, socket: Socket, conn_id: u64) -> Option<Opened> {
             return None;
         }
     };
+    authenticated.set();
     let presence = PresenceGuard::new(name.clone(), conn_id, state.engine.control());
     tracing::info!(agent = %name, conn_id, "agent connected");
     let liveness = Liveness::new(state.config.heartbeat_deadline());

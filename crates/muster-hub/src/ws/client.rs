@@ -32,8 +32,9 @@ pub(crate) fn serve(
     socket: Socket,
     conn_id: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
+    authenticated: super::preauth::Authenticated,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let opening = Box::pin(open(state, socket, conn_id));
+    let opening = Box::pin(open(state, socket, conn_id, authenticated));
     async move {
         let _permit = permit;
         let Some(mut conn) = opening.await else {
@@ -73,10 +74,16 @@ enum Event {
 type End = Option<(u16, &'static str)>;
 
 /// Greets the client, or refuses it.
-async fn open(state: AppState, socket: Socket, conn_id: u64) -> Option<Connection> {
+async fn open(
+    state: AppState,
+    socket: Socket,
+    conn_id: u64,
+    authenticated: super::preauth::Authenticated,
+) -> Option<Connection> {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
     let welcome = handshake(&state, &mut stream, &mut writer).await?;
+    authenticated.set();
     tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
     let (queue, rx) = crate::queue::bounded(state.config.client_queue_frames);
     let mut subs = Subscriptions::new(state.broker.clone(), queue.clone());

@@ -7,14 +7,17 @@
 mod agent;
 mod client;
 mod conn;
+mod preauth;
 mod session;
 mod upgrade;
+
+pub(crate) use preauth::{Listener as PreauthListener, Peer};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -76,20 +79,29 @@ enum Endpoint {
     Client,
 }
 
-async fn agent_ws(State(state): State<AppState>, upgrade: upgrade::Upgrade) -> Response {
-    accept(state, upgrade, Endpoint::Agent)
+async fn agent_ws(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    upgrade: upgrade::Upgrade,
+) -> Response {
+    accept(state, peer, upgrade, Endpoint::Agent)
 }
 
-async fn client_ws(State(state): State<AppState>, upgrade: upgrade::Upgrade) -> Response {
-    accept(state, upgrade, Endpoint::Client)
+async fn client_ws(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    upgrade: upgrade::Upgrade,
+) -> Response {
+    accept(state, peer, upgrade, Endpoint::Client)
 }
 
-fn accept(state: AppState, upgrade: upgrade::Upgrade, endpoint: Endpoint) -> Response {
+fn accept(state: AppState, peer: Peer, upgrade: upgrade::Upgrade, endpoint: Endpoint) -> Response {
     if !upgrade.origin_allowed(&state.config.allowed_origins) {
         let why = "this origin may not open a WebSocket to the hub (see allowed_origins)";
         return (StatusCode::FORBIDDEN, why).into_response();
     }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        tracing::warn!(peer = %peer.addr, "refusing a connection: the connection limit is reached");
         return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
     };
     let max = state.config.max_message_bytes;
@@ -100,12 +112,13 @@ fn accept(state: AppState, upgrade: upgrade::Upgrade, endpoint: Endpoint) -> Res
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let tracker = state.tracker.clone();
+    let authenticated = peer.authenticated;
     match endpoint {
         Endpoint::Agent => upgrade.serve(config, &tracker, move |socket| {
-            agent::serve(state, socket, conn_id, permit)
+            agent::serve(state, socket, conn_id, permit, authenticated)
         }),
         Endpoint::Client => upgrade.serve(config, &tracker, move |socket| {
-            client::serve(state, socket, conn_id, permit)
+            client::serve(state, socket, conn_id, permit, authenticated)
         }),
     }
 }

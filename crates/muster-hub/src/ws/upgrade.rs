@@ -278,7 +278,9 @@ mod tests {
     use super::*;
 
     /// The size of the task that serves one connection of the kind `serve` serves.
-    fn task_size<A, B, C, D, F: Future<Output = ()>>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+    fn task_size<A, B, C, D, E, F: Future<Output = ()>>(
+        _: impl FnOnce(A, B, C, D, E) -> F,
+    ) -> usize {
         fn output_size<X, G: Future>(_: fn(X) -> G) -> usize {
             std::mem::size_of::<G>()
         }

@@ -249,3 +249,49 @@ async fn browsers_from_other_origins_and_credentials_in_urls_are_refused() {
     let (client, _events) = hub.client().await;
     assert!(client.agents().await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_do_not_authenticate_in_time_are_closed_and_others_carry_on() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let hub = TestHub::start_with(|c| c.handshake_timeout_ms = 500).await;
+    let addr = hub.url.trim_start_matches("http://").to_owned();
+    let started = std::time::Instant::now();
+    // Half-sent requests (slowloris), bare sockets and an idle keep-alive.
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        match i % 3 {
+            0 => tcp
+                .write_all(b"GET /ws/client HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+                .await
+                .unwrap(),
+            1 => {}
+            _ => tcp
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap(),
+        }
+        held.push(tcp);
+    }
+    // An authenticated client, connected during the attack, outlives it.
+    let (client, _events) = hub.client().await;
+    for (i, tcp) in held.iter_mut().enumerate() {
+        let mut buf = vec![0u8; 4096];
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // the keep-alive's answer
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "socket {i} is still open after {WAIT:?}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(500),
+        "closed before its time: {took:?}"
+    );
+    assert!(client.agents().await.is_ok(), "the client was cut off too");
+}
