@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Exit code for a long-running subcommand that failed.
 const EXIT_SERVE_FAILED: u8 = 1;
@@ -117,24 +120,30 @@ fn main() -> ExitCode {
     code
 }
 
-/// Log directives that always apply: the frames of a connection carry tokens.
-const NO_FRAMES_LOGGED: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+/// The WebSocket libraries, whose `trace` events print every frame.
+const FRAME_LOGGERS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 /// Logs go to stderr, filtered by `MUSTER_LOG`, else `RUST_LOG`, else
 /// `default`; colored only when stderr is a terminal. Whatever the filter
-/// says, the WebSocket library logs at most at `debug`: at `trace` it prints
+/// says, the WebSocket libraries log at most at `debug`: at `trace` they print
 /// every frame, `hello` and its token included.
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("MUSTER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
-    let filter = NO_FRAMES_LOGGED.iter().fold(filter, |filter, directive| {
-        filter.add_directive(directive.parse().expect("a valid directive"))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    // A second filter, so the cap never raises what the first one lets through.
+    let no_frames = FRAME_LOGGERS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, target| targets.with_target(*target, LevelFilter::DEBUG),
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(no_frames)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
 }
 
