@@ -60,6 +60,12 @@ pub struct HubConfig {
     /// WebSocket besides the hub's own; a request without `Origin` (not a
     /// browser) is always allowed.
     pub allowed_origins: Vec<String>,
+    /// Connections not authenticated yet, at most; at the cap, a newcomer
+    /// ends the oldest of the source holding the most.
+    pub max_unauthenticated: usize,
+    /// Connections not authenticated yet from one source address, at most;
+    /// at the cap, a newcomer ends that source's oldest.
+    pub max_unauthenticated_per_source: usize,
 }
 
 impl Default for HubConfig {
@@ -85,6 +91,8 @@ impl Default for HubConfig {
             lost_grace_ms: 30_000,
             default_run_ttl_ms: 3_600_000,
             allowed_origins: Vec::new(),
+            max_unauthenticated: 2048,
+            max_unauthenticated_per_source: 512,
         }
     }
 }
@@ -117,6 +125,12 @@ impl HubConfig {
         }
         if self.metrics_rollup_window_ms == 0 {
             bail!("metrics_rollup_window_ms must be positive");
+        }
+        if self.handshake_timeout_ms == 0 {
+            bail!("handshake_timeout_ms must be positive");
+        }
+        if self.max_unauthenticated == 0 || self.max_unauthenticated_per_source == 0 {
+            bail!("max_unauthenticated and max_unauthenticated_per_source must be at least 1");
         }
         if self.max_queue_per_agent == 0 || self.max_connections == 0 {
             bail!("queue sizes and max_connections must be positive");

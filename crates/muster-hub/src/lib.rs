@@ -249,8 +249,12 @@ impl Hub {
             config,
         };
         let timeout = state.config.handshake_timeout();
+        let caps = ws::PreauthCaps {
+            total: state.config.max_unauthenticated,
+            per_source: state.config.max_unauthenticated_per_source,
+        };
         let app = ws::router(state).into_make_service_with_connect_info::<ws::Peer>();
-        let listener = ws::PreauthListener::new(listener, timeout);
+        let listener = ws::PreauthListener::new(listener, timeout, caps);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

@@ -60,6 +60,17 @@ pub(crate) struct HubTuning {
         value_delimiter = ','
     )]
     pub(crate) allowed_origins: Vec<String>,
+    /// Time from accept for a connection to send its request, upgrade and
+    /// have its `hello` accepted (e.g. 10s).
+    #[arg(long, env = "MUSTER_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) handshake_timeout: Option<Duration>,
+    /// Connections not authenticated yet, at most; past it a newcomer ends
+    /// the oldest of the source holding the most.
+    #[arg(long, env = "MUSTER_MAX_UNAUTHENTICATED")]
+    pub(crate) max_unauthenticated: Option<usize>,
+    /// Connections not authenticated yet from one address (an IPv6 /64), at most.
+    #[arg(long, env = "MUSTER_MAX_UNAUTHENTICATED_PER_SOURCE")]
+    pub(crate) max_unauthenticated_per_source: Option<usize>,
 }
 
 impl HubTuning {
@@ -85,6 +96,15 @@ impl HubTuning {
         config
             .allowed_origins
             .extend(self.allowed_origins.iter().cloned());
+        if let Some(d) = self.handshake_timeout {
+            config.handshake_timeout_ms = d.as_millis() as u64;
+        }
+        if let Some(n) = self.max_unauthenticated {
+            config.max_unauthenticated = n;
+        }
+        if let Some(n) = self.max_unauthenticated_per_source {
+            config.max_unauthenticated_per_source = n;
+        }
     }
 }
 

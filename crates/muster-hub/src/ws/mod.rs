@@ -11,7 +11,7 @@ mod preauth;
 mod session;
 mod upgrade;
 
-pub(crate) use preauth::{Listener as PreauthListener, Peer};
+pub(crate) use preauth::{Caps as PreauthCaps, Listener as PreauthListener, Peer};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

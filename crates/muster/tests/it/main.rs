@@ -11,6 +11,7 @@ mod fixture;
 mod fleet;
 mod hostile_hello;
 mod jobs;
+mod lockout;
 mod run_env;
 mod secrets;
 mod slow_client;
