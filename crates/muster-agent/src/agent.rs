@@ -22,6 +22,7 @@ use muster_proto::CloseCode;
 use muster_proto::actions::ExecMode;
 use muster_proto::backoff::Backoff;
 use muster_proto::messages::{AgentEvent, AgentHello};
+use muster_tls::TrustRoots;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,13 @@ pub(crate) async fn run(
         "metrics_interval must be more than zero"
     );
     let url = handshake::agent_ws_url(&options.hub_url)?;
+    if url.starts_with("wss://") {
+        // A CA file that cannot be used fails now, not on every reconnection.
+        options
+            .trust
+            .client_config()
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
     if options.exec == ExecMode::ActionsOnly && options.actions.is_empty() {
         tracing::warn!(
             "exec is actions-only but no action is declared: every run will be rejected"
@@ -77,6 +85,7 @@ pub(crate) async fn run(
     let agent = Agent {
         hello: handshake::hello(&options),
         url,
+        trust: options.trust.clone(),
         runs: Runs::new(
             executor,
             spool,
@@ -100,6 +109,7 @@ pub(crate) async fn run(
 /// Everything the agent keeps across connections.
 struct Agent {
     url: String,
+    trust: TrustRoots,
     /// The `hello` without its run report, which is fresh for every attempt.
     hello: AgentHello,
     runs: Runs,
@@ -156,7 +166,7 @@ impl Agent {
             ..self.hello.clone()
         };
         tracing::debug!(url = %self.url, runs = hello.runs.len(), "dialling the hub");
-        let dialling = handshake::connect(&self.url, &hello);
+        let dialling = handshake::connect(&self.url, &self.trust, &hello);
         let (mut ws, ack) = match self.unless_stopped(dialling).await {
             None => {
                 self.stop_runs_offline().await;

@@ -8,17 +8,17 @@ use futures_util::StreamExt;
 use muster_proto::limits::{HANDSHAKE_TIMEOUT_MS, MAX_MESSAGE_BYTES};
 use muster_proto::messages::{AgentHello, ConnectionAck};
 use muster_proto::{AGENT_WS_PATH, AgentToHub, Envelope, HubToAgent};
-use tokio::net::TcpStream;
+use muster_tls::{DialError, TrustRoots};
 use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
 use crate::AgentOptions;
 use crate::connection::{Ended, closed, rejection, send};
 
 /// A WebSocket connection to the hub.
-pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<muster_tls::Stream>;
 
 /// Features every agent announces in `hello`.
 const CAPABILITIES: &[&str] = &["exec"];
@@ -26,21 +26,22 @@ const CAPABILITIES: &[&str] = &["exec"];
 /// The feature an agent that declares actions adds to [`CAPABILITIES`].
 const ACTIONS_CAPABILITY: &str = "actions";
 
-/// The agent endpoint under the hub's base URL (`http://` or `ws://`).
+/// The agent endpoint under the hub's base URL (`http://` or `ws://`,
+/// `https://` or `wss://`).
 pub(crate) fn agent_ws_url(hub_url: &str) -> anyhow::Result<String> {
     let (scheme, rest) = hub_url
         .split_once("://")
         .with_context(|| format!("hub url {hub_url:?} has no scheme; use http://host:port"))?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => {}
-        "https" | "wss" => bail!("wss is not supported yet: use an http:// or ws:// hub url"),
+    let ws_scheme = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
         _ => bail!("hub url {hub_url:?} must start with http://, https://, ws:// or wss://"),
-    }
+    };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() {
         bail!("hub url {hub_url:?} has no host");
     }
-    Ok(format!("ws://{rest}{AGENT_WS_PATH}"))
+    Ok(format!("{ws_scheme}://{rest}{AGENT_WS_PATH}"))
 }
 
 /// The `hello` this agent sends on every connection, before its run report
@@ -78,9 +79,13 @@ fn capabilities(options: &AgentOptions) -> Vec<String> {
 }
 
 /// Connects, says hello and waits for the hub's `connection.ack`.
-pub(crate) async fn connect(url: &str, hello: &AgentHello) -> Result<(Ws, ConnectionAck), Ended> {
+pub(crate) async fn connect(
+    url: &str,
+    trust: &TrustRoots,
+    hello: &AgentHello,
+) -> Result<(Ws, ConnectionAck), Ended> {
     let limit = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    match timeout(limit, dial_and_greet(url, hello, limit)).await {
+    match timeout(limit, dial_and_greet(url, trust, hello, limit)).await {
         Ok(result) => result,
         Err(_) => Err(Ended::Lost(anyhow!(
             "no connection.ack from the hub within {limit:?}"
@@ -90,14 +95,19 @@ pub(crate) async fn connect(url: &str, hello: &AgentHello) -> Result<(Ws, Connec
 
 async fn dial_and_greet(
     url: &str,
+    trust: &TrustRoots,
     hello: &AgentHello,
     limit: Duration,
 ) -> Result<(Ws, ConnectionAck), Ended> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let (mut ws, _response) = connect_async_with_config(url, Some(config), true)
+    let (mut ws, _response) = muster_tls::dial(url, trust, config)
         .await
+        .map_err(|e| match e {
+            DialError::WebSocket(e) => anyhow::Error::new(e),
+            other => anyhow!("{other}"),
+        })
         .with_context(|| format!("cannot connect to {url}"))
         .map_err(Ended::Lost)?;
     let hello = Envelope::plain(AgentToHub::Hello(hello.clone())).encode();
@@ -157,17 +167,15 @@ mod tests {
             ("http://hub:7070/", "ws://hub:7070/ws/agent"),
             ("ws://127.0.0.1:1", "ws://127.0.0.1:1/ws/agent"),
             ("HTTP://hub/prefix", "ws://hub/prefix/ws/agent"),
+            ("https://hub:7443", "wss://hub:7443/ws/agent"),
+            ("wss://hub", "wss://hub/ws/agent"),
         ] {
             assert_eq!(agent_ws_url(base).unwrap(), url);
         }
     }
 
     #[test]
-    fn tls_and_unknown_schemes_are_refused() {
-        for base in ["https://hub", "wss://hub"] {
-            let err = agent_ws_url(base).unwrap_err().to_string();
-            assert!(err.contains("wss is not supported yet"), "{err}");
-        }
+    fn unknown_schemes_are_refused() {
         assert!(agent_ws_url("ftp://hub").is_err());
         assert!(agent_ws_url("hub:7070").is_err());
     }

@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use muster_proto::AgentName;
 use muster_proto::actions::ExecMode;
+use muster_tls::TrustRoots;
 use tokio_util::sync::CancellationToken;
 
 pub mod actions;
@@ -128,6 +129,9 @@ pub struct AgentOptions {
     pub exec: ExecMode,
     /// The actions this agent declares, announced in `hello`; none by default.
     pub actions: ActionSet,
+    /// What verifies an `https://` hub: by default the CA file in
+    /// `MUSTER_CA_FILE`, else the system's roots.
+    pub trust: TrustRoots,
 }
 
 impl AgentOptions {
@@ -148,6 +152,7 @@ impl AgentOptions {
             metrics_interval: Some(DEFAULT_METRICS_INTERVAL),
             exec: ExecMode::Any,
             actions: ActionSet::default(),
+            trust: TrustRoots::from_env(),
         }
     }
 }
@@ -166,6 +171,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("metrics_interval", &self.metrics_interval)
             .field("exec", &self.exec)
             .field("actions", &self.actions.names().collect::<Vec<_>>())
+            .field("trust", &self.trust)
             .finish()
     }
 }

@@ -11,18 +11,19 @@ use muster_proto::messages::{ClientHello, ConnectionAck};
 use muster_proto::{
     CLIENT_WS_PATH, ClientToHub, CloseCode, Envelope, ErrorCode, HubToClient, limits,
 };
-use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use muster_tls::DialError;
 
 use crate::CLIENT_NAME;
 use crate::error::{ClientError, connect_error, unreachable_hub};
 use crate::url::ws_url;
 
 /// The socket type the connection task owns.
-pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<muster_tls::Stream>;
 
 /// Bound on dialing, and separately on waiting for `connection.ack`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS);
@@ -60,10 +61,14 @@ async fn dial(hub_url: &str, url: &str) -> Result<Socket, ClientError> {
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(limits::MAX_MESSAGE_BYTES))
         .max_frame_size(Some(limits::MAX_MESSAGE_BYTES));
-    let dialing = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let trust = crate::trust_roots();
+    let dialing = muster_tls::dial(url, &trust, config);
     match timeout(HANDSHAKE_TIMEOUT, dialing).await {
         Err(_) => Err(unreachable_hub(hub_url, "timed out")),
-        Ok(Err(e)) => Err(connect_error(hub_url, &e)),
+        Ok(Err(DialError::WebSocket(e))) => Err(connect_error(hub_url, &e)),
+        Ok(Err(e @ (DialError::Config(_) | DialError::Tls(_)))) => {
+            Err(unreachable_hub(hub_url, &e.to_string()))
+        }
         Ok(Ok((socket, _response))) => Ok(socket),
     }
 }

@@ -47,7 +47,10 @@
 //!   stdout, stderr, exit code or signal, final state — in one call, seed
 //!   004's `executeOnAgent(host, cmd, timeout)`.
 //!
-//! Only plain `ws://` (and `http://`) hubs are supported for now.
+//! Hubs are reached over `http://` (`ws://`) or `https://` (`wss://`). Over
+//! TLS the hub's certificate is verified against the system's root
+//! certificates, or against the CA file named by `MUSTER_CA_FILE`, or the one
+//! given to [`set_trust_roots`] before the first connection.
 
 mod api;
 mod client;
@@ -75,10 +78,27 @@ pub use muster_proto::messages::{
 };
 pub use muster_proto::types::RunRequest;
 pub use muster_proto::{AgentName, CommandSpec};
+pub use muster_tls::TrustRoots;
 pub use pages::{MAX_PAGES, Page};
 pub use reconnect::DEFAULT_GIVE_UP_AFTER;
 pub use submit::{create_job_retrying, create_run_retrying, new_idempotency_key};
 pub use url::ws_url;
+
+/// The roots every connection of this process trusts, once set.
+static TRUST_ROOTS: std::sync::OnceLock<TrustRoots> = std::sync::OnceLock::new();
+
+/// Sets the certificates every connection this process opens trusts over
+/// TLS. Only the first call counts, and only before the first connection;
+/// a later call gives its roots back as `Err`.
+pub fn set_trust_roots(roots: TrustRoots) -> Result<(), TrustRoots> {
+    TRUST_ROOTS.set(roots)
+}
+
+/// The roots connections trust: those given to [`set_trust_roots`], else
+/// the CA file in `MUSTER_CA_FILE`, else the system's roots.
+pub fn trust_roots() -> TrustRoots {
+    TRUST_ROOTS.get_or_init(TrustRoots::from_env).clone()
+}
 
 /// The name this library announces in `hello`.
 pub const CLIENT_NAME: &str = concat!("muster-client/", env!("CARGO_PKG_VERSION"));

@@ -66,6 +66,10 @@ pub struct HubConfig {
     /// Connections not authenticated yet from one source address, at most;
     /// at the cap, a newcomer ends that source's oldest.
     pub max_unauthenticated_per_source: usize,
+    /// PEM certificate chain to serve TLS with; set with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -93,6 +97,8 @@ impl Default for HubConfig {
             allowed_origins: Vec::new(),
             max_unauthenticated: 2048,
             max_unauthenticated_per_source: 512,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -125,6 +131,9 @@ impl HubConfig {
         }
         if self.metrics_rollup_window_ms == 0 {
             bail!("metrics_rollup_window_ms must be positive");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: give both or neither");
         }
         if self.handshake_timeout_ms == 0 {
             bail!("handshake_timeout_ms must be positive");

@@ -42,6 +42,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use muster_proto::messages::AgentEnvelope;
 use muster_proto::{AgentName, AgentStatus, Envelope, HubToClient};
+use muster_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,8 @@ struct Inner {
     running: runtime::Running,
     /// One permit per WebSocket connection being served.
     connections: Arc<Semaphore>,
+    /// The certificate served, when the hub terminates TLS.
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// The result of opening a hub.
@@ -103,6 +106,12 @@ impl Hub {
         broker: Arc<dyn Broker>,
     ) -> anyhow::Result<Opened> {
         config.validate()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                ServerTls::load(cert, key).map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            _ => None,
+        };
         let snapshot = store.load().await.context("loading the store")?;
         let hub_id = config
             .hub_id
@@ -122,6 +131,7 @@ impl Hub {
                 broker,
                 running,
                 connections,
+                tls,
             }),
         };
         let initial_admin_token = match fresh {
@@ -223,6 +233,18 @@ impl Hub {
         }
     }
 
+    /// Whether the hub serves TLS.
+    pub fn serves_tls(&self) -> bool {
+        self.inner.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again, for handshakes from
+    /// now on; connections already open keep theirs. On an error the
+    /// certificate in use stays. `None` when the hub does not serve TLS.
+    pub fn reload_tls(&self) -> Option<Result<(), String>> {
+        self.inner.tls.as_ref().map(|tls| tls.reload())
+    }
+
     /// How many WebSocket connections (agents and clients) are being served.
     pub fn open_connections(&self) -> usize {
         let max = self.inner.config.max_connections;
@@ -254,7 +276,7 @@ impl Hub {
             per_source: state.config.max_unauthenticated_per_source,
         };
         let app = ws::router(state).into_make_service_with_connect_info::<ws::Peer>();
-        let listener = ws::PreauthListener::new(listener, timeout, caps);
+        let listener = ws::PreauthListener::new(listener, self.inner.tls.clone(), timeout, caps);
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await

@@ -19,6 +19,7 @@ use muster_agent::{AgentConfig, AgentOptions, DEFAULT_MAX_CONCURRENCY};
 use muster_hub::{Hub, HubConfig};
 use muster_proto::AgentName;
 use muster_proto::actions::ExecMode;
+use muster_tls::TrustRoots;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -117,6 +118,10 @@ pub(crate) struct DevArgs {
     /// Directory for the database and state.
     #[arg(long, env = "MUSTER_DATA_DIR", default_value = ".muster-dev")]
     pub(crate) data_dir: PathBuf,
+    /// Serve https:// with a certificate made in the data dir, signed by a
+    /// CA of its own whose file is printed as MUSTER_CA_FILE.
+    #[arg(long)]
+    pub(crate) tls: bool,
     #[command(flatten)]
     pub(crate) tuning: HubTuning,
 }
@@ -133,6 +138,13 @@ pub(crate) struct HubArgs {
     /// TOML configuration file; flags and MUSTER_… variables override it.
     #[arg(long, env = "MUSTER_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+    /// PEM certificate chain: the hub then serves https:// (with --tls-key).
+    /// SIGHUP reloads it and the key.
+    #[arg(long, env = "MUSTER_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MUSTER_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tuning: HubTuning,
 }
@@ -146,6 +158,10 @@ pub(crate) struct AgentArgs {
     /// The agent's token, as printed by `muster agents add`.
     #[arg(long, env = "MUSTER_AGENT_TOKEN", hide_env_values = true)]
     pub(crate) token: String,
+    /// PEM file of the CA certificates that verify an https:// hub, instead
+    /// of the system's roots.
+    #[arg(long, env = "MUSTER_CA_FILE", value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
     /// TOML configuration file: name, labels, state_dir, max_concurrency, exec
     /// and [actions.NAME]; flags and MUSTER_… variables override it.
     #[arg(long, env = "MUSTER_AGENT_CONFIG")]
@@ -196,6 +212,10 @@ impl AgentArgs {
             metrics_interval: (!metrics.is_zero()).then_some(metrics),
             exec: file.exec,
             actions: file.actions,
+            trust: match self.ca_file {
+                Some(path) => TrustRoots::ca_file(path),
+                None => TrustRoots::system(),
+            },
             ..AgentOptions::new(self.hub, self.token)
         })
     }
@@ -220,12 +240,21 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         ..HubConfig::default()
     };
     args.tuning.apply(&mut config);
+    let dev_tls = match args.tls {
+        true => Some(dev_certificate(&config)?),
+        false => None,
+    };
+    if let Some(files) = &dev_tls {
+        config.tls_cert = Some(files.cert.clone());
+        config.tls_key = Some(files.key.clone());
+    }
     let hub = Hub::open(config).await?.hub;
     let admin_token = hub.mint_admin_key("dev", true).await?;
     let local = AgentName::new(DEV_AGENT)?;
     let agent_token = hub.agent_token(&local).await?;
-    let (listener, url) = bind(&hub.config().listen).await?;
+    let (listener, url) = bind(&hub.config().listen, hub.serves_tls()).await?;
     let shutdown = shutdown_on_signal();
+    reload_tls_on_sighup(&hub);
     let server = tokio::spawn({
         let (hub, shutdown) = (hub.clone(), shutdown.clone());
         async move { hub.serve(listener, shutdown).await }
@@ -236,6 +265,10 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         kill_grace: Duration::from_millis(hub.config().kill_grace_ms),
         state_dir: Some(hub.config().data_dir.join("agent-local")),
         metrics_interval: Some(DEV_METRICS_INTERVAL),
+        trust: match &dev_tls {
+            Some(files) => TrustRoots::ca_file(&files.ca),
+            None => TrustRoots::system(),
+        },
         ..AgentOptions::new(url.clone(), agent_token.expose().to_owned())
     };
     let agent = tokio::spawn(muster_agent::run(agent_options, shutdown.clone()));
@@ -244,8 +277,11 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         .context("the local agent did not come online")?;
     println!("MUSTER_HUB={url}");
     println!("MUSTER_TOKEN={}", admin_token.expose());
+    if let Some(files) = &dev_tls {
+        println!("MUSTER_CA_FILE={}", files.ca.display());
+    }
     println!(
-        "# agent \"{DEV_AGENT}\" is online. In another terminal: export the two lines above, then: muster run {DEV_AGENT} -- uname -a"
+        "# agent \"{DEV_AGENT}\" is online. In another terminal: export the lines above, then: muster run {DEV_AGENT} -- uname -a"
     );
     std::io::stdout().flush()?;
     let served = server.await.context("hub task panicked")?;
@@ -268,9 +304,14 @@ pub(crate) async fn hub(args: HubArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+    }
     args.tuning.apply(&mut config);
     let opened = Hub::open(config).await?;
-    let (listener, url) = bind(&opened.hub.config().listen).await?;
+    let (listener, url) = bind(&opened.hub.config().listen, opened.hub.serves_tls()).await?;
+    reload_tls_on_sighup(&opened.hub);
     println!("MUSTER_HUB={url}");
     if let Some(token) = &opened.initial_admin_token {
         println!("MUSTER_TOKEN={}", token.expose());
@@ -297,7 +338,61 @@ pub(crate) async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
+/// The development certificate in the data dir (made there, the dir too,
+/// if missing), for the loopback names and the listen host.
+fn dev_certificate(config: &HubConfig) -> anyhow::Result<muster_tls::DevCertificate> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Some((host, _port)) = config.listen.rsplit_once(':') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let unspecified = host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if !host.is_empty() && !unspecified && !names.iter().any(|n| n == host) {
+            names.push(host.to_owned());
+        }
+    }
+    muster_tls::ensure_dev_certificate(&config.data_dir, &names).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Reloads the hub's TLS certificate and key on every SIGHUP.
+fn reload_tls_on_sighup(hub: &Hub) {
+    if !hub.serves_tls() {
+        return;
+    }
+    let hub = hub.clone();
+    tokio::spawn(async move {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; the TLS certificate will not reload");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match hub.reload_tls() {
+                Some(Ok(())) => tracing::info!("reloaded the TLS certificate and key"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "cannot reload the TLS certificate; keeping the one in use");
+                }
+                None => {}
+            }
+        }
+    });
+}
+
+async fn bind(listen: &str, tls: bool) -> anyhow::Result<(TcpListener, String)> {
     let addr = tokio::net::lookup_host(listen)
         .await
         .with_context(|| format!("cannot resolve {listen}"))?
@@ -315,7 +410,8 @@ async fn bind(listen: &str) -> anyhow::Result<(TcpListener, String)> {
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
-    Ok((listener, format!("http://{addr}")))
+    let scheme = if tls { "https" } else { "http" };
+    Ok((listener, format!("{scheme}://{addr}")))
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM.
@@ -351,6 +447,7 @@ mod tests {
         AgentArgs {
             hub: "http://hub:7070".into(),
             token: "mst_test".into(),
+            ca_file: None,
             config,
             name: None,
             labels: Vec::new(),

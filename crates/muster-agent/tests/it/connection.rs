@@ -204,11 +204,14 @@ async fn shutdown_while_disconnected_returns_ok() {
 }
 
 #[tokio::test]
-async fn wss_is_refused_up_front() {
-    let options = AgentOptions::new("https://hub.example", "t");
+async fn an_https_hub_with_an_unusable_ca_file_is_refused_up_front() {
+    let options = AgentOptions {
+        trust: muster_tls::TrustRoots::ca_file("/nonexistent/ca.pem"),
+        ..AgentOptions::new("https://hub.example", "t")
+    };
     let error = muster_agent::run(options, CancellationToken::new())
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains("wss is not supported yet"), "{error}");
+    assert!(error.contains("cannot read the CA file"), "{error}");
 }

@@ -41,14 +41,10 @@ fn http_base_urls_become_ws_endpoint_urls() {
 }
 
 #[test]
-fn tls_and_malformed_urls_are_refused_clearly() {
-    let err = ws_url("https://hub", "/ws/client").unwrap_err();
-    assert!(matches!(err, ClientError::Connect(_)));
-    assert!(
-        err.to_string().contains("TLS is not supported yet"),
-        "{err}"
-    );
-    assert!(ws_url("wss://hub", "/x").is_err());
+fn tls_urls_map_to_wss_and_malformed_urls_are_refused_clearly() {
+    let url = |base| ws_url(base, "/ws/client").unwrap();
+    assert_eq!(url("https://hub:7443/"), "wss://hub:7443/ws/client");
+    assert_eq!(url("wss://hub"), "wss://hub/ws/client");
     for bad in [
         "hub:7070",
         "ftp://hub",

@@ -28,8 +28,9 @@ use std::time::Duration;
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use futures_util::task::AtomicWaker;
+use muster_tls::{ServerStream, ServerTls};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
 /// Time past the handshake timeout in which a WebSocket that sent no `hello`
@@ -75,14 +76,22 @@ pub(crate) struct Caps {
 /// Accepts TCP connections, each with its deadline and its place under the caps.
 pub(crate) struct Listener {
     inner: TcpListener,
+    /// Set when the hub serves TLS.
+    tls: Option<Arc<ServerTls>>,
     timeout: Duration,
     gate: Arc<Gate>,
 }
 
 impl Listener {
-    pub(crate) fn new(inner: TcpListener, timeout: Duration, caps: Caps) -> Self {
+    pub(crate) fn new(
+        inner: TcpListener,
+        tls: Option<Arc<ServerTls>>,
+        timeout: Duration,
+        caps: Caps,
+    ) -> Self {
         Self {
             inner,
+            tls,
             timeout: timeout + CLOSE_GRACE,
             gate: Arc::new(Gate {
                 caps,
@@ -110,8 +119,13 @@ impl axum::serve::Listener for Listener {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
+                    let stream = match &self.tls {
+                        // The handshake runs on the connection's own task.
+                        Some(tls) => tls.accept(tcp),
+                        None => ServerStream::Plain(tcp),
+                    };
                     let io = Io {
-                        tcp,
+                        stream,
                         pending: Some(Pending {
                             authenticated: authenticated.clone(),
                             deadline: Box::pin(tokio::time::sleep(self.timeout)),
@@ -259,10 +273,10 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP stream that fails its reads and writes once its deadline passes
-/// unauthenticated.
+/// A TCP or TLS stream that fails its reads and writes once its deadline
+/// passes unauthenticated.
 pub(crate) struct Io {
-    tcp: TcpStream,
+    stream: ServerStream,
     /// Gone, and with it the timer, once authenticated.
     pending: Option<Pending>,
 }
@@ -302,7 +316,7 @@ impl AsyncRead for Io {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -313,7 +327,7 @@ impl AsyncWrite for Io {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -322,20 +336,20 @@ impl AsyncWrite for Io {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

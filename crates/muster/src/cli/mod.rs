@@ -52,11 +52,20 @@ pub(crate) struct HubConn {
         value_name = "TOKEN"
     )]
     pub(crate) token: Token,
+    /// PEM file of the CA certificates that verify an https:// hub, instead
+    /// of the system's roots.
+    #[arg(long, env = "MUSTER_CA_FILE", value_name = "FILE")]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
 }
 
 impl HubConn {
     /// Connects and authenticates.
     pub(crate) async fn connect(&self) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
+        // Every connection of this process, reconnections included, trusts the same roots.
+        let _ = muster_client::set_trust_roots(match &self.ca_file {
+            Some(path) => muster_client::TrustRoots::ca_file(path),
+            None => muster_client::TrustRoots::system(),
+        });
         Client::connect(&self.hub, &self.token.0).await
     }
 

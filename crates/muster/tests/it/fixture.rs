@@ -29,6 +29,8 @@ pub(crate) struct Server {
     pub(crate) hub: String,
     /// `MUSTER_TOKEN=` value, once printed.
     pub(crate) token: Option<String>,
+    /// `MUSTER_CA_FILE=` value, once printed (`muster dev --tls`).
+    pub(crate) ca_file: Option<String>,
 }
 
 impl Server {
@@ -40,6 +42,17 @@ impl Server {
             .stderr(Stdio::inherit());
         cmd.args(["--kill-grace", "2s"]);
         Self::start(cmd, &["MUSTER_HUB=", "MUSTER_TOKEN="])
+    }
+
+    /// Starts `muster dev --tls` on a free port, from an environment that
+    /// names no CA file, and waits for its three lines.
+    pub(crate) fn dev_tls(data_dir: &Path) -> Self {
+        let mut cmd = Command::new(muster_bin());
+        cmd.args(["dev", "--tls", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("MUSTER_CA_FILE")
+            .stderr(Stdio::inherit());
+        Self::start(cmd, &["MUSTER_HUB=", "MUSTER_TOKEN=", "MUSTER_CA_FILE="])
     }
 
     /// Starts `muster hub` on a free port; `expect_token` on a fresh data dir.
@@ -107,6 +120,7 @@ impl Server {
             child,
             hub: hub.to_owned(),
             token: None,
+            ca_file: None,
         }
     }
 
@@ -116,6 +130,7 @@ impl Server {
             child,
             hub: hub.to_owned(),
             token: None,
+            ca_file: None,
         }
     }
 
@@ -149,6 +164,7 @@ impl Server {
             child,
             hub: String::new(),
             token: None,
+            ca_file: None,
         };
         let deadline = Instant::now() + READY;
         let mut seen = Vec::new();
@@ -165,6 +181,9 @@ impl Server {
             }
             if let Some(token) = line.strip_prefix("MUSTER_TOKEN=") {
                 server.token = Some(token.to_owned());
+            }
+            if let Some(ca_file) = line.strip_prefix("MUSTER_CA_FILE=") {
+                server.ca_file = Some(ca_file.to_owned());
             }
             seen.push(line);
         }
@@ -215,6 +234,7 @@ impl Cli {
             .env("MUSTER_HUB", &self.hub)
             .env("MUSTER_TOKEN", &self.token)
             .env_remove("RUST_LOG")
+            .env_remove("MUSTER_CA_FILE")
             .stdin(Stdio::null());
         cmd
     }

@@ -15,6 +15,7 @@ mod lockout;
 mod run_env;
 mod secrets;
 mod slow_client;
+mod tls;
 
 use std::io::Read as _;
 use std::time::{Duration, Instant};
