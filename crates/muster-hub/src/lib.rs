@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod clients;
 mod clock;
 pub mod config;
 pub mod delivery;
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use muster_proto::messages::AgentEnvelope;
-use muster_proto::{AgentName, AgentStatus, Envelope, HubToClient};
+use muster_proto::{AgentName, AgentStatus, Envelope, HubToClient, Role};
 use muster_tls::ServerTls;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -79,6 +80,8 @@ struct Inner {
     connections: Arc<Semaphore>,
     /// The certificate served, when the hub terminates TLS.
     tls: Option<Arc<ServerTls>>,
+    /// Live client connections by key name.
+    clients: Arc<clients::ClientConns>,
 }
 
 /// The result of opening a hub.
@@ -121,6 +124,7 @@ impl Hub {
         let engine = Engine::new(config.clone(), hub_id, snapshot, now_ms());
         let fresh = engine.api_key_count() == 0;
         let page_bytes = config.max_message_bytes / 2;
+        let clients = engine.client_conns();
         let running = runtime::start(engine, store.clone(), broker.clone(), page_bytes)
             .context("starting the engine")?;
         let connections = Arc::new(Semaphore::new(config.max_connections));
@@ -132,6 +136,7 @@ impl Hub {
                 running,
                 connections,
                 tls,
+                clients,
             }),
         };
         let initial_admin_token = match fresh {
@@ -156,21 +161,17 @@ impl Hub {
 
     /// Mints an admin API key named `name`; with `replace`, older keys of that name are revoked.
     pub async fn mint_admin_key(&self, name: &str, replace: bool) -> anyhow::Result<Secret> {
-        self.mint(name, engine::ROLE_ADMIN, replace).await
+        self.mint(name, Role::Admin, replace).await
     }
 
-    /// Mints an API key with `role` (`admin`, `operator` or `viewer`). Only admin
-    /// keys may register agents or watch the `*` wildcard so far.
-    pub async fn mint_key(&self, name: &str, role: &str) -> anyhow::Result<Secret> {
-        anyhow::ensure!(
-            matches!(role, "admin" | "operator" | "viewer"),
-            "unknown role {role:?}: use admin, operator or viewer"
-        );
+    /// Mints an API key with `role`; see [`muster_proto::roles`] for what each
+    /// role may do.
+    pub async fn mint_key(&self, name: &str, role: Role) -> anyhow::Result<Secret> {
         self.mint(name, role, false).await
     }
 
-    async fn mint(&self, name: &str, role: &str, replace: bool) -> anyhow::Result<Secret> {
-        let (name, role) = (name.to_owned(), role.to_owned());
+    async fn mint(&self, name: &str, role: Role, replace: bool) -> anyhow::Result<Secret> {
+        let name = name.to_owned();
         self.inner
             .running
             .handle
@@ -268,6 +269,7 @@ impl Hub {
             next_conn_id: Arc::new(AtomicU64::new(1)),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            clients: self.inner.clients.clone(),
             config,
         };
         let timeout = state.config.handshake_timeout();

@@ -63,6 +63,8 @@ pub enum ErrorCode {
     /// 2 was next); the frame was dropped and not acknowledged. Send the
     /// missing frames first.
     OutputGap,
+    /// No API key has that name.
+    KeyNotFound,
 }
 
 impl ErrorCode {
@@ -84,6 +86,7 @@ impl ErrorCode {
                 | Self::InvalidParams
                 | Self::CommandsDisabled
                 | Self::OutputGap
+                | Self::KeyNotFound
         )
     }
 
@@ -114,6 +117,7 @@ impl ErrorCode {
             Self::CommandsDisabled => "COMMANDS_DISABLED",
             Self::StorageUnavailable => "STORAGE_UNAVAILABLE",
             Self::OutputGap => "OUTPUT_GAP",
+            Self::KeyNotFound => "KEY_NOT_FOUND",
         }
     }
 }

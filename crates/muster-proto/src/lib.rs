@@ -23,6 +23,7 @@ pub mod ids;
 pub mod jobs;
 pub mod limits;
 pub mod messages;
+pub mod roles;
 pub mod selector;
 pub mod types;
 
@@ -32,6 +33,7 @@ pub use envelope::{DecodeError, Envelope};
 pub use frame::{OutputFrame, OutputHeader};
 pub use ids::{AgentName, JobId, RequestId, RunId};
 pub use messages::{AgentToHub, ClientToHub, HubToAgent, HubToClient};
+pub use roles::{Role, required_role};
 pub use selector::{Selector, SelectorError};
 pub use types::{AgentInfo, AgentStatus, CommandSpec, OutputStream, RunInfo, RunState};
 

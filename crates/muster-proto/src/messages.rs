@@ -13,6 +13,7 @@ use crate::codes::ErrorCode;
 use crate::ids::{AgentName, JobId, RunId};
 use crate::jobs::{JobInfo, JobProgress, JobSpec, JobState, TargetState};
 use crate::limits::Limits;
+use crate::roles::Role;
 use crate::types::{AgentInfo, CommandSpec, RunInfo, RunRequest, RunState};
 
 /// A message family that can travel in an [`Envelope`](crate::Envelope).
@@ -85,6 +86,15 @@ pub enum ClientToHub {
     /// Stop receiving a channel; reply `ok`.
     #[serde(rename = "unsubscribe")]
     Unsubscribe(ChannelRef),
+    /// Mint an API key with a role; reply `key.created`, its token shown once.
+    #[serde(rename = "key.create")]
+    KeyCreate(KeyCreate),
+    /// List the API keys (never their tokens); reply `key.list`.
+    #[serde(rename = "key.list")]
+    KeyList(Empty),
+    /// Revoke every API key of a name and close its connections; reply `key.revoked`.
+    #[serde(rename = "key.revoke")]
+    KeyRevoke(KeyRef),
 }
 
 impl Message for ClientToHub {
@@ -109,6 +119,9 @@ impl Message for ClientToHub {
         "job.cancel",
         "subscribe",
         "unsubscribe",
+        "key.create",
+        "key.list",
+        "key.revoke",
     ];
 }
 
@@ -201,6 +214,15 @@ pub enum HubToClient {
     /// what follows is live.
     #[serde(rename = "stream.synced")]
     StreamSynced(StreamSynced),
+    /// Reply to `key.create`.
+    #[serde(rename = "key.created")]
+    KeyCreated(KeyCreated),
+    /// Reply to `key.list`.
+    #[serde(rename = "key.list")]
+    KeyList(KeyList),
+    /// Reply to `key.revoke`.
+    #[serde(rename = "key.revoked")]
+    KeyRevoked(KeyRevoked),
     /// Generic success reply.
     #[serde(rename = "ok")]
     Ok(Empty),
@@ -237,6 +259,9 @@ impl Message for HubToClient {
         "job.step.completed",
         "job.step.failed",
         "job.target",
+        "key.created",
+        "key.list",
+        "key.revoked",
         "subscribed",
         "stream.synced",
         "ok",
@@ -1115,4 +1140,66 @@ pub struct TargetEvent {
     /// Why it was skipped or failed, in a few words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `key.create`: a new API key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCreate {
+    /// The key's name: 1–64 characters of `A-Z a-z 0-9 . _ -`, starting with
+    /// a letter or digit; unique among live keys.
+    pub name: String,
+    /// What the key may do.
+    pub role: Role,
+}
+
+/// A reference to the API keys of one name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRef {
+    /// The key's name.
+    pub name: String,
+}
+
+/// One API key as listed: never its token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The key's name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The public half of its token (`mst_<key_id>_…`), to tell keys apart.
+    pub key_id: String,
+}
+
+/// `key.created`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCreated {
+    /// The new key.
+    pub key: KeyInfo,
+    /// Its token. The hub keeps only a hash; this is the only time it is shown.
+    pub token: String,
+}
+
+impl std::fmt::Debug for KeyCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCreated")
+            .field("key", &self.key)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `key.list` reply: every live key, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyList {
+    /// The keys.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// `key.revoked`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRevoked {
+    /// The name revoked.
+    pub name: String,
+    /// Live connections that used it, now closed (4011).
+    pub closed_connections: u32,
 }

@@ -46,6 +46,9 @@ enum Command {
     /// List, register, inspect and remove agents.
     #[command(subcommand)]
     Agents(cli::agents::AgentsCommand),
+    /// Manage API keys: create one with a role, list them, revoke one.
+    #[command(subcommand)]
+    Keys(cli::keys::KeysCommand),
     /// Run a command on an agent, stream its output and exit with its exit code.
     ///
     /// On one agent, events the command publishes with `muster emit` go to
@@ -154,6 +157,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Hub(args) => (serve::hub(args).await, EXIT_SERVE_FAILED),
         Command::Agent(args) => (serve::agent(args).await, EXIT_SERVE_FAILED),
         Command::Agents(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Keys(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Run(args) => (cli::run::run(args, json).await, cli::EXIT_ERROR),
         Command::Action(args) => (cli::action::action(args, json).await, cli::EXIT_ERROR),
         Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use muster_proto::messages::{
     AgentAdd, AgentAdded, AgentEnvelope, AgentHello, AgentLabel, AgentList, AgentListQuery,
-    AgentRef, Principal,
+    AgentRef,
 };
 use muster_proto::{
-    AgentInfo, AgentName, AgentStatus, Channel, CloseCode, ErrorCode, HubToClient, RequestId,
+    AgentInfo, AgentName, AgentStatus, Channel, CloseCode, ErrorCode, HubToClient, RequestId, Role,
     Selector, UnixMillis,
 };
 use tokio::sync::oneshot;
@@ -18,10 +18,10 @@ use super::batch::{Effect, Reply, ReplyTo};
 use super::error::ApiError;
 use super::lifecycle::RunEvent;
 use super::presence::OnlineAgent;
-use super::{AgentConn, ClientWelcome, Engine, ROLE_ADMIN};
+use super::{AgentConn, ClientWelcome, Engine};
 use crate::auth::{self, Secret};
 use crate::paging::{self, Page};
-use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord, Change};
+use crate::store::{AgentFacts, AgentRecord, Change};
 use crate::validate;
 
 /// Agents in one page of `agent.list` at most.
@@ -103,13 +103,12 @@ impl Engine {
     /// `agent.add`: registers an agent and answers with its token, once.
     pub(super) fn add_agent(
         &mut self,
-        principal: &Principal,
         to: &ReplyTo,
         re: Option<RequestId>,
         add: AgentAdd,
         now: UnixMillis,
     ) {
-        let added = require_admin(principal).and_then(|()| self.register_agent(add, now));
+        let added = self.register_agent(add, now);
         match added {
             Ok((agent, token)) => {
                 let msg = HubToClient::AgentAdded(AgentAdded {
@@ -160,15 +159,11 @@ impl Engine {
     /// cancels the runs waiting for it.
     pub(super) fn remove_agent(
         &mut self,
-        principal: &Principal,
         to: &ReplyTo,
         re: Option<RequestId>,
         name: AgentName,
         now: UnixMillis,
     ) {
-        if let Err(e) = require_admin(principal) {
-            return self.reply_error(to, re, e, None);
-        }
         if !self.registry.remove(&name) {
             return self.reply_error(to, re, agent_not_found(&name), None);
         }
@@ -204,27 +199,19 @@ impl Engine {
     }
 
     /// `agent.label`: sets and removes registered labels.
-    pub(super) fn label_agent(
-        &mut self,
-        principal: &Principal,
-        to: &ReplyTo,
-        re: Option<RequestId>,
-        edit: AgentLabel,
-    ) {
-        let labelled = require_admin(principal)
-            .and_then(|()| validate::labels(&edit.set))
-            .and_then(|()| {
-                let record = self
-                    .registry
-                    .get(&edit.name)
-                    .ok_or_else(|| agent_not_found(&edit.name))?;
-                let mut labels = (*record.labels).clone();
-                labels.extend(edit.set);
-                for key in &edit.remove {
-                    labels.remove(key);
-                }
-                Ok(Arc::new(labels))
-            });
+    pub(super) fn label_agent(&mut self, to: &ReplyTo, re: Option<RequestId>, edit: AgentLabel) {
+        let labelled = validate::labels(&edit.set).and_then(|()| {
+            let record = self
+                .registry
+                .get(&edit.name)
+                .ok_or_else(|| agent_not_found(&edit.name))?;
+            let mut labels = (*record.labels).clone();
+            labels.extend(edit.set);
+            for key in &edit.remove {
+                labels.remove(key);
+            }
+            Ok(Arc::new(labels))
+        });
         match labelled {
             Ok(labels) => {
                 self.registry.set_labels(&edit.name, labels.clone());
@@ -362,7 +349,7 @@ impl Engine {
     pub(super) fn mint_key(
         &mut self,
         name: &str,
-        role: &str,
+        role: Role,
         replace: bool,
         reply: oneshot::Sender<Secret>,
         now: UnixMillis,
@@ -372,16 +359,7 @@ impl Engine {
             self.batch
                 .change(Change::DeleteApiKeysNamed(name.to_owned()));
         }
-        let minted = auth::mint();
-        let record = ApiKeyRecord {
-            key_id: minted.key_id,
-            name: name.to_owned(),
-            role: role.to_owned(),
-            secret_hash: minted.secret_hash,
-        };
-        self.batch.change(Change::InsertApiKey(record.clone(), now));
-        self.registry.insert_api_key(record);
-        let token = minted.token;
+        let (_, token) = self.insert_new_key(name, role, now);
         self.batch.effect(Effect::Notify(Box::new(move || {
             let _ = reply.send(token);
         })));
@@ -416,17 +394,6 @@ impl Engine {
         self.batch.effect(Effect::Notify(Box::new(move || {
             let _ = reply.send(result);
         })));
-    }
-}
-
-/// Only admin keys may change the registry.
-pub(super) fn require_admin(principal: &Principal) -> Result<(), ApiError> {
-    match principal.role.as_deref() {
-        Some(ROLE_ADMIN) => Ok(()),
-        _ => Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "this needs an admin key",
-        )),
     }
 }
 

@@ -18,6 +18,7 @@
 //! [`Change`]: crate::store::Change
 
 mod agents;
+mod api_keys;
 mod batch;
 mod error;
 mod events;
@@ -52,6 +53,7 @@ pub use reports::AgentLink;
 pub use requests::Request;
 
 use crate::auth::Secret;
+use crate::clients::ClientConns;
 use crate::config::HubConfig;
 use crate::scheduler::Scheduler;
 use crate::store::Snapshot;
@@ -138,7 +140,7 @@ pub enum Input {
         /// Key name.
         name: String,
         /// Role.
-        role: String,
+        role: muster_proto::Role,
         /// Revoke earlier keys of this name.
         replace: bool,
         /// The token, shown once.
@@ -205,6 +207,8 @@ pub struct Engine {
     metrics_compacted_ms: UnixMillis,
     batch: BatchBuilder,
     lookups: Vec<Lookup>,
+    /// Live client connections by key name, closed when their key is revoked.
+    clients: Arc<ClientConns>,
 }
 
 impl Engine {
@@ -228,12 +232,18 @@ impl Engine {
             metrics_compacted_ms: now,
             batch: BatchBuilder::default(),
             lookups: Vec::new(),
+            clients: Arc::default(),
             config,
             hub_id,
         };
         engine.recover_runs(snapshot.runs, now);
         engine.recover_jobs(snapshot.jobs, snapshot.job_runs, now);
         engine
+    }
+
+    /// The live client connections, for the connections to register in.
+    pub fn client_conns(&self) -> Arc<ClientConns> {
+        self.clients.clone()
     }
 
     /// Handles one input.
@@ -270,7 +280,7 @@ impl Engine {
                 role,
                 replace,
                 reply,
-            } => self.mint_key(&name, &role, replace, reply, now),
+            } => self.mint_key(&name, role, replace, reply, now),
             Input::AgentToken { name, reply } => self.agent_token(name, reply, now),
         }
     }

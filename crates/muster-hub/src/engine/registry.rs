@@ -91,6 +91,11 @@ impl Registry {
         self.api_keys.insert(key.key_id.clone(), key);
     }
 
+    /// Every API key.
+    pub(crate) fn api_keys(&self) -> impl Iterator<Item = &ApiKeyRecord> {
+        self.api_keys.values()
+    }
+
     /// Removes every API key named `name`.
     pub(crate) fn remove_api_keys_named(&mut self, name: &str) {
         self.api_keys.retain(|_, key| key.name != name);

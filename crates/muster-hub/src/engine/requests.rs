@@ -2,8 +2,8 @@
 //! state, and the reads that need what only the engine holds.
 
 use muster_proto::messages::{
-    AgentAdd, AgentLabel, AgentListQuery, JobCreate, JobTargetsQuery, MetricsQuery, Principal,
-    RunCreate,
+    AgentAdd, AgentLabel, AgentListQuery, JobCreate, JobTargetsQuery, KeyCreate, MetricsQuery,
+    Principal, RunCreate,
 };
 use muster_proto::{AgentName, Channel, ErrorCode, JobId, RequestId, RunId, UnixMillis};
 use tokio::sync::oneshot;
@@ -43,6 +43,12 @@ pub enum Request {
     JobCancel(JobId),
     /// `metrics.query`.
     MetricsQuery(MetricsQuery),
+    /// `key.create`.
+    KeyCreate(KeyCreate),
+    /// `key.list`.
+    KeyList,
+    /// `key.revoke`, by name.
+    KeyRevoke(String),
     /// For `subscribe` to `agent:<name>` or `metrics:<name>`: whether the
     /// agent is registered, and the offset its next event gets.
     AgentChannel(AgentName, oneshot::Sender<Result<u64, ApiError>>),
@@ -61,9 +67,12 @@ impl Engine {
         match request {
             Request::AgentList(query) => self.list_agents(to, re, &query),
             Request::AgentGet(name) => self.get_agent(to, re, &name),
-            Request::AgentAdd(add) => self.add_agent(principal, to, re, add, now),
-            Request::AgentRemove(name) => self.remove_agent(principal, to, re, name, now),
-            Request::AgentLabel(edit) => self.label_agent(principal, to, re, edit),
+            Request::AgentAdd(add) => self.add_agent(to, re, add, now),
+            Request::AgentRemove(name) => self.remove_agent(to, re, name, now),
+            Request::AgentLabel(edit) => self.label_agent(to, re, edit),
+            Request::KeyCreate(create) => self.create_key(to, re, create, now),
+            Request::KeyList => self.list_keys(to, re),
+            Request::KeyRevoke(name) => self.revoke_key(to, re, name),
             Request::RunCreate(id, create) => self.request_run(principal, to, re, id, create, now),
             Request::RunGet(id) => self.get_run(to, re, id),
             Request::RunCancel(id) => self.cancel_run(to, re, id, now),

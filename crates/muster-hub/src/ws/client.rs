@@ -14,6 +14,7 @@ use super::AppState;
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
 use super::session::Session;
 use crate::broker::Subscriber;
+use crate::clients::Registration;
 use crate::delivery::{SinkClosed, Subscriptions};
 use crate::engine::{ClientWelcome, Engine, Input};
 use crate::outbound::Outbound;
@@ -60,11 +61,14 @@ struct Connection {
     queue: Subscriber,
     rx: crate::queue::Receiver,
     liveness: Liveness,
+    /// Its place among the connections of its key, which revoking ends.
+    registration: Registration,
 }
 
 /// What woke the connection loop.
 enum Event {
     Shutdown,
+    Revoked,
     Frame(Option<Result<Message, tungstenite::Error>>),
     Queued(Result<Outbound, Overflowed>),
     Tick,
@@ -84,6 +88,8 @@ async fn open(
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
     let welcome = handshake(&state, &mut stream, &mut writer).await?;
     authenticated.set();
+    // Before the ack, so a revocation from now on reaches this connection.
+    let registration = state.clients.register(&welcome.principal.name, conn_id);
     tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
     let (queue, rx) = crate::queue::bounded(state.config.client_queue_frames);
     let mut subs = Subscriptions::new(state.broker.clone(), queue.clone());
@@ -117,6 +123,7 @@ async fn open(
         queue,
         rx,
         liveness,
+        registration,
     })
 }
 
@@ -125,9 +132,11 @@ impl Connection {
     async fn run(&mut self) -> End {
         let mut ticker = conn::heartbeat_ticker(self.state.config.heartbeat_interval());
         let shutdown = self.state.shutdown.clone();
+        let revoked = self.registration.revoked().clone();
         loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => Event::Shutdown,
+                () = revoked.cancelled() => Event::Revoked,
                 frame = self.stream.next() => Event::Frame(frame),
                 item = self.rx.recv() => Event::Queued(item),
                 _ = ticker.tick() => Event::Tick,
@@ -143,6 +152,7 @@ impl Connection {
         const GONE: End = None;
         match event {
             Event::Shutdown => Err(Some((CloseCode::GOING_AWAY, "hub shutting down"))),
+            Event::Revoked => Err(Some((CloseCode::REVOKED, "API key revoked"))),
             Event::Frame(frame) => {
                 self.liveness.heard();
                 let sent = match frame {

@@ -51,6 +51,8 @@ pub(crate) struct AppState {
     pub(crate) next_conn_id: Arc<AtomicU64>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Live client connections by key name, for revocation.
+    pub(crate) clients: Arc<crate::clients::ClientConns>,
 }
 
 /// Builds the router.

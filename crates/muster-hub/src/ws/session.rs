@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use muster_proto::messages::{ErrorData, Principal, StreamSynced, Subscribe, Subscribed};
 use muster_proto::{
-    Channel, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RequestId, RunId,
+    Channel, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RequestId, Role, RunId,
 };
 
 use super::conn::Writer;
 use crate::broker::Subscriber;
 use crate::delivery::{History, ReplayError, SinkClosed, Subscriptions};
-use crate::engine::{ApiError, Input, ROLE_ADMIN, Reply, Request};
+use crate::engine::{ApiError, Input, Reply, Request};
 use crate::outbound::Outbound;
 use crate::queue::Skipped;
 use crate::reads::{self, Read};
@@ -24,6 +24,8 @@ use crate::runtime::EngineHandle;
 /// The state of one authenticated client connection.
 pub(crate) struct Session {
     principal: Arc<Principal>,
+    /// The key's role; `None` (an unknown role) may send no request.
+    role: Option<Role>,
     engine: EngineHandle,
     history: History,
     /// This connection's queue, where answers come back.
@@ -42,6 +44,7 @@ impl Session {
         page_bytes: usize,
     ) -> Self {
         Self {
+            role: principal.role.as_deref().and_then(|r| r.parse().ok()),
             principal: Arc::new(principal),
             engine,
             history,
@@ -65,6 +68,17 @@ impl Session {
             }
         };
         let re = env.id;
+        // The one place a request's role is checked (`muster_proto::roles`).
+        if let Some(need) = muster_proto::required_role(&env.msg)
+            && !self.role.is_some_and(|role| role.allows(need))
+        {
+            let have = self.role.map_or("no role", Role::as_str);
+            let error = ErrorData::new(
+                ErrorCode::Forbidden,
+                format!("this needs an {need} key or higher; this key is {have}"),
+            );
+            return send_error(writer, re, error).await;
+        }
         let request = match env.msg {
             ClientToHub::Heartbeat(beat) => {
                 let ack = Envelope::reply(re, HubToClient::HeartbeatAck(beat));
@@ -98,6 +112,9 @@ impl Session {
             ClientToHub::JobGet(r) => Request::JobGet(r.job),
             ClientToHub::JobTargets(query) => Request::JobTargets(query),
             ClientToHub::JobCancel(r) => Request::JobCancel(r.job),
+            ClientToHub::KeyCreate(create) => Request::KeyCreate(create),
+            ClientToHub::KeyList(_) => Request::KeyList,
+            ClientToHub::KeyRevoke(r) => Request::KeyRevoke(r.name),
             ClientToHub::RunCreate(create) => {
                 let id = RunId::generate();
                 if create.subscribe {
@@ -360,15 +377,7 @@ impl Session {
         let store = self.history.store();
         Ok(match channel {
             Channel::Fleet => Checked::default(),
-            Channel::All => {
-                if self.principal.role.as_deref() != Some(ROLE_ADMIN) {
-                    return Err(ApiError::new(
-                        ErrorCode::Forbidden,
-                        "this needs an admin key",
-                    ));
-                }
-                Checked::default()
-            }
+            Channel::All => Checked::default(),
             Channel::Agent(name) | Channel::Metrics(name) => {
                 let name = name.clone();
                 let next = self
@@ -424,6 +433,7 @@ fn needs_store(request: &Request) -> bool {
             | Request::AgentGet(_)
             | Request::MetricsQuery(_)
             | Request::AgentChannel(..)
+            | Request::KeyList
     )
 }
 

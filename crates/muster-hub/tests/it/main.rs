@@ -11,6 +11,7 @@ mod metrics;
 mod protocol;
 mod queueing;
 mod replay;
+mod roles;
 mod slow;
 mod storage;
 mod upgrade;

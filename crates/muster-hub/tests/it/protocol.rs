@@ -182,7 +182,11 @@ async fn channels_that_do_not_exist_or_are_not_allowed_are_refused() {
         let err = admin.subscribe(channel, None).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::UnknownChannel), "{channel}");
     }
-    let viewer_token = hub.hub.mint_key("watcher", "viewer").await.unwrap();
+    let viewer_token = hub
+        .hub
+        .mint_key("watcher", muster_proto::Role::Viewer)
+        .await
+        .unwrap();
     let (viewer, _events) = muster_client::Client::connect(&hub.url, viewer_token.expose())
         .await
         .unwrap();

@@ -16,6 +16,7 @@ pub(crate) mod fleet;
 pub(crate) mod job;
 pub(crate) mod job_follow;
 pub(crate) mod jobs;
+pub(crate) mod keys;
 pub(crate) mod metrics;
 pub(crate) mod output;
 pub(crate) mod parse;

@@ -243,3 +243,56 @@ fn separate_hub_and_agent_keep_history_across_a_hub_restart() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
 }
+
+#[test]
+fn keys_have_roles_a_viewer_reads_and_an_operator_runs() {
+    let dir = tempdir();
+    let dev = Server::dev(dir.path());
+    let admin = dev.cli(dev.token.as_deref().unwrap());
+    let mint = |name: &str, role: &str| {
+        let created = admin.json(&["keys", "create", name, "--role", role, "--json"]);
+        assert_eq!(created["role"], role);
+        created["token"].as_str().unwrap().to_owned()
+    };
+    let viewer = dev.cli(&mint("watcher", "viewer"));
+    let operator = dev.cli(&mint("deployer", "operator"));
+
+    assert!(viewer.output(&["agents", "list"]).status.success());
+    for args in [
+        &["run", "local", "--", "true"][..],
+        &["agents", "add", "web-9"],
+        &["keys", "list"],
+    ] {
+        let out = viewer.output(args);
+        assert_eq!(out.status.code(), Some(255), "viewer {args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("needs an"), "viewer {args:?}: {stderr}");
+    }
+    let out = operator.output(&["run", "local", "--", "echo", "ran"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+    assert_eq!(
+        operator.output(&["agents", "add", "web-9"]).status.code(),
+        Some(255)
+    );
+
+    let keys = admin.json(&["keys", "list", "--json"]);
+    let names: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].clone())
+        .collect();
+    assert!(
+        names.contains(&"watcher".into()) && names.contains(&"deployer".into()),
+        "{keys}"
+    );
+    assert!(
+        !keys.to_string().contains("mst_"),
+        "a listing shows no token: {keys}"
+    );
+    let out = admin.output(&["keys", "revoke", "watcher"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = viewer.output(&["agents", "list"]);
+    assert_eq!(out.status.code(), Some(255), "a revoked key still works");
+}

@@ -1,0 +1,148 @@
+//! `muster keys create | list | revoke`: the hub's API keys and their roles.
+
+use std::process::ExitCode;
+
+use muster_proto::messages::{Empty, KeyCreate, KeyRef};
+use muster_proto::{ClientToHub, HubToClient, Role};
+
+use super::HubConn;
+use super::output::{self, Table};
+
+/// The `muster keys` subcommands (admin keys only).
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Mint an API key with a role and print its token, shown only this once.
+    Create(CreateArgs),
+    /// List the API keys: name, role and key id (never a token).
+    List(ListArgs),
+    /// Revoke every key of a name and close the connections that use it.
+    Revoke(RevokeArgs),
+}
+
+/// Arguments of `muster keys create`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    #[command(flatten)]
+    conn: HubConn,
+    /// The key's name, unique among live keys.
+    name: String,
+    /// viewer (reads), operator (also runs commands, jobs and actions) or
+    /// admin (also manages agents and keys).
+    #[arg(long, value_parser = clap::value_parser!(RoleArg))]
+    role: RoleArg,
+}
+
+/// Arguments of `muster keys list`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    conn: HubConn,
+}
+
+/// Arguments of `muster keys revoke`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RevokeArgs {
+    #[command(flatten)]
+    conn: HubConn,
+    /// The key's name.
+    name: String,
+}
+
+/// A role given on the command line.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RoleArg(Role);
+
+impl std::str::FromStr for RoleArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+impl KeysCommand {
+    /// Runs the subcommand.
+    pub(crate) async fn run(self, json: bool) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Create(args) => create(args, json).await?,
+            Self::List(args) => list(args, json).await?,
+            Self::Revoke(args) => revoke(args, json).await?,
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+async fn create(args: CreateArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let request = ClientToHub::KeyCreate(KeyCreate {
+        name: args.name.clone(),
+        role: args.role.0,
+    });
+    let reply = client.request(request).await?;
+    client.close().await;
+    let HubToClient::KeyCreated(created) = reply else {
+        anyhow::bail!("the hub answered key.create with something else");
+    };
+    if json {
+        let record = serde_json::json!({
+            "name": created.key.name,
+            "role": created.key.role,
+            "key_id": created.key.key_id,
+            "token": created.token,
+        });
+        return output::print_json(&record);
+    }
+    output::print(&format!("{}\n", created.token))?;
+    eprintln!(
+        "key {:?} ({}) created; its token is shown only this once",
+        output::escape(&created.key.name),
+        created.key.role
+    );
+    Ok(())
+}
+
+async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let reply = client
+        .request(ClientToHub::KeyList(Empty::default()))
+        .await?;
+    client.close().await;
+    let HubToClient::KeyList(list) = reply else {
+        anyhow::bail!("the hub answered key.list with something else");
+    };
+    if json {
+        return output::print_json(&list.keys);
+    }
+    let mut table = Table::new(&["NAME", "ROLE", "KEY ID"]);
+    for key in &list.keys {
+        table.push(vec![
+            key.name.clone(),
+            key.role.to_string(),
+            key.key_id.clone(),
+        ]);
+    }
+    output::print(&table.render())
+}
+
+async fn revoke(args: RevokeArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let request = ClientToHub::KeyRevoke(KeyRef {
+        name: args.name.clone(),
+    });
+    // Revoking the key this command uses closes this connection too; the
+    // answer comes first.
+    let reply = client.request(request).await?;
+    client.close().await;
+    let HubToClient::KeyRevoked(revoked) = reply else {
+        anyhow::bail!("the hub answered key.revoke with something else");
+    };
+    if json {
+        return output::print_json(&revoked);
+    }
+    eprintln!(
+        "key {:?} revoked; {} live connection(s) closed",
+        output::escape(&revoked.name),
+        revoked.closed_connections
+    );
+    Ok(())
+}
