@@ -142,7 +142,10 @@ start_hub() {
     local kind=$1 prefix=$2
     if [ "$kind" = muster ]; then
         HUB_DIR=$(mktemp -d -t muster-bench-hub.XXXXXX)
-        "$BIN/muster" dev --listen 127.0.0.1:0 --data-dir "$HUB_DIR" >"$prefix.hub.out" 2>"$prefix.hub.log" &
+        # The rate limits are off: the scenarios measure throughput from one key
+        # and few connections, and the Node baseline has no limits.
+        "$BIN/muster" dev --listen 127.0.0.1:0 --data-dir "$HUB_DIR" \
+            --rate-limit-messages 0 --rate-limit-commands 0 >"$prefix.hub.out" 2>"$prefix.hub.log" &
     else
         local port
         port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

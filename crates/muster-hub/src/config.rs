@@ -70,6 +70,14 @@ pub struct HubConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Messages a client connection may send per second (burst as many); 0: no limit.
+    pub rate_messages_per_sec: u32,
+    /// `run.create` and `job.create` requests per API key per minute (burst
+    /// as many); 0: no limit.
+    pub rate_commands_per_min: u32,
+    /// Failed authentications per source address per minute; past it the
+    /// source's handshakes are refused until it is back under. 0: no limit.
+    pub rate_auth_failures_per_min: u32,
 }
 
 impl Default for HubConfig {
@@ -99,6 +107,9 @@ impl Default for HubConfig {
             max_unauthenticated_per_source: 512,
             tls_cert: None,
             tls_key: None,
+            rate_messages_per_sec: 100,
+            rate_commands_per_min: 10,
+            rate_auth_failures_per_min: 30,
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod metrics;
 mod outbound;
 mod paging;
 pub mod queue;
+mod rate;
 pub mod reads;
 mod runtime;
 pub mod scheduler;
@@ -270,6 +271,7 @@ impl Hub {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             clients: self.inner.clients.clone(),
+            limits: Arc::new(rate::RateLimits::new(&config)),
             config,
         };
         let timeout = state.config.handshake_timeout();

@@ -139,6 +139,9 @@ impl CloseCode {
     pub const GOING_AWAY: u16 = 1001;
     /// A message was larger than `max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The source address is past its limit of failed authentications; the
+    /// `error` before it says when to retry. Not fatal.
+    pub const RATE_LIMITED: u16 = 4029;
     /// The peer broke the protocol beyond what an `error` reply can handle
     /// (e.g. a binary frame with a corrupt header from a client).
     pub const PROTOCOL_ERROR: u16 = 4000;

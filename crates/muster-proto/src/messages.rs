@@ -790,6 +790,9 @@ pub struct ErrorData {
     pub message: String,
     /// Whether retrying later can succeed.
     pub recoverable: bool,
+    /// With `RATE_LIMIT`: how long to wait before the same request can pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorData {
@@ -799,6 +802,19 @@ impl ErrorData {
             code,
             message: message.into(),
             recoverable: code.recoverable(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// A `RATE_LIMIT` error whose request can pass again after `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after_ms: Some(
+                u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            ..Self::new(ErrorCode::RateLimit, message)
         }
     }
 }

@@ -72,6 +72,17 @@ pub(crate) struct HubTuning {
     /// Connections not authenticated yet from one address (an IPv6 /64), at most.
     #[arg(long, env = "MUSTER_MAX_UNAUTHENTICATED_PER_SOURCE")]
     pub(crate) max_unauthenticated_per_source: Option<usize>,
+    /// Messages a client connection may send per second; 0: no limit [default: 100].
+    #[arg(long, env = "MUSTER_RATE_LIMIT_MESSAGES")]
+    pub(crate) rate_limit_messages: Option<u32>,
+    /// Command requests (run.create, job.create) per API key per minute; 0:
+    /// no limit [default: 10].
+    #[arg(long, env = "MUSTER_RATE_LIMIT_COMMANDS")]
+    pub(crate) rate_limit_commands: Option<u32>,
+    /// Failed authentications per source address per minute; 0: no limit
+    /// [default: 30].
+    #[arg(long, env = "MUSTER_RATE_LIMIT_AUTH_FAILURES")]
+    pub(crate) rate_limit_auth_failures: Option<u32>,
 }
 
 impl HubTuning {
@@ -105,6 +116,15 @@ impl HubTuning {
         }
         if let Some(n) = self.max_unauthenticated_per_source {
             config.max_unauthenticated_per_source = n;
+        }
+        if let Some(n) = self.rate_limit_messages {
+            config.rate_messages_per_sec = n;
+        }
+        if let Some(n) = self.rate_limit_commands {
+            config.rate_commands_per_min = n;
+        }
+        if let Some(n) = self.rate_limit_auth_failures {
+            config.rate_auth_failures_per_min = n;
         }
     }
 }

@@ -38,11 +38,11 @@ pub(crate) fn serve(
     socket: Socket,
     conn_id: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
-    authenticated: super::preauth::Authenticated,
+    peer: super::Peer,
 ) -> impl Future<Output = ()> + Send + 'static {
     // The arguments go into the boxed handshake at once: an async fn would
     // keep room for them in its future for the connection's whole life.
-    let opening = Box::pin(open(state, socket, conn_id, authenticated));
+    let opening = Box::pin(open(state, socket, conn_id, peer));
     async move {
         let _permit = permit;
         let Some(Opened {
@@ -78,15 +78,18 @@ struct Opened {
 }
 
 /// Reads the `hello` and has the engine admit the agent, or refuses it.
-async fn open(
-    state: AppState,
-    socket: Socket,
-    conn_id: u64,
-    authenticated: super::preauth::Authenticated,
-) -> Option<Opened> {
+async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) -> Option<Opened> {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
     let hello = read_hello(&state, &mut stream, &mut writer).await?;
+    let source = peer.addr.ip();
+    if let Some(wait) = state.limits.auth_blocked(source) {
+        let error = conn::auth_rate_limited(wait);
+        writer
+            .reject(CloseCode::RATE_LIMITED, error, HubToAgent::Error)
+            .await;
+        return None;
+    }
     let (queue, rx) = crate::queue::bounded(AGENT_QUEUE);
     let control = ConnControl::default();
     let last_seen = LastSeen::default();
@@ -108,6 +111,9 @@ async fn open(
         Some(Ok(name)) => name,
         Some(Err(e)) => {
             tracing::info!(reason = %e.message, "agent handshake rejected");
+            if e.code == ErrorCode::AuthFailed {
+                state.limits.auth_failed(source);
+            }
             let error = e.to_data();
             writer
                 .reject(CloseCode::AUTH_FAILED, error, HubToAgent::Error)
@@ -121,7 +127,7 @@ async fn open(
             return None;
         }
     };
-    authenticated.set();
+    peer.authenticated.set();
     let presence = PresenceGuard::new(name.clone(), conn_id, state.engine.control());
     tracing::info!(agent = %name, conn_id, "agent connected");
     let liveness = Liveness::new(state.config.heartbeat_deadline());

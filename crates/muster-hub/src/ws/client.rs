@@ -33,9 +33,9 @@ pub(crate) fn serve(
     socket: Socket,
     conn_id: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
-    authenticated: super::preauth::Authenticated,
+    peer: super::Peer,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let opening = Box::pin(open(state, socket, conn_id, authenticated));
+    let opening = Box::pin(open(state, socket, conn_id, peer));
     async move {
         let _permit = permit;
         let Some(mut conn) = opening.await else {
@@ -82,12 +82,12 @@ async fn open(
     state: AppState,
     socket: Socket,
     conn_id: u64,
-    authenticated: super::preauth::Authenticated,
+    peer: super::Peer,
 ) -> Option<Connection> {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
-    let welcome = handshake(&state, &mut stream, &mut writer).await?;
-    authenticated.set();
+    let welcome = handshake(&state, &mut stream, &mut writer, peer.addr.ip()).await?;
+    peer.authenticated.set();
     // Before the ack, so a revocation from now on reaches this connection.
     let registration = state.clients.register(&welcome.principal.name, conn_id);
     tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
@@ -108,6 +108,7 @@ async fn open(
     let page_bytes = state.config.max_message_bytes / 2;
     let session = Session::new(
         welcome.principal,
+        state.limits.clone(),
         state.engine.clone(),
         state.history.clone(),
         queue.clone(),
@@ -222,9 +223,16 @@ async fn handshake(
     state: &AppState,
     stream: &mut SplitStream<Socket>,
     writer: &mut Writer,
+    source: std::net::IpAddr,
 ) -> Option<ClientWelcome> {
     let (code, error) =
         match conn::read_hello::<ClientToHub>(stream, state.config.handshake_timeout()).await {
+            Ok(Envelope {
+                msg: ClientToHub::Hello(_),
+                ..
+            }) if let Some(wait) = state.limits.auth_blocked(source) => {
+                (CloseCode::RATE_LIMITED, conn::auth_rate_limited(wait))
+            }
             Ok(Envelope {
                 msg: ClientToHub::Hello(hello),
                 ..
@@ -236,7 +244,12 @@ async fn handshake(
                     .await
                 {
                     Some(Ok(welcome)) => return Some(welcome),
-                    Some(Err(e)) => (CloseCode::AUTH_FAILED, e.to_data()),
+                    Some(Err(e)) => {
+                        if e.code == ErrorCode::AuthFailed {
+                            state.limits.auth_failed(source);
+                        }
+                        (CloseCode::AUTH_FAILED, e.to_data())
+                    }
                     None => (
                         CloseCode::GOING_AWAY,
                         ErrorData::new(ErrorCode::Internal, "the hub is shutting down"),

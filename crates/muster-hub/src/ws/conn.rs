@@ -269,3 +269,12 @@ pub(crate) fn heartbeat_ticker(interval: Duration) -> tokio::time::Interval {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker
 }
+
+/// The `error` for a handshake from a source past its limit of failed
+/// authentications.
+pub(crate) fn auth_rate_limited(wait: std::time::Duration) -> muster_proto::messages::ErrorData {
+    muster_proto::messages::ErrorData::rate_limited(
+        "too many failed authentications from this address; retry later",
+        wait,
+    )
+}

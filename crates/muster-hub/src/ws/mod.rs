@@ -53,6 +53,8 @@ pub(crate) struct AppState {
     pub(crate) tracker: TaskTracker,
     /// Live client connections by key name, for revocation.
     pub(crate) clients: Arc<crate::clients::ClientConns>,
+    /// Rate limits shared by every connection.
+    pub(crate) limits: Arc<crate::rate::RateLimits>,
 }
 
 /// Builds the router.
@@ -114,13 +116,12 @@ fn accept(state: AppState, peer: Peer, upgrade: upgrade::Upgrade, endpoint: Endp
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let tracker = state.tracker.clone();
-    let authenticated = peer.authenticated;
     match endpoint {
         Endpoint::Agent => upgrade.serve(config, &tracker, move |socket| {
-            agent::serve(state, socket, conn_id, permit, authenticated)
+            agent::serve(state, socket, conn_id, permit, peer)
         }),
         Endpoint::Client => upgrade.serve(config, &tracker, move |socket| {
-            client::serve(state, socket, conn_id, permit, authenticated)
+            client::serve(state, socket, conn_id, permit, peer)
         }),
     }
 }

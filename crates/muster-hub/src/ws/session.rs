@@ -18,6 +18,7 @@ use crate::delivery::{History, ReplayError, SinkClosed, Subscriptions};
 use crate::engine::{ApiError, Input, Reply, Request};
 use crate::outbound::Outbound;
 use crate::queue::Skipped;
+use crate::rate::{ConnectionLimit, RateLimits};
 use crate::reads::{self, Read};
 use crate::runtime::EngineHandle;
 
@@ -26,6 +27,9 @@ pub(crate) struct Session {
     principal: Arc<Principal>,
     /// The key's role; `None` (an unknown role) may send no request.
     role: Option<Role>,
+    /// This connection's message rate, if limited.
+    limit: Option<ConnectionLimit>,
+    limits: Arc<RateLimits>,
     engine: EngineHandle,
     history: History,
     /// This connection's queue, where answers come back.
@@ -37,6 +41,7 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) fn new(
         principal: Principal,
+        limits: Arc<RateLimits>,
         engine: EngineHandle,
         history: History,
         queue: Subscriber,
@@ -45,6 +50,8 @@ impl Session {
     ) -> Self {
         Self {
             role: principal.role.as_deref().and_then(|r| r.parse().ok()),
+            limit: limits.connection(),
+            limits,
             principal: Arc::new(principal),
             engine,
             history,
@@ -68,6 +75,13 @@ impl Session {
             }
         };
         let re = env.id;
+        if let Some(Err(wait)) = self.limit.as_ref().map(ConnectionLimit::check) {
+            let error = ErrorData::rate_limited(
+                "this connection sends messages faster than the hub's limit (rate_messages_per_sec); slow down",
+                wait,
+            );
+            return send_error(writer, re, error).await;
+        }
         // The one place a request's role is checked (`muster_proto::roles`).
         if let Some(need) = muster_proto::required_role(&env.msg)
             && !self.role.is_some_and(|role| role.allows(need))
@@ -115,6 +129,18 @@ impl Session {
             ClientToHub::KeyCreate(create) => Request::KeyCreate(create),
             ClientToHub::KeyList(_) => Request::KeyList,
             ClientToHub::KeyRevoke(r) => Request::KeyRevoke(r.name),
+            ClientToHub::RunCreate(_) | ClientToHub::JobCreate(_)
+                if let Err(wait) = self.limits.command(&self.principal.name) =>
+            {
+                let error = ErrorData::rate_limited(
+                    format!(
+                        "this key sends commands faster than the hub's limit (rate_commands_per_min); retry in {:.1}s",
+                        wait.as_secs_f64()
+                    ),
+                    wait,
+                );
+                return send_error(writer, re, error).await;
+            }
             ClientToHub::RunCreate(create) => {
                 let id = RunId::generate();
                 if create.subscribe {

@@ -10,6 +10,7 @@ mod many_agents;
 mod metrics;
 mod protocol;
 mod queueing;
+mod rate;
 mod replay;
 mod roles;
 mod slow;

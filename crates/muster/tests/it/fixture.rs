@@ -17,6 +17,10 @@ pub(crate) const READY: Duration = Duration::from_secs(30);
 /// Longest a [`Captured`] process may take to print or to exit.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Tests send commands faster than the default of 10 per key per minute;
+/// `rate_limit.rs` tests that limit itself.
+const NO_COMMAND_LIMIT: [&str; 2] = ["--rate-limit-commands", "0"];
+
 /// The `muster` binary under test.
 pub(crate) fn muster_bin() -> &'static str {
     env!("CARGO_BIN_EXE_muster")
@@ -41,6 +45,7 @@ impl Server {
             .arg(data_dir)
             .stderr(Stdio::inherit());
         cmd.args(["--kill-grace", "2s"]);
+        cmd.args(NO_COMMAND_LIMIT);
         Self::start(cmd, &["MUSTER_HUB=", "MUSTER_TOKEN="])
     }
 
@@ -65,6 +70,7 @@ impl Server {
         let mut cmd = Command::new(muster_bin());
         cmd.args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(NO_COMMAND_LIMIT)
             .args(extra)
             .stderr(Stdio::inherit());
         let wanted: &[&str] = if expect_token {
