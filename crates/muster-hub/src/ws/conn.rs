@@ -16,6 +16,19 @@ use tokio::time::Instant;
 use crate::broker::Frame;
 use crate::delivery::{FrameSink, SinkClosed};
 
+/// The longest close reason: a control frame carries at most 125 bytes, two
+/// of them the code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to fit a close frame, at a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// How long a close frame may wait for room in the socket.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -131,7 +144,7 @@ impl Writer {
         }
         let frame = CloseFrame {
             code: code.into(),
-            reason: Utf8Bytes::from(reason),
+            reason: Utf8Bytes::from(close_reason(reason)),
         };
         let close = self.sink.send(Message::Close(Some(frame)));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
@@ -277,4 +290,17 @@ pub(crate) fn auth_rate_limited(wait: std::time::Duration) -> muster_proto::mess
         "too many failed authentications from this address; retry later",
         wait,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_reason_fits_a_control_frame_and_stays_utf8() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= MAX_CLOSE_REASON && cut.len() == 122, "{}", cut.len());
+    }
 }

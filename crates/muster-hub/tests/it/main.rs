@@ -5,6 +5,7 @@
 mod events;
 mod fixture;
 mod fleet;
+mod hostile;
 mod jobs;
 mod many_agents;
 mod metrics;
