@@ -301,6 +301,10 @@ mod tests {
         assert_eq!(close_reason("short"), "short");
         let long = "é".repeat(100);
         let cut = close_reason(&long);
-        assert!(cut.len() <= MAX_CLOSE_REASON && cut.len() == 122, "{}", cut.len());
+        assert!(
+            cut.len() <= MAX_CLOSE_REASON && cut.len() == 122,
+            "{}",
+            cut.len()
+        );
     }
 }

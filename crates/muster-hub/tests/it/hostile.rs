@@ -708,4 +708,3 @@ async fn every_hostile_input_gets_its_documented_code_and_the_hub_carries_on() {
         "the control connection, at the end"
     );
 }
-
