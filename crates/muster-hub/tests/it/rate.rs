@@ -15,6 +15,22 @@ use crate::fixture::TestHub;
 
 const FLOOD: usize = 100_000;
 
+type Split = (
+    futures_util::stream::SplitSink<crate::hostile::Ws, Message>,
+    futures_util::stream::SplitStream<crate::hostile::Ws>,
+);
+
+/// A raw client connection that has sent its `hello`, split in two.
+async fn say_hello(hub: &TestHub, token: &str) -> Split {
+    let (ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/client"))
+        .await
+        .unwrap();
+    let (mut sink, stream) = ws.split();
+    let hello = json!({"type": "hello", "data": {"token": token}});
+    sink.send(Message::text(hello.to_string())).await.unwrap();
+    (sink, stream)
+}
+
 /// Median of `samples` round trips of `agent.list` on `client`.
 async fn median_latency(client: &Client, samples: usize) -> Duration {
     let mut took = Vec::with_capacity(samples);
@@ -34,12 +50,7 @@ async fn a_flood_from_one_client_is_rate_limited_and_another_client_is_still_ser
     let idle = median_latency(&other, 50).await;
 
     let token = hub.hub.mint_key("flooder", Role::Viewer).await.unwrap();
-    let (ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/client"))
-        .await
-        .unwrap();
-    let (mut sink, mut stream) = ws.split();
-    let hello = json!({"type": "hello", "data": {"token": token.expose()}});
-    sink.send(Message::text(hello.to_string())).await.unwrap();
+    let (mut sink, mut stream) = say_hello(&hub, token.expose()).await;
 
     // Replies are read while the flood is written, as a well-behaved client would.
     let reader = tokio::spawn(async move {
@@ -141,12 +152,7 @@ async fn commands_are_limited_per_key_and_failed_logins_per_address() {
             "{err:?}"
         );
     }
-    let (ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/client"))
-        .await
-        .unwrap();
-    let (mut sink, mut stream) = ws.split();
-    let hello = json!({"type": "hello", "data": {"token": token.expose()}});
-    sink.send(Message::text(hello.to_string())).await.unwrap();
+    let (mut sink, mut stream) = say_hello(&hub, token.expose()).await;
     let Some(Ok(Message::Text(text))) = stream.next().await else {
         panic!("no answer to hello");
     };
