@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     match Selector::parse(text) {
         Ok(selector) => {
             let printed = selector.to_string();
-            assert_eq!(Selector::parse(&printed).as_ref(), Ok(&selector), "{printed}");
+            assert_eq!(
+                Selector::parse(&printed).as_ref(),
+                Ok(&selector),
+                "{printed}"
+            );
         }
         Err(e) => assert!(e.column >= 1 && e.column <= text.chars().count() + 1),
     }
