@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::AgentOptions;
 use crate::admission::Admission;
 use crate::connection::{self, Ended, Queues, Stop, close};
+use crate::credential::Credential;
 use crate::events::{self, EventQueue, EventSocket};
 use crate::executor::Executor;
 use crate::handshake;
@@ -82,7 +83,9 @@ pub(crate) async fn run(
         Some(interval) => Metrics::start(interval).await,
         None => None,
     };
+    let credential = Credential::load(&options.token, options.state_dir.as_deref())?;
     let agent = Agent {
+        credential,
         hello: handshake::hello(&options),
         url,
         trust: options.trust.clone(),
@@ -108,6 +111,8 @@ pub(crate) async fn run(
 
 /// Everything the agent keeps across connections.
 struct Agent {
+    /// The token each connection says `hello` with; the hub may rotate it.
+    credential: Credential,
     url: String,
     trust: TrustRoots,
     /// The `hello` without its run report, which is fresh for every attempt.
@@ -162,6 +167,7 @@ impl Agent {
     /// and closes the socket.
     async fn session(&mut self) -> Ended {
         let hello = AgentHello {
+            token: self.credential.token().to_owned(),
             runs: self.runs.report(),
             ..self.hello.clone()
         };
@@ -181,6 +187,7 @@ impl Agent {
         let metrics_feed = self.metrics.as_ref().map(Metrics::feed);
         let _online = self.event_queue.online();
         let queues = Queues {
+            credential: &mut self.credential,
             runs: &mut self.runs,
             metrics_feed,
             event_rx: &mut self.event_rx,

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use futures_util::{SinkExt, StreamExt};
-use muster_proto::messages::{AgentEvent, ConnectionAck, ErrorData, Heartbeat, MetricsSample};
+use muster_proto::messages::{
+    AgentEvent, ConnectionAck, CredentialStored, ErrorData, Heartbeat, MetricsSample,
+};
 use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
@@ -23,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::credential::Credential;
 use crate::handshake::Ws;
 use crate::metrics::Feed;
 use crate::runs::Runs;
@@ -64,6 +67,8 @@ pub(crate) struct Stop {
 
 /// What a connection sends from, besides its own replies.
 pub(crate) struct Queues<'a> {
+    /// Where a rotated token goes.
+    pub(crate) credential: &'a mut Credential,
     /// The runs, whose spool is sent in order from the start.
     pub(crate) runs: &'a mut Runs,
     /// Host samples, sent as they come (if sampling is on).
@@ -80,6 +85,7 @@ pub(crate) async fn serve(
     stop: &Stop,
 ) -> Ended {
     let Queues {
+        credential,
         runs,
         mut metrics_feed,
         event_rx,
@@ -92,6 +98,7 @@ pub(crate) async fn serve(
     let mut cursor = Cursor::default();
     let mut conn = Connection {
         ws,
+        credential,
         runs,
         deadline,
         last_heard: Instant::now(),
@@ -123,6 +130,7 @@ pub(crate) async fn serve(
 /// The state of one served connection.
 struct Connection<'a> {
     ws: &'a mut Ws,
+    credential: &'a mut Credential,
     runs: &'a mut Runs,
     /// Silence after which the hub is presumed gone; also bounds each send.
     deadline: Duration,
@@ -195,6 +203,26 @@ impl Connection<'_> {
                     tracing::debug!(run = %run.run, "run.cancel for a run not in flight");
                 }
                 Ok(())
+            }
+            HubToAgent::CredentialRotate(rotate) => {
+                let stored = match self.credential.store(rotate.token) {
+                    Ok(()) => {
+                        tracing::info!("the hub rotated this agent's token; the new one is stored");
+                        CredentialStored {
+                            stored: true,
+                            reason: None,
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!("cannot keep the token the hub rotated: {reason}");
+                        CredentialStored {
+                            stored: false,
+                            reason: Some(reason),
+                        }
+                    }
+                };
+                let answer = AgentToHub::CredentialStored(stored);
+                self.send_text(Envelope::reply(envelope.id, answer)).await
             }
             HubToAgent::Error(error) => match rejection(&error) {
                 Some(ended) => Err(ended),

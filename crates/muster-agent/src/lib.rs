@@ -57,6 +57,7 @@ mod admission;
 mod agent;
 pub mod config;
 mod connection;
+mod credential;
 pub mod emit;
 mod events;
 pub mod executor;
@@ -71,6 +72,7 @@ pub mod state_dir;
 
 pub use actions::ActionSet;
 pub use config::AgentConfig;
+pub use credential::CREDENTIAL_FILE;
 pub use emit::{RUN_ID_ENV, SOCKET_ENV, emit};
 pub use events::{CLIENT_IDLE_TIMEOUT, EVENT_BUFFER, MAX_EVENT_LINE_BYTES, SOCKET_FILE_NAME};
 pub use executor::Executor;

@@ -139,6 +139,8 @@ impl CloseCode {
     pub const GOING_AWAY: u16 = 1001;
     /// A message was larger than `max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The agent's credential was rotated; reconnect with the new one. Not fatal.
+    pub const CREDENTIAL_ROTATED: u16 = 4012;
     /// The source address is past its limit of failed authentications; the
     /// `error` before it says when to retry. Not fatal.
     pub const RATE_LIMITED: u16 = 4029;

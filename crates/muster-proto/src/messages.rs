@@ -95,6 +95,10 @@ pub enum ClientToHub {
     /// Revoke every API key of a name and close its connections; reply `key.revoked`.
     #[serde(rename = "key.revoke")]
     KeyRevoke(KeyRef),
+    /// Give a connected agent a new credential over its connection; reply
+    /// `agent.token_rotated` once the agent stored it and the old one is void.
+    #[serde(rename = "agent.rotate_token")]
+    AgentRotateToken(AgentRef),
 }
 
 impl Message for ClientToHub {
@@ -122,6 +126,7 @@ impl Message for ClientToHub {
         "key.create",
         "key.list",
         "key.revoke",
+        "agent.rotate_token",
     ];
 }
 
@@ -223,6 +228,9 @@ pub enum HubToClient {
     /// Reply to `key.revoke`.
     #[serde(rename = "key.revoked")]
     KeyRevoked(KeyRevoked),
+    /// Reply to `agent.rotate_token`.
+    #[serde(rename = "agent.token_rotated")]
+    AgentTokenRotated(AgentRef),
     /// Generic success reply.
     #[serde(rename = "ok")]
     Ok(Empty),
@@ -262,6 +270,7 @@ impl Message for HubToClient {
         "key.created",
         "key.list",
         "key.revoked",
+        "agent.token_rotated",
         "subscribed",
         "stream.synced",
         "ok",
@@ -294,6 +303,9 @@ pub enum AgentToHub {
     /// An event a program on the agent published (`muster emit`).
     #[serde(rename = "event")]
     Event(AgentEvent),
+    /// Answer to `credential.rotate`: whether the new credential is stored.
+    #[serde(rename = "credential.stored")]
+    CredentialStored(CredentialStored),
     /// The agent could not handle a hub message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -308,6 +320,7 @@ impl Message for AgentToHub {
         "run.exited",
         "metrics",
         "event",
+        "credential.stored",
         "error",
     ];
 }
@@ -335,6 +348,10 @@ pub enum HubToAgent {
     /// if `exited`); the agent may drop them from its spool.
     #[serde(rename = "run.ack")]
     RunAck(RunAck),
+    /// A new credential for this agent: store it, answer `credential.stored`,
+    /// and use it from the next connection on.
+    #[serde(rename = "credential.rotate")]
+    CredentialRotate(CredentialRotate),
     /// The hub could not handle an agent message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -348,6 +365,7 @@ impl Message for HubToAgent {
         "run.start",
         "run.cancel",
         "run.ack",
+        "credential.rotate",
         "error",
     ];
 }
@@ -1218,4 +1236,27 @@ pub struct KeyRevoked {
     pub name: String,
     /// Live connections that used it, now closed (4011).
     pub closed_connections: u32,
+}
+
+/// `credential.rotate`: the agent's new token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRotate {
+    /// The new token; the old one stops working once the agent has stored this.
+    pub token: String,
+}
+
+impl std::fmt::Debug for CredentialRotate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialRotate { token: <redacted> }")
+    }
+}
+
+/// `credential.stored`: the agent's answer to `credential.rotate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialStored {
+    /// Whether the new token is stored where the agent will find it on restart.
+    pub stored: bool,
+    /// Why not, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }

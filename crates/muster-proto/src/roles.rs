@@ -88,6 +88,7 @@ pub fn required_role(msg: &ClientToHub) -> Option<Role> {
         M::AgentAdd(_)
         | M::AgentRemove(_)
         | M::AgentLabel(_)
+        | M::AgentRotateToken(_)
         | M::KeyCreate(_)
         | M::KeyList(_)
         | M::KeyRevoke(_) => Some(Role::Admin),

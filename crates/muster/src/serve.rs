@@ -175,9 +175,18 @@ pub(crate) struct AgentArgs {
     /// Hub base URL (http://host:port).
     #[arg(long, env = "MUSTER_HUB")]
     pub(crate) hub: String,
-    /// The agent's token, as printed by `muster agents add`.
-    #[arg(long, env = "MUSTER_AGENT_TOKEN", hide_env_values = true)]
-    pub(crate) token: String,
+    /// The agent's token, as printed by `muster agents add`. On a command
+    /// line `ps` shows it: prefer --token-file or the variable.
+    #[arg(
+        long,
+        env = "MUSTER_AGENT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub(crate) token: Option<String>,
+    /// A file that holds the agent's token (keep it mode 0600).
+    #[arg(long, env = "MUSTER_AGENT_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// PEM file of the CA certificates that verify an https:// hub, instead
     /// of the system's roots.
     #[arg(long, env = "MUSTER_CA_FILE", value_name = "FILE")]
@@ -209,6 +218,15 @@ impl AgentArgs {
     /// The agent's options: the config file (if any), then the flags over it.
     /// A config file that cannot be read or is invalid is an error.
     fn into_options(self) -> anyhow::Result<AgentOptions> {
+        // None given is fine when the state dir holds a rotated credential.
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => String::new(),
+        };
         let file = match &self.config {
             Some(path) => AgentConfig::from_file(path)?,
             None => AgentConfig::default(),
@@ -236,7 +254,7 @@ impl AgentArgs {
                 Some(path) => TrustRoots::ca_file(path),
                 None => TrustRoots::system(),
             },
-            ..AgentOptions::new(self.hub, self.token)
+            ..AgentOptions::new(self.hub, token)
         })
     }
 }
@@ -466,7 +484,8 @@ mod tests {
     fn args(config: Option<PathBuf>) -> AgentArgs {
         AgentArgs {
             hub: "http://hub:7070".into(),
-            token: "mst_test".into(),
+            token: Some("mst_test".into()),
+            token_file: None,
             ca_file: None,
             config,
             name: None,

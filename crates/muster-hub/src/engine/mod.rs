@@ -29,6 +29,7 @@ mod presence;
 mod registry;
 mod reports;
 mod requests;
+mod rotation;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -108,6 +109,8 @@ pub enum Input {
     },
     /// From an agent: a run's process started.
     RunStarted(Arc<AgentLink>, RunStarted),
+    /// From an agent: its answer to `credential.rotate`.
+    CredentialStored(Arc<AgentLink>, muster_proto::messages::CredentialStored),
     /// From an agent: an output frame, raw and decoded.
     RunOutput(Arc<AgentLink>, Bytes, OutputFrame),
     /// From an agent: a run ended.
@@ -209,6 +212,8 @@ pub struct Engine {
     lookups: Vec<Lookup>,
     /// Live client connections by key name, closed when their key is revoked.
     clients: Arc<ClientConns>,
+    /// Agent token rotations waiting for the agent's answer.
+    rotations: HashMap<AgentName, rotation::Rotation>,
 }
 
 impl Engine {
@@ -233,6 +238,7 @@ impl Engine {
             batch: BatchBuilder::default(),
             lookups: Vec::new(),
             clients: Arc::default(),
+            rotations: HashMap::new(),
             config,
             hub_id,
         };
@@ -262,6 +268,7 @@ impl Engine {
                 stale,
             } => self.agent_stale(&name, conn_id, stale),
             Input::RunStarted(link, started) => self.run_started(&link, started, now),
+            Input::CredentialStored(link, stored) => self.credential_stored(&link, stored),
             Input::RunOutput(link, raw, frame) => self.run_output(&link, raw, frame),
             Input::RunExited(link, exited) => self.run_exited(&link, exited, now),
             Input::AgentEvent(link, event) => self.agent_event(&link, *event, now),
@@ -288,6 +295,7 @@ impl Engine {
     /// Ends runs and agents past their deadlines; called every sweep interval.
     pub fn tick(&mut self, now: UnixMillis) {
         self.sweep_runs(now);
+        self.expire_rotations(now);
         self.compact_metrics_if_due(now);
     }
 

@@ -49,6 +49,8 @@ pub enum Request {
     KeyList,
     /// `key.revoke`, by name.
     KeyRevoke(String),
+    /// `agent.rotate_token`.
+    AgentRotateToken(AgentName),
     /// For `subscribe` to `agent:<name>` or `metrics:<name>`: whether the
     /// agent is registered, and the offset its next event gets.
     AgentChannel(AgentName, oneshot::Sender<Result<u64, ApiError>>),
@@ -73,6 +75,7 @@ impl Engine {
             Request::KeyCreate(create) => self.create_key(to, re, create, now),
             Request::KeyList => self.list_keys(to, re),
             Request::KeyRevoke(name) => self.revoke_key(to, re, name),
+            Request::AgentRotateToken(name) => self.rotate_token(to, re, name, now),
             Request::RunCreate(id, create) => self.request_run(principal, to, re, id, create, now),
             Request::RunGet(id) => self.get_run(to, re, id),
             Request::RunCancel(id) => self.cancel_run(to, re, id, now),

@@ -129,6 +129,7 @@ impl Session {
             ClientToHub::KeyCreate(create) => Request::KeyCreate(create),
             ClientToHub::KeyList(_) => Request::KeyList,
             ClientToHub::KeyRevoke(r) => Request::KeyRevoke(r.name),
+            ClientToHub::AgentRotateToken(r) => Request::AgentRotateToken(r.name),
             ClientToHub::RunCreate(_) | ClientToHub::JobCreate(_)
                 if let Err(wait) = self.limits.command(&self.principal.name) =>
             {

@@ -152,7 +152,7 @@ async fn commands_are_limited_per_key_and_failed_logins_per_address() {
             "{err:?}"
         );
     }
-    let (mut sink, mut stream) = say_hello(&hub, token.expose()).await;
+    let (_sink, mut stream) = say_hello(&hub, token.expose()).await;
     let Some(Ok(Message::Text(text))) = stream.next().await else {
         panic!("no answer to hello");
     };

@@ -44,6 +44,7 @@ fn samples() -> Vec<(&'static str, ClientToHub)> {
         ),
         ("key.list", json!({})),
         ("key.revoke", json!({"name": "nobody"})),
+        ("agent.rotate_token", json!({"name": "nobody"})),
     ];
     data.into_iter()
         .map(|(kind, data)| {

@@ -22,6 +22,9 @@ pub(crate) enum AgentsCommand {
     Show(NameArgs),
     /// Unregister an agent, revoke its token and disconnect it.
     Rm(NameArgs),
+    /// Give a connected agent a new token over its connection; the agent
+    /// stores it in its state dir and the old one stops working.
+    RotateToken(NameArgs),
     /// Edit registered labels: KEY=VALUE sets one, KEY- removes one.
     Label(LabelArgs),
     /// Show an agent's recent resource samples: CPU, memory, disk, load, network.
@@ -80,6 +83,7 @@ impl AgentsCommand {
             Self::Add(args) => add(args, json).await?,
             Self::Show(args) => show(args, json).await?,
             Self::Rm(args) => remove(args, json).await?,
+            Self::RotateToken(args) => rotate_token(args, json).await?,
             Self::Label(args) => label(args, json).await?,
             Self::Metrics(args) => metrics::show(args, json).await?,
         }
@@ -115,11 +119,11 @@ async fn add(args: AddArgs, json: bool) -> anyhow::Result<()> {
     }
     output::print(&format!("{}\n", added.token))?;
     eprintln!(
-        "agent {:?} added; its token is shown only this once. Start the agent with:\n  \
-         muster agent --hub {} --token {} --name {}",
+        "agent {:?} added; its token is shown only this once. Keep it in a file only its \
+         user can read, and start the agent with:\n  \
+         muster agent --hub {} --token-file FILE --name {}",
         args.name.as_str(),
         args.conn.hub,
-        added.token,
         args.name,
     );
     Ok(())
@@ -151,6 +155,28 @@ async fn remove(args: NameArgs, json: bool) -> anyhow::Result<()> {
         return output::print_json(&serde_json::json!({ "name": args.name }));
     }
     output::print(&format!("removed agent {:?}\n", args.name.as_str()))
+}
+
+async fn rotate_token(args: NameArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let request = ClientToHub::AgentRotateToken(muster_proto::messages::AgentRef {
+        name: args.name.clone(),
+    });
+    let reply = client
+        .request(request)
+        .await
+        .map_err(agent_error(&args.name))?;
+    client.close().await;
+    let HubToClient::AgentTokenRotated(rotated) = reply else {
+        anyhow::bail!("the hub answered agent.rotate_token with something else");
+    };
+    if json {
+        return output::print_json(&serde_json::json!({ "name": rotated.name }));
+    }
+    output::print(&format!(
+        "rotated the token of agent {:?}: it stored the new one and reconnects with it; the old one no longer works\n",
+        rotated.name.as_str()
+    ))
 }
 
 async fn label(args: LabelArgs, json: bool) -> anyhow::Result<()> {

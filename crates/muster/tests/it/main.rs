@@ -12,6 +12,7 @@ mod fleet;
 mod hostile_hello;
 mod jobs;
 mod lockout;
+mod rotation;
 mod run_env;
 mod secrets;
 mod slow_client;
