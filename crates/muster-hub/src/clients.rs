@@ -4,23 +4,30 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 /// The live client connections, by key name. Shared by the engine, which
 /// revokes, and the connections, which register themselves.
 #[derive(Debug, Default)]
 pub struct ClientConns {
     /// A std `Mutex`: held only to add, remove or cancel entries.
-    by_key: Mutex<HashMap<String, HashMap<u64, Revoked>>>,
+    by_key: Mutex<HashMap<Arc<str>, HashMap<u64, Revoked>>>,
 }
 
-/// Cancelled when the connection's key is revoked.
-#[derive(Debug, Clone)]
-pub(crate) struct Revoked(CancellationToken);
+/// Notified once when the connection's key is revoked. (A `Notify` keeps
+/// the notice until its one waiter comes for it, and is smaller than a
+/// cancellation token, which every idle client would carry.)
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Revoked(Arc<Notify>);
 
 impl Revoked {
+    /// Resolves once the key is revoked.
     pub(crate) async fn cancelled(&self) {
-        self.0.cancelled().await;
+        self.0.notified().await;
+    }
+
+    fn cancel(&self) {
+        self.0.notify_one();
     }
 }
 
@@ -28,16 +35,20 @@ impl ClientConns {
     /// Registers connection `conn_id` of key `name`; it stays registered
     /// until the returned guard drops.
     pub(crate) fn register(self: &Arc<Self>, name: &str, conn_id: u64) -> Registration {
-        let revoked = Revoked(CancellationToken::new());
-        self.by_key
-            .lock()
-            .expect("client registry lock poisoned")
-            .entry(name.to_owned())
+        let revoked = Revoked::default();
+        let mut by_key = self.by_key.lock().expect("client registry lock poisoned");
+        // The connections of one key share one copy of its name.
+        let name = match by_key.get_key_value(name) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(name),
+        };
+        by_key
+            .entry(name.clone())
             .or_default()
             .insert(conn_id, revoked.clone());
         Registration {
             conns: self.clone(),
-            name: name.to_owned(),
+            name,
             conn_id,
             revoked,
         }
@@ -52,7 +63,7 @@ impl ClientConns {
             .remove(name)
             .unwrap_or_default();
         for revoked in conns.values() {
-            revoked.0.cancel();
+            revoked.cancel();
         }
         conns.len()
     }
@@ -62,7 +73,7 @@ impl ClientConns {
 #[derive(Debug)]
 pub(crate) struct Registration {
     conns: Arc<ClientConns>,
-    name: String,
+    name: Arc<str>,
     conn_id: u64,
     revoked: Revoked,
 }
@@ -81,10 +92,10 @@ impl Drop for Registration {
             .by_key
             .lock()
             .expect("client registry lock poisoned");
-        if let Some(conns) = by_key.get_mut(&self.name) {
+        if let Some(conns) = by_key.get_mut(&*self.name) {
             conns.remove(&self.conn_id);
             if conns.is_empty() {
-                by_key.remove(&self.name);
+                by_key.remove(&*self.name);
             }
         }
     }
@@ -102,8 +113,17 @@ mod tests {
         let b = conns.register("ci", 3);
         drop(a2);
         assert_eq!(conns.revoke("ops"), 1);
-        assert!(a1.revoked().0.is_cancelled());
-        assert!(!b.revoked().0.is_cancelled());
+        let fired = |r: &Registration| {
+            let revoked = r.revoked().clone();
+            let mut waiting = std::pin::pin!(revoked.cancelled());
+            let waker = std::task::Waker::noop();
+            waiting
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        assert!(fired(&a1), "the revoked key's connection is told");
+        assert!(!fired(&b), "another key's is not");
         assert_eq!(conns.revoke("ops"), 0);
         drop(b);
         assert!(conns.by_key.lock().unwrap().is_empty());

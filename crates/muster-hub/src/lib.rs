@@ -270,8 +270,10 @@ impl Hub {
             next_conn_id: Arc::new(AtomicU64::new(1)),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
-            clients: self.inner.clients.clone(),
-            limits: Arc::new(rate::RateLimits::new(&config)),
+            guards: Arc::new(ws::Guards {
+                clients: self.inner.clients.clone(),
+                limits: rate::RateLimits::new(&config),
+            }),
             config,
         };
         let timeout = state.config.handshake_timeout();

@@ -83,7 +83,7 @@ async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) 
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
     let hello = read_hello(&state, &mut stream, &mut writer).await?;
     let source = peer.addr.ip();
-    if let Some(wait) = state.limits.auth_blocked(source) {
+    if let Some(wait) = state.guards.limits.auth_blocked(source) {
         let error = conn::auth_rate_limited(wait);
         writer
             .reject(CloseCode::RATE_LIMITED, error, HubToAgent::Error)
@@ -112,7 +112,7 @@ async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) 
         Some(Err(e)) => {
             tracing::info!(reason = %e.message, "agent handshake rejected");
             if e.code == ErrorCode::AuthFailed {
-                state.limits.auth_failed(source);
+                state.guards.limits.auth_failed(source);
             }
             let error = e.to_data();
             writer

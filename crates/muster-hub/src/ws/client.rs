@@ -89,7 +89,10 @@ async fn open(
     let welcome = handshake(&state, &mut stream, &mut writer, peer.addr.ip()).await?;
     peer.authenticated.set();
     // Before the ack, so a revocation from now on reaches this connection.
-    let registration = state.clients.register(&welcome.principal.name, conn_id);
+    let registration = state
+        .guards
+        .clients
+        .register(&welcome.principal.name, conn_id);
     tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
     let (queue, rx) = crate::queue::bounded(state.config.client_queue_frames);
     let mut subs = Subscriptions::new(state.broker.clone(), queue.clone());
@@ -108,7 +111,7 @@ async fn open(
     let page_bytes = state.config.max_message_bytes / 2;
     let session = Session::new(
         welcome.principal,
-        state.limits.clone(),
+        &state.guards.limits,
         state.engine.clone(),
         state.history.clone(),
         queue.clone(),
@@ -158,7 +161,10 @@ impl Connection {
                 self.liveness.heard();
                 let sent = match frame {
                     Some(Ok(Message::Text(text))) => {
-                        self.session.handle_text(&mut self.writer, &text).await
+                        let limits = &self.state.guards.limits;
+                        self.session
+                            .handle_text(&mut self.writer, &text, limits)
+                            .await
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let error = ErrorData::new(
@@ -230,7 +236,7 @@ async fn handshake(
             Ok(Envelope {
                 msg: ClientToHub::Hello(_),
                 ..
-            }) if let Some(wait) = state.limits.auth_blocked(source) => {
+            }) if let Some(wait) = state.guards.limits.auth_blocked(source) => {
                 (CloseCode::RATE_LIMITED, conn::auth_rate_limited(wait))
             }
             Ok(Envelope {
@@ -246,7 +252,7 @@ async fn handshake(
                     Some(Ok(welcome)) => return Some(welcome),
                     Some(Err(e)) => {
                         if e.code == ErrorCode::AuthFailed {
-                            state.limits.auth_failed(source);
+                            state.guards.limits.auth_failed(source);
                         }
                         (CloseCode::AUTH_FAILED, e.to_data())
                     }

@@ -51,10 +51,17 @@ pub(crate) struct AppState {
     pub(crate) next_conn_id: Arc<AtomicU64>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Revocation and rate limits, behind one pointer: every connection
+    /// keeps a copy of this state.
+    pub(crate) guards: Arc<Guards>,
+}
+
+/// What guards the hub against its own clients.
+pub(crate) struct Guards {
     /// Live client connections by key name, for revocation.
     pub(crate) clients: Arc<crate::clients::ClientConns>,
     /// Rate limits shared by every connection.
-    pub(crate) limits: Arc<crate::rate::RateLimits>,
+    pub(crate) limits: crate::rate::RateLimits,
 }
 
 /// Builds the router.

@@ -126,7 +126,7 @@ impl axum::serve::Listener for Listener {
                     };
                     let io = Io {
                         stream,
-                        pending: Some(Pending {
+                        pending: Some(Box::new(Pending {
                             authenticated: authenticated.clone(),
                             deadline: Box::pin(tokio::time::sleep(self.timeout)),
                             slot: Slot {
@@ -135,7 +135,7 @@ impl axum::serve::Listener for Listener {
                                 source,
                                 evicted,
                             },
-                        }),
+                        })),
                     };
                     return (
                         io,
@@ -277,8 +277,9 @@ impl Drop for Slot {
 /// passes unauthenticated.
 pub(crate) struct Io {
     stream: ServerStream,
-    /// Gone, and with it the timer, once authenticated.
-    pending: Option<Pending>,
+    /// Gone, and with it the timer and the slot, once authenticated; boxed,
+    /// so an authenticated connection keeps one pointer of it.
+    pending: Option<Box<Pending>>,
 }
 
 impl Io {

@@ -25,11 +25,9 @@ use crate::runtime::EngineHandle;
 /// The state of one authenticated client connection.
 pub(crate) struct Session {
     principal: Arc<Principal>,
-    /// The key's role; `None` (an unknown role) may send no request.
-    role: Option<Role>,
-    /// This connection's message rate, if limited.
-    limit: Option<ConnectionLimit>,
-    limits: Arc<RateLimits>,
+    /// This connection's message rate, if limited; boxed, as every idle
+    /// client carries this field.
+    limit: Option<Box<ConnectionLimit>>,
     engine: EngineHandle,
     history: History,
     /// This connection's queue, where answers come back.
@@ -41,7 +39,7 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) fn new(
         principal: Principal,
-        limits: Arc<RateLimits>,
+        limits: &RateLimits,
         engine: EngineHandle,
         history: History,
         queue: Subscriber,
@@ -49,9 +47,7 @@ impl Session {
         page_bytes: usize,
     ) -> Self {
         Self {
-            role: principal.role.as_deref().and_then(|r| r.parse().ok()),
-            limit: limits.connection(),
-            limits,
+            limit: limits.connection().map(Box::new),
             principal: Arc::new(principal),
             engine,
             history,
@@ -66,6 +62,7 @@ impl Session {
         &mut self,
         writer: &mut Writer,
         text: &str,
+        limits: &RateLimits,
     ) -> Result<(), SinkClosed> {
         let env = match Envelope::<ClientToHub>::decode(text) {
             Ok(env) => env,
@@ -75,7 +72,7 @@ impl Session {
             }
         };
         let re = env.id;
-        if let Some(Err(wait)) = self.limit.as_ref().map(ConnectionLimit::check) {
+        if let Some(Err(wait)) = self.limit.as_deref().map(ConnectionLimit::check) {
             let error = ErrorData::rate_limited(
                 "this connection sends messages faster than the hub's limit (rate_messages_per_sec); slow down",
                 wait,
@@ -83,10 +80,16 @@ impl Session {
             return send_error(writer, re, error).await;
         }
         // The one place a request's role is checked (`muster_proto::roles`).
+        // An unknown role may send no request.
+        let role = self
+            .principal
+            .role
+            .as_deref()
+            .and_then(|r| r.parse::<Role>().ok());
         if let Some(need) = muster_proto::required_role(&env.msg)
-            && !self.role.is_some_and(|role| role.allows(need))
+            && !role.is_some_and(|role| role.allows(need))
         {
-            let have = self.role.map_or("no role", Role::as_str);
+            let have = role.map_or("no role", Role::as_str);
             let error = ErrorData::new(
                 ErrorCode::Forbidden,
                 format!("this needs an {need} key or higher; this key is {have}"),
@@ -131,7 +134,7 @@ impl Session {
             ClientToHub::KeyRevoke(r) => Request::KeyRevoke(r.name),
             ClientToHub::AgentRotateToken(r) => Request::AgentRotateToken(r.name),
             ClientToHub::RunCreate(_) | ClientToHub::JobCreate(_)
-                if let Err(wait) = self.limits.command(&self.principal.name) =>
+                if let Err(wait) = limits.command(&self.principal.name) =>
             {
                 let error = ErrorData::rate_limited(
                     format!(
