@@ -78,6 +78,9 @@ pub struct HubConfig {
     /// Failed authentications per source address per minute; past it the
     /// source's handshakes are refused until it is back under. 0: no limit.
     pub rate_auth_failures_per_min: u32,
+    /// Channels one client connection may subscribe to at once (its own
+    /// `fleet` counts); past it `subscribe` gets `INVALID_STATE`.
+    pub max_subscriptions_per_connection: usize,
 }
 
 impl Default for HubConfig {
@@ -110,6 +113,7 @@ impl Default for HubConfig {
             rate_messages_per_sec: 100,
             rate_commands_per_min: 10,
             rate_auth_failures_per_min: 30,
+            max_subscriptions_per_connection: 4096,
         }
     }
 }
@@ -145,6 +149,9 @@ impl HubConfig {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key go together: give both or neither");
+        }
+        if self.max_subscriptions_per_connection == 0 {
+            bail!("max_subscriptions_per_connection must be at least 1");
         }
         if self.handshake_timeout_ms == 0 {
             bail!("handshake_timeout_ms must be positive");

@@ -273,6 +273,7 @@ impl Hub {
             guards: Arc::new(ws::Guards {
                 clients: self.inner.clients.clone(),
                 limits: rate::RateLimits::new(&config),
+                max_subscriptions: config.max_subscriptions_per_connection,
             }),
             config,
         };

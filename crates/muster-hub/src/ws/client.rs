@@ -161,9 +161,9 @@ impl Connection {
                 self.liveness.heard();
                 let sent = match frame {
                     Some(Ok(Message::Text(text))) => {
-                        let limits = &self.state.guards.limits;
+                        let guards = &self.state.guards;
                         self.session
-                            .handle_text(&mut self.writer, &text, limits)
+                            .handle_text(&mut self.writer, &text, guards)
                             .await
                     }
                     Some(Ok(Message::Binary(_))) => {

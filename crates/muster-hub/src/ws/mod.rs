@@ -62,6 +62,8 @@ pub(crate) struct Guards {
     pub(crate) clients: Arc<crate::clients::ClientConns>,
     /// Rate limits shared by every connection.
     pub(crate) limits: crate::rate::RateLimits,
+    /// Channels one client connection may subscribe to at once.
+    pub(crate) max_subscriptions: usize,
 }
 
 /// Builds the router.

@@ -7,11 +7,14 @@
 
 use std::sync::Arc;
 
-use muster_proto::messages::{ErrorData, Principal, StreamSynced, Subscribe, Subscribed};
+use muster_proto::messages::{
+    ErrorData, JobCreate, Principal, RunCreate, StreamSynced, Subscribe, Subscribed,
+};
 use muster_proto::{
     Channel, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RequestId, Role, RunId,
 };
 
+use super::Guards;
 use super::conn::Writer;
 use crate::broker::Subscriber;
 use crate::delivery::{History, ReplayError, SinkClosed, Subscriptions};
@@ -62,8 +65,9 @@ impl Session {
         &mut self,
         writer: &mut Writer,
         text: &str,
-        limits: &RateLimits,
+        guards: &Guards,
     ) -> Result<(), SinkClosed> {
+        let limits = &guards.limits;
         let env = match Envelope::<ClientToHub>::decode(text) {
             Ok(env) => env,
             Err(e) => {
@@ -107,6 +111,10 @@ impl Session {
                 return send_error(writer, re, error).await;
             }
             ClientToHub::Subscribe(subscribe) => {
+                let channel = subscribe.channel.parse::<Channel>().ok();
+                if let Err(error) = self.room_for(channel.as_ref(), guards.max_subscriptions) {
+                    return send_error(writer, re, error).await;
+                }
                 return self.subscribe(writer, re, subscribe).await;
             }
             ClientToHub::Unsubscribe(c) => {
@@ -145,6 +153,14 @@ impl Session {
                 );
                 return send_error(writer, re, error).await;
             }
+            ClientToHub::RunCreate(RunCreate {
+                subscribe: true, ..
+            })
+            | ClientToHub::JobCreate(JobCreate {
+                subscribe: true, ..
+            }) if let Err(error) = self.room_for(None, guards.max_subscriptions) => {
+                return send_error(writer, re, error).await;
+            }
             ClientToHub::RunCreate(create) => {
                 let id = RunId::generate();
                 if create.subscribe {
@@ -162,6 +178,20 @@ impl Session {
             }
         };
         self.hand_to_engine(writer, re, request).await
+    }
+
+    /// Whether the connection may hold one more subscription (to `channel`,
+    /// which it may hold already), under `max`.
+    fn room_for(&self, channel: Option<&Channel>, max: usize) -> Result<(), ErrorData> {
+        if self.subs.len() < max || channel.is_some_and(|c| self.subs.is_subscribed(c)) {
+            return Ok(());
+        }
+        Err(ErrorData::new(
+            ErrorCode::InvalidState,
+            format!(
+                "this connection holds {max} subscriptions, the most it may (max_subscriptions_per_connection); unsubscribe from one first"
+            ),
+        ))
     }
 
     /// Hands a request to the engine, unless the store cannot take what it

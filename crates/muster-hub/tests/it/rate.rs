@@ -167,3 +167,43 @@ async fn commands_are_limited_per_key_and_failed_logins_per_address() {
     };
     assert_eq!(u16::from(frame.code), CloseCode::RATE_LIMITED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_at_its_subscription_cap_is_refused_more_and_keeps_what_it_has() {
+    let hub = TestHub::start_with(|c| c.max_subscriptions_per_connection = 3).await;
+    hub.agent("web-1", 4).await;
+    let (client, _events) = hub.client().await;
+    // `fleet` is the first; two more fit.
+    client.subscribe("agent:web-1", None).await.unwrap();
+    client.subscribe("metrics:web-1", None).await.unwrap();
+    let err = client.subscribe("*", None).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidState), "{err:?}");
+    assert!(
+        err.to_string().contains("max_subscriptions_per_connection"),
+        "{err}"
+    );
+    // Again to one it holds is fine; a run that would subscribe is refused whole.
+    client.subscribe("agent:web-1", None).await.unwrap();
+    let create = serde_json::from_value(json!({
+        "type": "run.create",
+        "data": {"agent": "web-1", "command": {"argv": ["true"]}, "subscribe": true}
+    }))
+    .unwrap();
+    let err = client.request(create).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidState), "{err:?}");
+    let runs = client
+        .request(serde_json::from_value(json!({"type": "run.list", "data": {}})).unwrap())
+        .await
+        .unwrap();
+    let muster_proto::HubToClient::RunList(runs) = runs else {
+        panic!("{runs:?}");
+    };
+    assert!(runs.runs.is_empty(), "a refused run.create made a run");
+    // Room again after an unsubscribe.
+    let unsubscribe = serde_json::from_value(
+        json!({"type": "unsubscribe", "data": {"channel": "metrics:web-1"}}),
+    )
+    .unwrap();
+    client.request(unsubscribe).await.unwrap();
+    client.subscribe("*", None).await.unwrap();
+}
