@@ -111,11 +111,9 @@ impl Session {
                 return send_error(writer, re, error).await;
             }
             ClientToHub::Subscribe(subscribe) => {
-                let channel = subscribe.channel.parse::<Channel>().ok();
-                if let Err(error) = self.room_for(channel.as_ref(), guards.max_subscriptions) {
-                    return send_error(writer, re, error).await;
-                }
-                return self.subscribe(writer, re, subscribe).await;
+                return self
+                    .subscribe(writer, re, subscribe, guards.max_subscriptions)
+                    .await;
             }
             ClientToHub::Unsubscribe(c) => {
                 if let Ok(channel) = c.channel.parse::<Channel>() {
@@ -297,6 +295,7 @@ impl Session {
         writer: &mut Writer,
         re: Option<RequestId>,
         req: Subscribe,
+        max_subscriptions: usize,
     ) -> Result<(), SinkClosed> {
         let channel = match req.channel.parse::<Channel>() {
             Ok(channel) => channel,
@@ -305,6 +304,9 @@ impl Session {
                 return send_error(writer, re, error).await;
             }
         };
+        if let Err(error) = self.room_for(Some(&channel), max_subscriptions) {
+            return send_error(writer, re, error).await;
+        }
         let since = req.since.filter(|_| channel.has_stream());
         let pause = since.is_some() && matches!(channel, Channel::Run(_) | Channel::Job(_));
         let was_subscribed = self.subs.is_subscribed(&channel);

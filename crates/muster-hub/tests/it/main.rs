@@ -14,6 +14,7 @@ mod queueing;
 mod rate;
 mod replay;
 mod roles;
+mod rotation;
 mod slow;
 mod storage;
 mod upgrade;
