@@ -1,12 +1,12 @@
-//! Live client connections by the name of the API key they authenticated
-//! with, so that revoking a key closes them.
+//! Live client connections by the API key (its key id) they authenticated
+//! with, so that revoking, rotating or expiring a key closes them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// The live client connections, by key name. Shared by the engine, which
+/// The live client connections, by key id. Shared by the engine, which
 /// revokes, and the connections, which register themselves.
 #[derive(Debug, Default)]
 pub struct ClientConns {
@@ -32,8 +32,8 @@ impl Revoked {
 }
 
 impl ClientConns {
-    /// Registers connection `conn_id` of key `name`; it stays registered
-    /// until the returned guard drops.
+    /// Registers connection `conn_id` of key `name` (a key id); it stays
+    /// registered until the returned guard drops.
     pub(crate) fn register(self: &Arc<Self>, name: &str, conn_id: u64) -> Registration {
         let revoked = Revoked::default();
         let mut by_key = self.by_key.lock().expect("client registry lock poisoned");
@@ -54,18 +54,19 @@ impl ClientConns {
         }
     }
 
-    /// Closes every connection of key `name`; returns how many there were.
-    pub fn revoke(&self, name: &str) -> usize {
-        let conns = self
-            .by_key
-            .lock()
-            .expect("client registry lock poisoned")
-            .remove(name)
-            .unwrap_or_default();
-        for revoked in conns.values() {
-            revoked.cancel();
+    /// Closes every connection of the keys `key_ids`; returns how many
+    /// there were.
+    pub fn revoke<S: AsRef<str>>(&self, key_ids: &[S]) -> usize {
+        let mut by_key = self.by_key.lock().expect("client registry lock poisoned");
+        let mut closed = 0;
+        for key_id in key_ids {
+            let conns = by_key.remove(key_id.as_ref()).unwrap_or_default();
+            for revoked in conns.values() {
+                revoked.cancel();
+            }
+            closed += conns.len();
         }
-        conns.len()
+        closed
     }
 }
 
@@ -112,7 +113,7 @@ mod tests {
         let a2 = conns.register("ops", 2);
         let b = conns.register("ci", 3);
         drop(a2);
-        assert_eq!(conns.revoke("ops"), 1);
+        assert_eq!(conns.revoke(&["ops", "nobody"]), 1);
         let fired = |r: &Registration| {
             let revoked = r.revoked().clone();
             let mut waiting = std::pin::pin!(revoked.cancelled());
@@ -124,7 +125,7 @@ mod tests {
         };
         assert!(fired(&a1), "the revoked key's connection is told");
         assert!(!fired(&b), "another key's is not");
-        assert_eq!(conns.revoke("ops"), 0);
+        assert_eq!(conns.revoke(&["ops"]), 0);
         drop(b);
         assert!(conns.by_key.lock().unwrap().is_empty());
     }

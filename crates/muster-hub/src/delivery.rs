@@ -89,7 +89,7 @@ impl History {
                 .into_iter()
                 .map(|(seq, text)| (seq, Frame::text(text)))
                 .collect(),
-            Channel::Fleet | Channel::Metrics(_) | Channel::All => Vec::new(),
+            Channel::Fleet | Channel::Metrics(_) | Channel::Audit | Channel::All => Vec::new(),
         })
     }
 

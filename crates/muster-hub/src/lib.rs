@@ -208,7 +208,9 @@ impl Hub {
                 kind: "hub".into(),
                 name: "hub".into(),
                 role: None,
+                scope: None,
             }),
+            source: None,
             to: queue,
             re: None,
             request: Box::new(Request::AgentGet(name.clone())),
@@ -274,6 +276,7 @@ impl Hub {
                 clients: self.inner.clients.clone(),
                 limits: rate::RateLimits::new(&config),
                 max_subscriptions: config.max_subscriptions_per_connection,
+                refusals: Default::default(),
             }),
             config,
         };

@@ -200,6 +200,13 @@ impl Lookups {
                     to.send(Outbound::Reply(Box::new(Reply::to(re, msg))));
                 });
             }
+            Lookup::ReadIn(to, re, read, view) => {
+                let page_bytes = self.page_bytes;
+                tokio::spawn(async move {
+                    let msg = reads::answer_in(&store, read, Some(view), page_bytes).await;
+                    to.send(Outbound::Reply(Box::new(Reply::to(re, msg))));
+                });
+            }
             Lookup::RunKey(key) | Lookup::JobKey(key) => {
                 let control = self.control.clone();
                 tokio::spawn(async move {

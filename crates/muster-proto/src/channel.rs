@@ -23,6 +23,8 @@ pub enum Channel {
     Run(RunId),
     /// `job:<id>`: a job's progress and step events (numbered).
     Job(JobId),
+    /// `audit`: every entry appended to the audit log (admins only).
+    Audit,
     /// `*`: every event of every channel (admins only, for debugging).
     All,
 }
@@ -47,6 +49,7 @@ impl fmt::Display for Channel {
             Self::Metrics(name) => write!(f, "metrics:{name}"),
             Self::Run(id) => write!(f, "run:{id}"),
             Self::Job(id) => write!(f, "job:{id}"),
+            Self::Audit => f.write_str("audit"),
             Self::All => f.write_str("*"),
         }
     }
@@ -60,6 +63,7 @@ impl FromStr for Channel {
         match s {
             "fleet" => return Ok(Self::Fleet),
             "*" => return Ok(Self::All),
+            "audit" => return Ok(Self::Audit),
             _ => {}
         }
         let (kind, rest) = s.split_once(':').ok_or_else(unknown)?;

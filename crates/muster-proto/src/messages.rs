@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::UnixMillis;
 use crate::actions::{ActionInfo, ExecMode};
 use crate::codes::ErrorCode;
 use crate::ids::{AgentName, JobId, RunId};
 use crate::jobs::{JobInfo, JobProgress, JobSpec, JobState, TargetState};
 use crate::limits::Limits;
 use crate::roles::Role;
+use crate::selector::Selector;
 use crate::types::{AgentInfo, CommandSpec, RunInfo, RunRequest, RunState};
 
 /// A message family that can travel in an [`Envelope`](crate::Envelope).
@@ -99,6 +101,47 @@ pub enum ClientToHub {
     /// `agent.token_rotated` once the agent stored it and the old one is void.
     #[serde(rename = "agent.rotate_token")]
     AgentRotateToken(AgentRef),
+    /// Mint a new token for a key name, retiring the old one now or after an
+    /// overlap; reply `key.rotated`.
+    #[serde(rename = "key.rotate")]
+    KeyRotate(KeyRotate),
+    /// Read the audit log, oldest first; reply `audit.list`.
+    #[serde(rename = "audit.list")]
+    AuditList(AuditListQuery),
+}
+
+impl ClientToHub {
+    /// The message's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Heartbeat(_) => "heartbeat",
+            Self::HeartbeatAck(_) => "heartbeat.ack",
+            Self::AgentList(_) => "agent.list",
+            Self::AgentGet(_) => "agent.get",
+            Self::AgentAdd(_) => "agent.add",
+            Self::AgentRemove(_) => "agent.remove",
+            Self::AgentLabel(_) => "agent.label",
+            Self::RunCreate(_) => "run.create",
+            Self::RunGet(_) => "run.get",
+            Self::MetricsQuery(_) => "metrics.query",
+            Self::RunList(_) => "run.list",
+            Self::RunCancel(_) => "run.cancel",
+            Self::JobCreate(_) => "job.create",
+            Self::JobGet(_) => "job.get",
+            Self::JobList(_) => "job.list",
+            Self::JobTargets(_) => "job.targets",
+            Self::JobCancel(_) => "job.cancel",
+            Self::Subscribe(_) => "subscribe",
+            Self::Unsubscribe(_) => "unsubscribe",
+            Self::KeyCreate(_) => "key.create",
+            Self::KeyList(_) => "key.list",
+            Self::KeyRevoke(_) => "key.revoke",
+            Self::AgentRotateToken(_) => "agent.rotate_token",
+            Self::KeyRotate(_) => "key.rotate",
+            Self::AuditList(_) => "audit.list",
+        }
+    }
 }
 
 impl Message for ClientToHub {
@@ -127,6 +170,8 @@ impl Message for ClientToHub {
         "key.list",
         "key.revoke",
         "agent.rotate_token",
+        "key.rotate",
+        "audit.list",
     ];
 }
 
@@ -231,6 +276,15 @@ pub enum HubToClient {
     /// Reply to `agent.rotate_token`.
     #[serde(rename = "agent.token_rotated")]
     AgentTokenRotated(AgentRef),
+    /// Reply to `key.rotate`.
+    #[serde(rename = "key.rotated")]
+    KeyRotated(KeyRotated),
+    /// Reply to `audit.list`.
+    #[serde(rename = "audit.list")]
+    AuditList(AuditList),
+    /// Event on `audit`: an entry was appended to the audit log.
+    #[serde(rename = "audit.entry")]
+    AuditEntry(AuditEntry),
     /// Generic success reply.
     #[serde(rename = "ok")]
     Ok(Empty),
@@ -271,6 +325,9 @@ impl Message for HubToClient {
         "key.list",
         "key.revoked",
         "agent.token_rotated",
+        "key.rotated",
+        "audit.list",
+        "audit.entry",
         "subscribed",
         "stream.synced",
         "ok",
@@ -488,6 +545,10 @@ pub struct Principal {
     /// Role of an API key (`admin`, `operator`, `viewer`); absent for agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// The label selector a scoped key is confined to: it sees, runs on and
+    /// subscribes to only the agents this matches. Absent: every agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Selector>,
 }
 
 /// `connection.ack`: the handshake succeeded.
@@ -1184,6 +1245,98 @@ pub struct KeyCreate {
     pub name: String,
     /// What the key may do.
     pub role: Role,
+    /// Confine the key to the agents this label selector matches (not for
+    /// `admin` keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Selector>,
+    /// The key stops working this many milliseconds from now; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+}
+
+/// `key.rotate`: a new token for a key name; the old one keeps working for
+/// `overlap_ms` (default 0: it stops at once and its connections close).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotate {
+    /// The key's name.
+    pub name: String,
+    /// How long the old token keeps working, in milliseconds.
+    #[serde(default)]
+    pub overlap_ms: u64,
+}
+
+/// `key.rotated`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotated {
+    /// The new key: same name, role, scope and expiry.
+    pub key: KeyInfo,
+    /// Its token, shown this once.
+    pub token: String,
+    /// When the old tokens stop working (now, without an overlap).
+    pub old_expires_ms: UnixMillis,
+    /// Live connections of the old tokens closed now (none with an overlap;
+    /// those close when it ends).
+    pub closed_connections: u32,
+}
+
+impl std::fmt::Debug for KeyRotated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRotated")
+            .field("key", &self.key)
+            .field("token", &"<redacted>")
+            .field("old_expires_ms", &self.old_expires_ms)
+            .field("closed_connections", &self.closed_connections)
+            .finish()
+    }
+}
+
+/// `audit.list`: entries of the audit log, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditListQuery {
+    /// Only entries at or after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<UnixMillis>,
+    /// Continue after this entry: the `next_cursor` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Most entries in the page (default and maximum 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `audit.list` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditList {
+    /// The entries, oldest first.
+    pub entries: Vec<AuditEntry>,
+    /// Where the next page starts; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// One entry of the audit log: who did what, from where, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When.
+    pub at_ms: UnixMillis,
+    /// Who: an API key name, an agent name, or `-` when nobody authenticated.
+    pub actor: String,
+    /// The source address the request came from, if it came over the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What: a request type (`run.create`, `key.revoke`, …), `login`, or
+    /// `enroll`.
+    pub action: String,
+    /// On what: an agent, run, job or key name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `ok`, or the error code it was refused with (`FORBIDDEN`, …).
+    pub outcome: String,
+    /// More: the command of a run, the reason of a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A reference to the API keys of one name.
@@ -1202,6 +1355,12 @@ pub struct KeyInfo {
     pub role: Role,
     /// The public half of its token (`mst_<key_id>_…`), to tell keys apart.
     pub key_id: String,
+    /// The label selector it is confined to; absent: every agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Selector>,
+    /// When it stops working; absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<UnixMillis>,
 }
 
 /// `key.created`.

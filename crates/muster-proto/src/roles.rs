@@ -79,7 +79,7 @@ pub fn required_role(msg: &ClientToHub) -> Option<Role> {
         | M::JobTargets(_)
         | M::Unsubscribe(_) => Some(Role::Viewer),
         M::Subscribe(subscribe) => Some(match subscribe.channel.parse::<Channel>() {
-            Ok(Channel::All) => Role::Admin,
+            Ok(Channel::All | Channel::Audit) => Role::Admin,
             _ => Role::Viewer,
         }),
         M::RunCreate(_) | M::RunCancel(_) | M::JobCreate(_) | M::JobCancel(_) => {
@@ -91,7 +91,9 @@ pub fn required_role(msg: &ClientToHub) -> Option<Role> {
         | M::AgentRotateToken(_)
         | M::KeyCreate(_)
         | M::KeyList(_)
-        | M::KeyRevoke(_) => Some(Role::Admin),
+        | M::KeyRevoke(_)
+        | M::KeyRotate(_)
+        | M::AuditList(_) => Some(Role::Admin),
     }
 }
 

@@ -46,9 +46,13 @@ enum Command {
     /// List, register, inspect and remove agents.
     #[command(subcommand)]
     Agents(cli::agents::AgentsCommand),
-    /// Manage API keys: create one with a role, list them, revoke one.
+    /// Manage API keys: create one with a role, a scope and an expiry, list
+    /// them, rotate one, revoke one.
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
+    /// Print the audit log: who did what, from where, and how it ended;
+    /// with --follow, keep printing new entries (admin keys).
+    Audit(cli::audit::AuditArgs),
     /// Run a command on an agent, stream its output and exit with its exit code.
     ///
     /// On one agent, events the command publishes with `muster emit` go to
@@ -158,6 +162,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Agent(args) => (serve::agent(args).await, EXIT_SERVE_FAILED),
         Command::Agents(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Keys(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Audit(args) => (cli::audit::audit(args, json).await, cli::EXIT_ERROR),
         Command::Run(args) => (cli::run::run(args, json).await, cli::EXIT_ERROR),
         Command::Action(args) => (cli::action::action(args, json).await, cli::EXIT_ERROR),
         Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),

@@ -195,6 +195,7 @@ pub(crate) fn ack(heartbeat_interval_ms: u64, heartbeat_deadline_ms: u64) -> Con
             kind: "agent".into(),
             name: "web-1".into(),
             role: None,
+            scope: None,
         },
         heartbeat_interval_ms,
         heartbeat_deadline_ms,

@@ -85,6 +85,7 @@ pub(super) fn ack(heartbeat_interval_ms: u64, heartbeat_deadline_ms: u64) -> Con
             kind: "client".into(),
             name: "admin".into(),
             role: None,
+            scope: None,
         },
         heartbeat_interval_ms,
         heartbeat_deadline_ms,

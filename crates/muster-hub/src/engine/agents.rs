@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use std::net::IpAddr;
+
 use muster_proto::messages::{
     AgentAdd, AgentAdded, AgentEnvelope, AgentHello, AgentLabel, AgentList, AgentListQuery,
-    AgentRef,
+    AgentRef, Principal,
 };
 use muster_proto::{
     AgentInfo, AgentName, AgentStatus, Channel, CloseCode, ErrorCode, HubToClient, RequestId, Role,
@@ -14,6 +16,7 @@ use muster_proto::{
 };
 use tokio::sync::oneshot;
 
+use super::audit::AuditDraft;
 use super::batch::{Effect, Reply, ReplyTo};
 use super::error::ApiError;
 use super::lifecycle::RunEvent;
@@ -28,11 +31,33 @@ use crate::validate;
 pub(crate) const AGENT_PAGE: usize = 500;
 
 impl Engine {
-    /// A client's `hello`: who it is, and the first page of agents.
-    pub(super) fn client_hello(&self, token: &str) -> Result<ClientWelcome, ApiError> {
-        let principal = self.registry.authenticate_client(token)?;
-        let agents = self.agent_page(&AgentListQuery::default())?;
-        Ok(ClientWelcome { principal, agents })
+    /// A client's `hello`: who it is, and the first page of agents it
+    /// sees. Recorded in the audit log either way.
+    pub(super) fn client_hello(
+        &mut self,
+        token: &str,
+        source: Option<IpAddr>,
+        now: UnixMillis,
+    ) -> Result<ClientWelcome, ApiError> {
+        let (principal, key_id) = match self.registry.authenticate_client(token, now) {
+            Ok((principal, key)) => (principal, key.key_id.clone()),
+            Err(e) => {
+                let draft = AuditDraft::new("-", source, "login")
+                    .outcome(e.code.as_str())
+                    .detail(e.message.clone());
+                self.audit(draft, now);
+                return Err(e);
+            }
+        };
+        let agents = self.agent_page(&principal, &AgentListQuery::default())?;
+        let view = self.view(&principal);
+        self.audit(AuditDraft::new(&principal.name, source, "login"), now);
+        Ok(ClientWelcome {
+            principal,
+            key_id,
+            view,
+            agents,
+        })
     }
 
     /// An agent's `hello`: authenticates it, takes over from an older
@@ -238,8 +263,14 @@ impl Engine {
     }
 
     /// `agent.list`: one page, at once.
-    pub(super) fn list_agents(&self, to: &ReplyTo, re: Option<RequestId>, query: &AgentListQuery) {
-        let msg = match self.agent_page(query) {
+    pub(super) fn list_agents(
+        &self,
+        principal: &Principal,
+        to: &ReplyTo,
+        re: Option<RequestId>,
+        query: &AgentListQuery,
+    ) {
+        let msg = match self.agent_page(principal, query) {
             Ok(list) => HubToClient::AgentList(list),
             Err(e) => HubToClient::Error(e.to_data()),
         };
@@ -248,8 +279,13 @@ impl Engine {
         ))));
     }
 
-    /// One page of agents, in name order, that the query's selector matches.
-    pub(super) fn agent_page(&self, query: &AgentListQuery) -> Result<AgentList, ApiError> {
+    /// One page of agents, in name order, that the query's selector and
+    /// the key's scope match.
+    pub(super) fn agent_page(
+        &self,
+        principal: &Principal,
+        query: &AgentListQuery,
+    ) -> Result<AgentList, ApiError> {
         let selector = query
             .selector
             .as_deref()
@@ -263,9 +299,10 @@ impl Engine {
             .after(after.as_ref())
             .filter_map(|record| self.info_of(record))
             .filter(|info| {
-                selector
-                    .as_ref()
-                    .is_none_or(|s| s.matches(info.name.as_str(), &info.labels))
+                [selector.as_ref(), principal.scope.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .all(|s| s.matches(info.name.as_str(), &info.labels))
             });
         let Page { items, more } = paging::fill(matching, limit, self.page_bytes());
         let next_cursor = more
@@ -277,12 +314,23 @@ impl Engine {
         })
     }
 
-    /// The agents a selector matches, in name order (for a new job).
-    pub(super) fn agents_matching(&self, selector: &Selector) -> Vec<AgentInfo> {
+    /// The agents a selector and the key's scope match, in name order
+    /// (for a new job).
+    pub(super) fn agents_matching(
+        &self,
+        principal: &Principal,
+        selector: &Selector,
+    ) -> Vec<AgentInfo> {
         self.registry
             .after(None)
             .filter_map(|record| self.info_of(record))
-            .filter(|info| selector.matches(info.name.as_str(), &info.labels))
+            .filter(|info| {
+                selector.matches(info.name.as_str(), &info.labels)
+                    && principal
+                        .scope
+                        .as_ref()
+                        .is_none_or(|s| s.matches(info.name.as_str(), &info.labels))
+            })
             .collect()
     }
 
@@ -359,7 +407,7 @@ impl Engine {
             self.batch
                 .change(Change::DeleteApiKeysNamed(name.to_owned()));
         }
-        let (_, token) = self.insert_new_key(name, role, now);
+        let (_, token) = self.insert_new_key(name, super::api_keys::KeySpec::of_role(role), now);
         self.batch.effect(Effect::Notify(Box::new(move || {
             let _ = reply.send(token);
         })));

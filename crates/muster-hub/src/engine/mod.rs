@@ -19,6 +19,7 @@
 
 mod agents;
 mod api_keys;
+mod audit;
 mod batch;
 mod error;
 mod events;
@@ -31,6 +32,7 @@ mod reports;
 mod requests;
 mod rotation;
 mod runs;
+pub(crate) mod scope;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +47,7 @@ use muster_proto::messages::{
 use muster_proto::{AgentName, OutputFrame, RequestId, RunId, RunInfo, UnixMillis};
 use tokio::sync::oneshot;
 
+pub use audit::AuditDraft;
 pub use batch::{Batch, Effect, MAX_FRAMES_PER_BATCH, Reply, ReplyTo};
 pub use error::ApiError;
 pub(crate) use jobs::{TARGET_PAGE, target_page};
@@ -79,6 +82,8 @@ pub enum Input {
     ClientHello {
         /// The presented token.
         token: String,
+        /// From where, for the audit log.
+        source: Option<std::net::IpAddr>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<ClientWelcome, ApiError>>,
     },
@@ -123,6 +128,8 @@ pub enum Input {
     Request {
         /// Who asks.
         principal: Arc<Principal>,
+        /// From where, for the audit log.
+        source: Option<std::net::IpAddr>,
         /// Where the answer goes.
         to: ReplyTo,
         /// The request id to answer.
@@ -131,6 +138,9 @@ pub enum Input {
         /// connection's future that hands one over).
         request: Box<Request>,
     },
+    /// An entry for the audit log from a connection: a login, or a refusal
+    /// made before a request reached the engine.
+    Audit(Box<AuditDraft>),
     /// A store lookup of an idempotency key came back.
     KeyFound(Box<keys::KeyFound>),
     /// A batch that ended these runs and jobs is committed: their keys can
@@ -175,6 +185,11 @@ pub struct AgentConn {
 pub struct ClientWelcome {
     /// Who the token belongs to.
     pub principal: Principal,
+    /// The key id of its token: revoking, rotating or expiring it closes
+    /// the connection.
+    pub key_id: String,
+    /// For a scoped key: the agents it sees now.
+    pub view: Option<scope::View>,
     /// The first page of agents.
     pub agents: AgentList,
 }
@@ -189,6 +204,8 @@ pub enum Lookup {
     JobKey(keys::KeyRef),
     /// Answer a client from the store.
     Read(ReplyTo, Option<RequestId>, crate::reads::Read),
+    /// Answer a scoped key from the store, within the agents it sees.
+    ReadIn(ReplyTo, Option<RequestId>, crate::reads::Read, scope::View),
 }
 
 /// The state machine. See the module documentation.
@@ -214,6 +231,10 @@ pub struct Engine {
     clients: Arc<ClientConns>,
     /// Agent token rotations waiting for the agent's answer.
     rotations: HashMap<AgentName, rotation::Rotation>,
+    /// The seq the next audit entry gets.
+    next_audit_seq: u64,
+    /// The code the request being handled was refused with, for its audit entry.
+    refused: Option<muster_proto::ErrorCode>,
 }
 
 impl Engine {
@@ -239,6 +260,8 @@ impl Engine {
             lookups: Vec::new(),
             clients: Arc::default(),
             rotations: HashMap::new(),
+            next_audit_seq: snapshot.next_audit_seq.max(1),
+            refused: None,
             config,
             hub_id,
         };
@@ -255,8 +278,12 @@ impl Engine {
     /// Handles one input.
     pub fn handle(&mut self, input: Input, now: UnixMillis) {
         match input {
-            Input::ClientHello { token, reply } => {
-                let _ = reply.send(self.client_hello(&token));
+            Input::ClientHello {
+                token,
+                source,
+                reply,
+            } => {
+                let _ = reply.send(self.client_hello(&token, source, now));
             }
             Input::AgentHello { hello, conn, reply } => {
                 let _ = reply.send(self.agent_hello(*hello, conn, now));
@@ -275,10 +302,12 @@ impl Engine {
             Input::Metrics(link, sample) => self.agent_metrics(&link, *sample),
             Input::Request {
                 principal,
+                source,
                 to,
                 re,
                 request,
-            } => self.request(&principal, &to, re, *request, now),
+            } => self.request(&principal, source, &to, re, *request, now),
+            Input::Audit(draft) => self.audit(*draft, now),
             Input::KeyFound(found) => self.key_found(*found, now),
             Input::ReleaseKeys(runs, jobs) => self.keys.release(&runs, &jobs),
             Input::ContinueJob(job) => self.continue_job(job, now),
@@ -296,6 +325,7 @@ impl Engine {
     pub fn tick(&mut self, now: UnixMillis) {
         self.sweep_runs(now);
         self.expire_rotations(now);
+        self.expire_keys(now);
         self.compact_metrics_if_due(now);
     }
 

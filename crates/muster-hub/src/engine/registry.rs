@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use muster_proto::messages::{AgentHello, Principal};
-use muster_proto::{AgentName, ErrorCode, UnixMillis};
+use muster_proto::{AgentName, ErrorCode, Selector, UnixMillis};
 
 use super::error::ApiError;
 use crate::auth;
@@ -41,18 +41,38 @@ impl Registry {
         registry
     }
 
-    /// Checks a client token.
-    pub(crate) fn authenticate_client(&self, token: &str) -> Result<Principal, ApiError> {
+    /// Checks a client token at `now`; returns who it is and its key.
+    pub(crate) fn authenticate_client(
+        &self,
+        token: &str,
+        now: UnixMillis,
+    ) -> Result<(Principal, &ApiKeyRecord), ApiError> {
         let (key_id, secret) = auth::parse(token).ok_or_else(auth_failed)?;
         let key = self.api_keys.get(key_id).ok_or_else(auth_failed)?;
         if !auth::verify(secret, &key.secret_hash) {
             return Err(auth_failed());
         }
-        Ok(Principal {
+        if key.expires_ms.is_some_and(|at| now >= at) {
+            return Err(ApiError::new(
+                ErrorCode::AuthFailed,
+                "this API key has expired",
+            ));
+        }
+        let scope = key
+            .scope
+            .as_deref()
+            .map(Selector::parse)
+            .transpose()
+            .map_err(|_| {
+                ApiError::new(ErrorCode::AuthFailed, "this API key's scope is unreadable")
+            })?;
+        let principal = Principal {
             kind: "client".into(),
             name: key.name.clone(),
             role: Some(key.role.clone()),
-        })
+            scope,
+        };
+        Ok((principal, key))
     }
 
     /// Checks an agent's `hello` and returns its registration.
@@ -99,6 +119,18 @@ impl Registry {
     /// Removes every API key named `name`.
     pub(crate) fn remove_api_keys_named(&mut self, name: &str) {
         self.api_keys.retain(|_, key| key.name != name);
+    }
+
+    /// Removes one API key; returns it if it was there.
+    pub(crate) fn remove_api_key(&mut self, key_id: &str) -> Option<ApiKeyRecord> {
+        self.api_keys.remove(key_id)
+    }
+
+    /// Sets when an API key stops working.
+    pub(crate) fn set_api_key_expiry(&mut self, key_id: &str, at: UnixMillis) {
+        if let Some(key) = self.api_keys.get_mut(key_id) {
+            key.expires_ms = Some(at);
+        }
     }
 
     /// One agent.

@@ -332,6 +332,7 @@ impl Engine {
         error: ApiError,
         channel: Option<Channel>,
     ) {
+        self.refused = Some(error.code);
         let mut reply = Reply::to(re, HubToClient::Error(error.to_data()));
         reply.unsubscribe = channel;
         to.send(crate::outbound::Outbound::Reply(Box::new(reply)));

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use muster_proto::jobs::{
     JobInfo, JobProgress, JobSpec, JobState, JobTarget, StepSpec, TargetState,
 };
-use muster_proto::messages::{AgentEvent, MetricsSample, StoredEvent};
+use muster_proto::messages::{AgentEvent, AuditEntry, MetricsSample, StoredEvent};
 use muster_proto::types::{CommandSpec, RunRequest};
 use muster_proto::{AgentName, ErrorCode, JobId, OutputStream, RunId, RunInfo, RunState};
 
@@ -39,6 +39,40 @@ where
     events_are_numbered_per_agent(&fresh().await).await;
     jobs_page_their_targets_and_replay_their_events(&fresh().await).await;
     metrics_roll_up(&fresh().await).await;
+    the_audit_log_appends_once_and_pages_by_seq(&fresh().await).await;
+}
+
+async fn the_audit_log_appends_once_and_pages_by_seq(store: &impl Store) {
+    assert_eq!(store.load().await.unwrap().next_audit_seq, 1);
+    let entry = |seq: u64, at_ms: u64| AuditEntry {
+        seq,
+        at_ms,
+        actor: "ops".into(),
+        source: Some("127.0.0.1".into()),
+        action: "run.create".into(),
+        target: Some("web-1".into()),
+        outcome: "ok".into(),
+        detail: None,
+    };
+    let entries: Vec<_> = (1..=4).map(|seq| entry(seq, seq * 100)).collect();
+    let appends = |entries: &[AuditEntry]| {
+        entries
+            .iter()
+            .map(|e| Change::AppendAudit(Box::new(e.clone())))
+            .collect::<Vec<_>>()
+    };
+    commit(store, appends(&entries)).await;
+    let mut changed = entries[0].clone();
+    changed.outcome = "FORBIDDEN".into();
+    commit(store, appends(&[changed])).await;
+    assert_eq!(
+        store.audit(0, 0, 10).await.unwrap(),
+        entries,
+        "never rewritten"
+    );
+    assert_eq!(store.audit(0, 2, 1).await.unwrap(), entries[2..3]);
+    assert_eq!(store.audit(300, 0, 10).await.unwrap(), entries[2..]);
+    assert_eq!(store.load().await.unwrap().next_audit_seq, 5);
 }
 
 async fn commit(store: &impl Store, changes: Vec<Change>) {
@@ -71,6 +105,21 @@ async fn registry_round_trips(store: &impl Store) {
         name: "admin".into(),
         role: "admin".into(),
         secret_hash: vec![9; 32],
+        scope: None,
+        expires_ms: None,
+    };
+    let scoped = ApiKeyRecord {
+        key_id: "k2".into(),
+        name: "ci".into(),
+        role: "operator".into(),
+        secret_hash: vec![8; 32],
+        scope: Some("env=staging".into()),
+        expires_ms: Some(9_000),
+    };
+    let gone = ApiKeyRecord {
+        key_id: "k3".into(),
+        name: "ci".into(),
+        ..scoped.clone()
     };
     let facts = AgentFacts {
         hostname: "h".into(),
@@ -81,6 +130,8 @@ async fn registry_round_trips(store: &impl Store) {
         store,
         vec![
             Change::InsertApiKey(key.clone(), 1),
+            Change::InsertApiKey(scoped.clone(), 1),
+            Change::InsertApiKey(gone.clone(), 1),
             Change::InsertAgent(agent("web-2"), 1),
             Change::InsertAgent(agent("web-1"), 1),
             Change::InsertAgent(agent("gone"), 1),
@@ -102,11 +153,18 @@ async fn registry_round_trips(store: &impl Store) {
             Change::AgentSeen(name("web-1"), Some(facts.clone()), 55),
             Change::AgentSeen(name("web-2"), None, 66),
             Change::DeleteAgent(name("gone")),
+            Change::SetApiKeyExpiry("k2".into(), 7_000),
+            Change::DeleteApiKey("k3".into()),
         ],
     )
     .await;
-    let snapshot = store.load().await.unwrap();
-    assert_eq!(snapshot.api_keys, vec![key]);
+    let mut snapshot = store.load().await.unwrap();
+    snapshot.api_keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    let scoped = ApiKeyRecord {
+        expires_ms: Some(7_000),
+        ..scoped
+    };
+    assert_eq!(snapshot.api_keys, vec![key, scoped]);
     let names: Vec<_> = snapshot.agents.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(
         names,
@@ -179,19 +237,34 @@ async fn runs_overlay_their_changing_fields_and_page_newest_first(store: &impl S
     assert_eq!(ids(second), [runs[2].id, runs[1].id, runs[0].id]);
     let on_a = RunFilter {
         agent: Some(name("a")),
-        state: None,
+        ..RunFilter::default()
     };
     assert_eq!(
         ids(store.runs(&on_a, None, 10).await.unwrap()),
         [runs[4].id, runs[2].id, runs[0].id]
     );
     let rejected = RunFilter {
-        agent: None,
         state: Some(RunState::Rejected),
+        ..RunFilter::default()
     };
     assert_eq!(
         ids(store.runs(&rejected, None, 10).await.unwrap()),
         [runs[0].id]
+    );
+    let in_scope = |agents: &[&str]| RunFilter {
+        agents: Some(Arc::new(agents.iter().map(|a| name(a)).collect())),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        ids(store.runs(&in_scope(&["b", "z"]), None, 10).await.unwrap()),
+        [runs[3].id, runs[1].id]
+    );
+    assert!(
+        store
+            .runs(&in_scope(&[]), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -305,6 +378,8 @@ async fn a_batch_committed_twice_changes_nothing_more(store: &impl Store) {
                 name: "n".into(),
                 role: "viewer".into(),
                 secret_hash: vec![1],
+                scope: None,
+                expires_ms: None,
             },
             1,
         ),
@@ -446,15 +521,24 @@ async fn jobs_page_their_targets_and_replay_their_events(store: &impl Store) {
         .unwrap();
     assert_eq!(keyed.map(|j| j.id), Some(running.id));
 
-    let listed = store.jobs(None, None, 10).await.unwrap();
+    let listed = store.jobs(None, None, None, 10).await.unwrap();
     assert_eq!(
         listed.iter().map(|j| j.id).collect::<Vec<_>>(),
         [done.id, running.id]
     );
-    let older = store.jobs(None, Some(done.id), 10).await.unwrap();
+    let older = store.jobs(None, Some(done.id), None, 10).await.unwrap();
     assert_eq!(older.iter().map(|j| j.id).collect::<Vec<_>>(), [running.id]);
+    let only_a = store
+        .jobs(None, None, Some(&[name("a")]), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        only_a.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [done.id],
+        "a job is in view only when all its targets are"
+    );
     let finished = store
-        .jobs(Some(JobState::Succeeded), None, 10)
+        .jobs(Some(JobState::Succeeded), None, None, 10)
         .await
         .unwrap();
     assert_eq!(finished.iter().map(|j| j.id).collect::<Vec<_>>(), [done.id]);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use muster_proto::jobs::{JobInfo, JobState, JobTarget};
-use muster_proto::messages::{SeriesPoint, StoredEvent};
+use muster_proto::messages::{AuditEntry, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, RunState, UnixMillis};
 
 pub use records::{
@@ -38,6 +38,8 @@ pub struct RunFilter {
     pub agent: Option<AgentName>,
     /// Only runs in this state.
     pub state: Option<RunState>,
+    /// Only runs on these agents (a scoped key's view).
+    pub agents: Option<Arc<Vec<AgentName>>>,
 }
 
 /// Everything the hub persists.
@@ -104,11 +106,13 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> anyhow::Result<Vec<JobTarget>>;
     /// Jobs (without targets), newest first, in `state` when given, older
-    /// than `before` when given, at most `limit`.
+    /// than `before` when given, whose every target is one of `agents` when
+    /// given (a scoped key's view), at most `limit`.
     async fn jobs(
         &self,
         state: Option<JobState>,
         before: Option<JobId>,
+        agents: Option<&[AgentName]>,
         limit: u32,
     ) -> anyhow::Result<Vec<JobInfo>>;
     /// A job's events with `seq >= since`, in order, at most `limit`: each the
@@ -119,4 +123,13 @@ pub trait Store: Send + Sync + 'static {
         since: u64,
         limit: u32,
     ) -> anyhow::Result<Vec<(u64, String)>>;
+
+    /// Audit entries at or after `since_ms`, with `seq > after`, oldest
+    /// first, at most `limit`.
+    async fn audit(
+        &self,
+        since_ms: UnixMillis,
+        after: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<AuditEntry>>;
 }

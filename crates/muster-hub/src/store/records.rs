@@ -26,6 +26,10 @@ pub struct ApiKeyRecord {
     pub role: String,
     /// SHA-256 of the secret half.
     pub secret_hash: Vec<u8>,
+    /// The label selector the key is confined to; `None`: every agent.
+    pub scope: Option<String>,
+    /// When the key stops working; `None`: never.
+    pub expires_ms: Option<UnixMillis>,
 }
 
 /// Facts an agent reports in its `hello`.
@@ -100,6 +104,12 @@ pub enum Change {
     InsertApiKey(ApiKeyRecord, UnixMillis),
     /// Deletes every API key with this name.
     DeleteApiKeysNamed(String),
+    /// Deletes one API key, by key id.
+    DeleteApiKey(String),
+    /// Sets when one API key (by key id) stops working.
+    SetApiKeyExpiry(String, UnixMillis),
+    /// Appends an entry to the audit log (ignored if its seq is stored).
+    AppendAudit(Box<muster_proto::messages::AuditEntry>),
     /// Registers an agent.
     InsertAgent(AgentRecord, UnixMillis),
     /// Replaces an agent's credential.
@@ -238,4 +248,6 @@ pub struct Snapshot {
     pub job_runs: Vec<RunInfo>,
     /// The seq of each agent's next event (agents with no event are absent).
     pub event_seqs: Vec<(AgentName, u64)>,
+    /// The seq the next audit entry gets.
+    pub next_audit_seq: u64,
 }

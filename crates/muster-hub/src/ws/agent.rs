@@ -84,6 +84,10 @@ async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) 
     let hello = read_hello(&state, &mut stream, &mut writer).await?;
     let source = peer.addr.ip();
     if let Some(wait) = state.guards.limits.auth_blocked(source) {
+        let why = "too many failed logins from this address";
+        let code = ErrorCode::RateLimit;
+        let guards = &state.guards;
+        guards.audit_refusal(&state.engine, "-", source, "agent.hello", code, why);
         let error = conn::auth_rate_limited(wait);
         writer
             .reject(CloseCode::RATE_LIMITED, error, HubToAgent::Error)
@@ -114,6 +118,15 @@ async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) 
             if e.code == ErrorCode::AuthFailed {
                 state.guards.limits.auth_failed(source);
             }
+            let guards = &state.guards;
+            guards.audit_refusal(
+                &state.engine,
+                "-",
+                source,
+                "agent.hello",
+                e.code,
+                &e.message,
+            );
             let error = e.to_data();
             writer
                 .reject(CloseCode::AUTH_FAILED, error, HubToAgent::Error)
@@ -324,6 +337,7 @@ impl Connection {
             kind: "agent".into(),
             name: self.link.name.to_string(),
             role: None,
+            scope: None,
         };
         let id = format!("a{}", self.link.conn_id);
         Engine::ack_template(&self.state.config, principal, id)

@@ -86,13 +86,11 @@ async fn open(
 ) -> Option<Connection> {
     let (sink, mut stream) = socket.split();
     let mut writer = Writer::new(sink, state.config.heartbeat_deadline());
-    let welcome = handshake(&state, &mut stream, &mut writer, peer.addr.ip()).await?;
+    let source = peer.addr.ip();
+    let welcome = handshake(&state, &mut stream, &mut writer, source).await?;
     peer.authenticated.set();
     // Before the ack, so a revocation from now on reaches this connection.
-    let registration = state
-        .guards
-        .clients
-        .register(&welcome.principal.name, conn_id);
+    let registration = state.guards.clients.register(&welcome.key_id, conn_id);
     tracing::debug!(conn_id, client = %welcome.principal.name, "client connected");
     let (queue, rx) = crate::queue::bounded(state.config.client_queue_frames);
     let mut subs = Subscriptions::new(state.broker.clone(), queue.clone());
@@ -111,6 +109,8 @@ async fn open(
     let page_bytes = state.config.max_message_bytes / 2;
     let session = Session::new(
         welcome.principal,
+        welcome.view,
+        source,
         &state.guards.limits,
         state.engine.clone(),
         state.history.clone(),
@@ -237,6 +237,11 @@ async fn handshake(
                 msg: ClientToHub::Hello(_),
                 ..
             }) if let Some(wait) = state.guards.limits.auth_blocked(source) => {
+                let why = "too many failed logins from this address";
+                let code = ErrorCode::RateLimit;
+                state
+                    .guards
+                    .audit_refusal(&state.engine, "-", source, "login", code, why);
                 (CloseCode::RATE_LIMITED, conn::auth_rate_limited(wait))
             }
             Ok(Envelope {
@@ -246,7 +251,11 @@ async fn handshake(
                 let token = hello.token;
                 match state
                     .engine
-                    .ask(|reply| Input::ClientHello { token, reply })
+                    .ask(|reply| Input::ClientHello {
+                        token,
+                        source: Some(source),
+                        reply,
+                    })
                     .await
                 {
                     Some(Ok(welcome)) => return Some(welcome),

@@ -8,6 +8,7 @@ mod agent;
 mod client;
 mod conn;
 mod preauth;
+mod refusals;
 mod session;
 mod upgrade;
 
@@ -58,12 +59,31 @@ pub(crate) struct AppState {
 
 /// What guards the hub against its own clients.
 pub(crate) struct Guards {
-    /// Live client connections by key name, for revocation.
+    /// Live client connections by key id, for revocation.
     pub(crate) clients: Arc<crate::clients::ClientConns>,
     /// Rate limits shared by every connection.
     pub(crate) limits: crate::rate::RateLimits,
     /// Channels one client connection may subscribe to at once.
     pub(crate) max_subscriptions: usize,
+    /// Refusals recorded in the audit log lately.
+    pub(crate) refusals: refusals::RefusalLog,
+}
+
+impl Guards {
+    /// Records a refusal made at a connection in the audit log (see
+    /// [`refusals`]).
+    pub(crate) fn audit_refusal(
+        &self,
+        engine: &EngineHandle,
+        actor: &str,
+        source: std::net::IpAddr,
+        action: &'static str,
+        code: muster_proto::ErrorCode,
+        detail: &str,
+    ) {
+        self.refusals
+            .refused(engine, actor, source, action, code, detail);
+    }
 }
 
 /// Builds the router.

@@ -5,19 +5,23 @@
 //! `subscribe` runs here, in order, because it replays history onto this
 //! connection.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use muster_proto::messages::{
     ErrorData, JobCreate, Principal, RunCreate, StreamSynced, Subscribe, Subscribed,
 };
 use muster_proto::{
-    Channel, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RequestId, Role, RunId,
+    AgentName, Channel, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RequestId, Role,
+    RunId, Selector,
 };
 
 use super::Guards;
 use super::conn::Writer;
-use crate::broker::Subscriber;
+use crate::broker::{Delivery, Subscriber};
 use crate::delivery::{History, ReplayError, SinkClosed, Subscriptions};
+use crate::engine::scope::View;
 use crate::engine::{ApiError, Input, Reply, Request};
 use crate::outbound::Outbound;
 use crate::queue::Skipped;
@@ -28,6 +32,11 @@ use crate::runtime::EngineHandle;
 /// The state of one authenticated client connection.
 pub(crate) struct Session {
     principal: Arc<Principal>,
+    /// Where the connection comes from, for the audit log.
+    source: IpAddr,
+    /// For a scoped key: the agents it was shown on `fleet`, boxed, as
+    /// every idle client carries this field.
+    fleet: Option<Box<ScopedFleet>>,
     /// This connection's message rate, if limited; boxed, as every idle
     /// client carries this field.
     limit: Option<Box<ConnectionLimit>>,
@@ -40,8 +49,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         principal: Principal,
+        view: Option<View>,
+        source: IpAddr,
         limits: &RateLimits,
         engine: EngineHandle,
         history: History,
@@ -49,9 +61,15 @@ impl Session {
         subs: Subscriptions,
         page_bytes: usize,
     ) -> Self {
+        let fleet = principal.scope.clone().map(|scope| {
+            let shown = view.iter().flat_map(|v| v.iter().cloned()).collect();
+            Box::new(ScopedFleet { scope, shown })
+        });
         Self {
             limit: limits.connection().map(Box::new),
             principal: Arc::new(principal),
+            source,
+            fleet,
             engine,
             history,
             queue,
@@ -77,10 +95,9 @@ impl Session {
         };
         let re = env.id;
         if let Some(Err(wait)) = self.limit.as_deref().map(ConnectionLimit::check) {
-            let error = ErrorData::rate_limited(
-                "this connection sends messages faster than the hub's limit (rate_messages_per_sec); slow down",
-                wait,
-            );
+            let why = "this connection sends messages faster than the hub's limit (rate_messages_per_sec); slow down";
+            self.refused(guards, env.msg.kind(), ErrorCode::RateLimit, why);
+            let error = ErrorData::rate_limited(why, wait);
             return send_error(writer, re, error).await;
         }
         // The one place a request's role is checked (`muster_proto::roles`).
@@ -94,10 +111,9 @@ impl Session {
             && !role.is_some_and(|role| role.allows(need))
         {
             let have = role.map_or("no role", Role::as_str);
-            let error = ErrorData::new(
-                ErrorCode::Forbidden,
-                format!("this needs an {need} key or higher; this key is {have}"),
-            );
+            let why = format!("this needs an {need} key or higher; this key is {have}");
+            self.refused(guards, env.msg.kind(), ErrorCode::Forbidden, &why);
+            let error = ErrorData::new(ErrorCode::Forbidden, why);
             return send_error(writer, re, error).await;
         }
         let request = match env.msg {
@@ -122,8 +138,18 @@ impl Session {
                 let ok = Envelope::reply(re, HubToClient::Ok(Default::default()));
                 return writer.send(&ok).await.map_err(|_| SinkClosed);
             }
+            // A scoped key's listings are confined by the engine, which
+            // knows which agents it sees.
+            ClientToHub::RunList(query) if self.fleet.is_some() => {
+                Request::Read(Read::RunList(query))
+            }
+            ClientToHub::JobList(query) if self.fleet.is_some() => {
+                Request::Read(Read::JobList(query))
+            }
             ClientToHub::RunList(query) => return self.read(re, Read::RunList(query)),
             ClientToHub::JobList(query) => return self.read(re, Read::JobList(query)),
+            ClientToHub::AuditList(query) => return self.read(re, Read::AuditList(query)),
+            ClientToHub::KeyRotate(rotate) => Request::KeyRotate(rotate),
             ClientToHub::AgentList(query) => Request::AgentList(query),
             ClientToHub::AgentGet(r) => Request::AgentGet(r.name),
             ClientToHub::AgentAdd(add) => Request::AgentAdd(add),
@@ -142,13 +168,12 @@ impl Session {
             ClientToHub::RunCreate(_) | ClientToHub::JobCreate(_)
                 if let Err(wait) = limits.command(&self.principal.name) =>
             {
-                let error = ErrorData::rate_limited(
-                    format!(
-                        "this key sends commands faster than the hub's limit (rate_commands_per_min); retry in {:.1}s",
-                        wait.as_secs_f64()
-                    ),
-                    wait,
+                let why = format!(
+                    "this key sends commands faster than the hub's limit (rate_commands_per_min); retry in {:.1}s",
+                    wait.as_secs_f64()
                 );
+                self.refused(guards, env.msg.kind(), ErrorCode::RateLimit, &why);
+                let error = ErrorData::rate_limited(why, wait);
                 return send_error(writer, re, error).await;
             }
             ClientToHub::RunCreate(RunCreate {
@@ -176,6 +201,12 @@ impl Session {
             }
         };
         self.hand_to_engine(writer, re, request).await
+    }
+
+    /// Records a refusal made here in the audit log.
+    fn refused(&self, guards: &Guards, action: &'static str, code: ErrorCode, why: &str) {
+        let engine = &self.engine;
+        guards.audit_refusal(engine, &self.principal.name, self.source, action, code, why);
     }
 
     /// Whether the connection may hold one more subscription (to `channel`,
@@ -215,6 +246,7 @@ impl Session {
         }
         let input = Input::Request {
             principal: self.principal.clone(),
+            source: Some(self.source),
             to: self.queue.clone(),
             re: re.clone(),
             request: Box::new(request),
@@ -249,6 +281,14 @@ impl Session {
         skipped: Option<Skipped>,
     ) -> Result<(), SinkClosed> {
         match item {
+            Outbound::Delivery(delivery)
+                if self
+                    .fleet
+                    .as_deref_mut()
+                    .is_some_and(|fleet| !fleet.shows(&delivery)) =>
+            {
+                Ok(())
+            }
             Outbound::Delivery(delivery) => {
                 self.subs
                     .deliver(writer, &self.history, delivery, skipped)
@@ -438,14 +478,14 @@ impl Session {
         };
         let store = self.history.store();
         Ok(match channel {
-            Channel::Fleet => Checked::default(),
-            Channel::All => Checked::default(),
+            Channel::Fleet | Channel::Audit | Channel::All => Checked::default(),
             Channel::Agent(name) | Channel::Metrics(name) => {
                 let name = name.clone();
                 let next = self
                     .engine
                     .ask(|reply| Input::Request {
                         principal: self.principal.clone(),
+                        source: Some(self.source),
                         to: self.queue.clone(),
                         re: None,
                         request: Box::new(Request::AgentChannel(name, reply)),
@@ -459,6 +499,11 @@ impl Session {
             }
             Channel::Run(id) => {
                 let run = store.run(*id).await?.ok_or_else(unknown)?;
+                if let Some(view) = self.view().await
+                    && view.binary_search(&run.agent).is_err()
+                {
+                    return Err(self.out_of_scope(&format!("run {id}")));
+                }
                 Checked {
                     ended: run.state.is_terminal(),
                     truncated: run.output_truncated,
@@ -468,12 +513,79 @@ impl Session {
             }
             Channel::Job(id) => {
                 let job = store.job(*id).await?.ok_or_else(unknown)?;
+                if let Some(view) = self.view().await
+                    && !reads::job_in_view(store, *id, &view).await?
+                {
+                    return Err(self.out_of_scope(&format!("job {id}")));
+                }
                 Checked {
                     ended: job.state.is_terminal(),
                     ..Checked::default()
                 }
             }
         })
+    }
+}
+
+impl Session {
+    /// The agents a scoped key sees now; `None` without a scope.
+    async fn view(&self) -> Option<View> {
+        self.fleet.as_ref()?;
+        self.engine
+            .ask(|reply| Input::Request {
+                principal: self.principal.clone(),
+                source: Some(self.source),
+                to: self.queue.clone(),
+                re: None,
+                request: Box::new(Request::View(reply)),
+            })
+            .await
+            .flatten()
+    }
+
+    fn out_of_scope(&self, what: &str) -> ApiError {
+        match &self.principal.scope {
+            Some(scope) => crate::engine::scope::out_of_scope(scope, what),
+            None => ApiError::new(ErrorCode::Internal, "no scope"),
+        }
+    }
+}
+
+/// What a scoped key is shown on `fleet`: the presence of the agents its
+/// scope matches, and the removal of those it was shown.
+pub(crate) struct ScopedFleet {
+    scope: Selector,
+    /// Agents in scope as far as this connection was told.
+    shown: HashSet<AgentName>,
+}
+
+impl ScopedFleet {
+    /// Whether `delivery` may reach the connection (anything but `fleet`
+    /// may: the channels were checked when subscribed).
+    fn shows(&mut self, delivery: &Delivery) -> bool {
+        if &*delivery.channel != "fleet" {
+            return true;
+        }
+        let crate::broker::Frame::Text(bytes) = &delivery.frame else {
+            return false;
+        };
+        let text = std::str::from_utf8(bytes).unwrap_or_default();
+        let Ok(Envelope { msg, .. }) = Envelope::<HubToClient>::decode(text) else {
+            return false;
+        };
+        match msg {
+            HubToClient::AgentStatus(status) => {
+                let agent = status.agent;
+                let matches = self.scope.matches(agent.name.as_str(), &agent.labels);
+                match matches {
+                    true => self.shown.insert(agent.name),
+                    false => self.shown.remove(&agent.name),
+                };
+                matches
+            }
+            HubToClient::AgentRemoved(removed) => self.shown.remove(&removed.name),
+            _ => false,
+        }
     }
 }
 

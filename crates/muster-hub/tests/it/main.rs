@@ -15,6 +15,7 @@ mod rate;
 mod replay;
 mod roles;
 mod rotation;
+mod scopes;
 mod slow;
 mod storage;
 mod upgrade;

@@ -18,10 +18,12 @@ async fn late_subscriber_gets_every_chunk_once_in_order() {
         CommandSpec::Shell(script),
     );
     let run = client.create_run(request, false).await.unwrap().run;
-    // Join once some output is already stored, so both replay and live are exercised.
+    // Join once some output is already stored, so both replay and live are
+    // exercised; polled under the connection's message rate limit.
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(20));
     tokio::time::timeout(WAIT, async {
         while client.run_info(run.id).await.unwrap().output_bytes == 0 {
-            tokio::task::yield_now().await;
+            poll.tick().await;
         }
     })
     .await

@@ -37,6 +37,7 @@ fn samples() -> Vec<(&'static str, ClientToHub)> {
         ("job.cancel", json!({"job": RUN})),
         ("subscribe", json!({"channel": "fleet"})),
         ("subscribe", json!({"channel": "*"})),
+        ("subscribe", json!({"channel": "audit"})),
         ("unsubscribe", json!({"channel": "fleet"})),
         (
             "key.create",
@@ -45,6 +46,8 @@ fn samples() -> Vec<(&'static str, ClientToHub)> {
         ("key.list", json!({})),
         ("key.revoke", json!({"name": "nobody"})),
         ("agent.rotate_token", json!({"name": "nobody"})),
+        ("key.rotate", json!({"name": "nobody"})),
+        ("audit.list", json!({})),
     ];
     data.into_iter()
         .map(|(kind, data)| {
@@ -93,8 +96,9 @@ fn the_documented_table_is_the_hubs() {
             "{kind}: documented {cell:?}, hub {needs:?}"
         );
         if *kind == "subscribe" {
-            assert_eq!(needs, &[Role::Viewer, Role::Admin]);
+            assert_eq!(needs, &[Role::Viewer, Role::Admin, Role::Admin]);
             assert!(cell.contains("admin for `all`"), "{cell}");
+            assert!(cell.contains("`audit`"), "{cell}");
         }
     }
     // Every documented row is a request type the hub knows, and every

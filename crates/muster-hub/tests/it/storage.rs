@@ -109,9 +109,10 @@ impl Store for FlakyStore {
         &self,
         state: Option<JobState>,
         before: Option<JobId>,
+        agents: Option<&[AgentName]>,
         limit: u32,
     ) -> anyhow::Result<Vec<JobInfo>> {
-        self.inner.jobs(state, before, limit).await
+        self.inner.jobs(state, before, agents, limit).await
     }
     async fn job_events_since(
         &self,
@@ -120,6 +121,14 @@ impl Store for FlakyStore {
         limit: u32,
     ) -> anyhow::Result<Vec<(u64, String)>> {
         self.inner.job_events_since(job, since, limit).await
+    }
+    async fn audit(
+        &self,
+        since_ms: u64,
+        after: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<muster_proto::messages::AuditEntry>> {
+        self.inner.audit(since_ms, after, limit).await
     }
 }
 

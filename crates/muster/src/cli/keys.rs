@@ -1,9 +1,12 @@
-//! `muster keys create | list | revoke`: the hub's API keys and their roles.
+//! `muster keys create | list | rotate | revoke`: the hub's API keys, their
+//! roles, scopes and expiry.
 
 use std::process::ExitCode;
 
-use muster_proto::messages::{Empty, KeyCreate, KeyRef};
-use muster_proto::{ClientToHub, HubToClient, Role};
+use std::time::Duration;
+
+use muster_proto::messages::{Empty, KeyCreate, KeyRef, KeyRotate};
+use muster_proto::{ClientToHub, HubToClient, Role, Selector};
 
 use super::HubConn;
 use super::output::{self, Table};
@@ -13,8 +16,11 @@ use super::output::{self, Table};
 pub(crate) enum KeysCommand {
     /// Mint an API key with a role and print its token, shown only this once.
     Create(CreateArgs),
-    /// List the API keys: name, role and key id (never a token).
+    /// List the API keys: name, role, scope, expiry and key id (never a token).
     List(ListArgs),
+    /// Mint a new token for a key name and retire the old one, at once or
+    /// after an overlap; prints the new token, shown only this once.
+    Rotate(RotateArgs),
     /// Revoke every key of a name and close the connections that use it.
     Revoke(RevokeArgs),
 }
@@ -30,6 +36,26 @@ pub(crate) struct CreateArgs {
     /// admin (also manages agents and keys).
     #[arg(long, value_parser = clap::value_parser!(RoleArg))]
     role: RoleArg,
+    /// Confine the key to the agents this label selector matches
+    /// (`env=staging`); it then sees, runs on and subscribes to only those.
+    #[arg(long, value_name = "SELECTOR", value_parser = clap::value_parser!(Selector))]
+    scope: Option<Selector>,
+    /// The key stops working after this long (`30d`, `12h`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    expires: Option<Duration>,
+}
+
+/// Arguments of `muster keys rotate`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RotateArgs {
+    #[command(flatten)]
+    conn: HubConn,
+    /// The key's name.
+    name: String,
+    /// How long the old token keeps working (`10m`); without it, it stops at
+    /// once and its connections close.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    overlap: Option<Duration>,
 }
 
 /// Arguments of `muster keys list`.
@@ -66,6 +92,7 @@ impl KeysCommand {
         match self {
             Self::Create(args) => create(args, json).await?,
             Self::List(args) => list(args, json).await?,
+            Self::Rotate(args) => rotate(args, json).await?,
             Self::Revoke(args) => revoke(args, json).await?,
         }
         Ok(ExitCode::SUCCESS)
@@ -77,6 +104,8 @@ async fn create(args: CreateArgs, json: bool) -> anyhow::Result<()> {
     let request = ClientToHub::KeyCreate(KeyCreate {
         name: args.name.clone(),
         role: args.role.0,
+        scope: args.scope,
+        expires_in_ms: args.expires.map(millis),
     });
     let reply = client.request(request).await?;
     client.close().await;
@@ -113,15 +142,64 @@ async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     if json {
         return output::print_json(&list.keys);
     }
-    let mut table = Table::new(&["NAME", "ROLE", "KEY ID"]);
+    let now = output::now_ms();
+    let mut table = Table::new(&["NAME", "ROLE", "SCOPE", "EXPIRES", "KEY ID"]);
     for key in &list.keys {
         table.push(vec![
             key.name.clone(),
             key.role.to_string(),
+            key.scope.as_ref().map_or("-".into(), Selector::to_string),
+            key.expires_ms
+                .map_or("never".into(), |at| output::timestamp(now, at)),
             key.key_id.clone(),
         ]);
     }
     output::print(&table.render())
+}
+
+async fn rotate(args: RotateArgs, json: bool) -> anyhow::Result<()> {
+    let (client, _events) = args.conn.connect().await?;
+    let request = ClientToHub::KeyRotate(KeyRotate {
+        name: args.name.clone(),
+        overlap_ms: args.overlap.map_or(0, millis),
+    });
+    // Rotating the key this command uses closes this connection too,
+    // unless with an overlap; the answer comes first.
+    let reply = client.request(request).await?;
+    client.close().await;
+    let HubToClient::KeyRotated(rotated) = reply else {
+        anyhow::bail!("the hub answered key.rotate with something else");
+    };
+    if json {
+        let record = serde_json::json!({
+            "key": rotated.key,
+            "token": rotated.token,
+            "old_expires_ms": rotated.old_expires_ms,
+            "closed_connections": rotated.closed_connections,
+        });
+        return output::print_json(&record);
+    }
+    output::print(&format!("{}\n", rotated.token))?;
+    let old = match args.overlap {
+        Some(_) => format!(
+            "the old token works until {}",
+            output::timestamp(output::now_ms(), rotated.old_expires_ms)
+        ),
+        None => format!(
+            "the old token stopped working; {} live connection(s) closed",
+            rotated.closed_connections
+        ),
+    };
+    eprintln!(
+        "key {:?} rotated; {old}; the new token is shown only this once",
+        output::escape(&rotated.key.name)
+    );
+    Ok(())
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn revoke(args: RevokeArgs, json: bool) -> anyhow::Result<()> {

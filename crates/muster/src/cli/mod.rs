@@ -9,6 +9,7 @@
 
 pub(crate) mod action;
 pub(crate) mod agents;
+pub(crate) mod audit;
 pub(crate) mod cancel;
 pub(crate) mod events;
 pub(crate) mod exit;

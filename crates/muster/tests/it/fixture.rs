@@ -462,6 +462,29 @@ impl Captured {
         }
     }
 
+    /// Waits until stdout holds `text`.
+    pub(crate) fn wait_for_text(&mut self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let printed =
+                String::from_utf8_lossy(&self.stdout.lock().expect("stdout lock")).contains(text);
+            if printed {
+                return;
+            }
+            let exited = self.child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "{text:?} was not printed (exit: {exited:?})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What stdout printed so far.
+    pub(crate) fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().expect("stdout lock")).into_owned()
+    }
+
     /// Bytes printed on stdout so far.
     pub(crate) fn stdout_len(&self) -> usize {
         self.stdout.lock().expect("stdout lock").len()

@@ -48,7 +48,7 @@ const STARTS_PER_BATCH: usize = 256;
 /// The jobs not yet final.
 #[derive(Default)]
 pub(crate) struct Jobs {
-    active: HashMap<JobId, ActiveJob>,
+    pub(super) active: HashMap<JobId, ActiveJob>,
     /// Jobs changed in the current batch: written and counted at its end.
     dirty: BTreeSet<JobId>,
     /// Jobs waiting for a commit before they start more targets.
@@ -137,11 +137,14 @@ impl Engine {
     ) -> Result<JobInfo, ApiError> {
         let selector = Selector::parse(&spec.selector)
             .map_err(|e| ApiError::new(ErrorCode::InvalidSelector, e.to_string()))?;
-        let agents = self.agents_matching(&selector);
+        let agents = self.agents_matching(principal, &selector);
         if agents.is_empty() {
+            let within = principal.scope.as_ref().map_or(String::new(), |scope| {
+                format!(" within this key's scope ({scope})")
+            });
             return Err(ApiError::new(
                 ErrorCode::NoTargets,
-                format!("selector {:?} matched no agents", selector.as_str()),
+                format!("selector {:?} matched no agents{within}", selector.as_str()),
             ));
         }
         let targets: Vec<JobTarget> = agents
@@ -386,6 +389,7 @@ impl Engine {
             kind: "client".to_owned(),
             name: job.info.requested_by.clone().unwrap_or_default(),
             role: None,
+            scope: None,
         };
         let mut request = RunRequest::new(agent.clone(), step_spec.command.clone());
         request.env = step_spec.env.clone();

@@ -23,7 +23,7 @@ pub(super) struct Numbered {
 /// A job that has not reached a final state.
 #[derive(Debug)]
 pub(crate) struct ActiveJob {
-    pub(super) info: JobInfo,
+    pub(crate) info: JobInfo,
     /// Target index by agent name.
     pub(super) index: HashMap<AgentName, usize>,
     /// Seq of the next event on `job:<id>`.

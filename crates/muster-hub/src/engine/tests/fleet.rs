@@ -239,6 +239,7 @@ impl Fleet {
         let FakeClient { principal, tx, .. } = &self.clients[client];
         let input = Input::Request {
             principal: principal.clone(),
+            source: None,
             to: tx.clone(),
             re: Some(re.clone()),
             request: Box::new(request),
@@ -252,6 +253,7 @@ impl Fleet {
         let FakeClient { principal, tx, .. } = &self.admin;
         let input = Input::Request {
             principal: principal.clone(),
+            source: None,
             to: tx.clone(),
             re: None,
             request: Box::new(request),
@@ -315,6 +317,7 @@ fn client(name: &str, role: &str) -> FakeClient {
         kind: "client".into(),
         name: name.into(),
         role: Some(role.into()),
+        scope: None,
     };
     FakeClient {
         principal: Arc::new(principal),

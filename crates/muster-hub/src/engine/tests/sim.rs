@@ -259,7 +259,7 @@ impl Sim {
         for lookup in self.fleet.engine.take_lookups() {
             match lookup {
                 Lookup::RunKey(key) => self.lookups.push(key),
-                Lookup::Read(_, re, _) => {
+                Lookup::Read(_, re, _) | Lookup::ReadIn(_, re, _, _) => {
                     self.model
                         .answered_by_store(&re.expect("every request had an id").0);
                 }

@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "unfinished runs index without IN",
         include_str!("../../../migrations/0007_unfinished_without_in.sql"),
     ),
+    (
+        8,
+        "key scopes and expiry, audit log",
+        include_str!("../../../migrations/0008_key_scopes_audit.sql"),
+    ),
 ];
 
 /// Brings the schema up to date; returns how many migrations were applied.

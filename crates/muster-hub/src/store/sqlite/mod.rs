@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
 use muster_proto::jobs::{JobInfo, JobState, JobTarget};
-use muster_proto::messages::{SeriesPoint, StoredEvent};
+use muster_proto::messages::{AuditEntry, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, UnixMillis};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
@@ -305,9 +305,11 @@ impl Store for SqliteStore {
         &self,
         state: Option<JobState>,
         before: Option<JobId>,
+        agents: Option<&[AgentName]>,
         limit: u32,
     ) -> anyhow::Result<Vec<JobInfo>> {
-        self.read(move |conn| read::jobs(conn, state, before, limit))
+        let agents = agents.map(<[AgentName]>::to_vec);
+        self.read(move |conn| read::jobs(conn, state, before, agents.as_deref(), limit))
             .await
     }
 
@@ -318,6 +320,16 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> anyhow::Result<Vec<(u64, String)>> {
         self.read(move |conn| read::job_events_since(conn, job, since, limit))
+            .await
+    }
+
+    async fn audit(
+        &self,
+        since_ms: UnixMillis,
+        after: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<AuditEntry>> {
+        self.read(move |conn| read::audit(conn, since_ms, after, limit))
             .await
     }
 }

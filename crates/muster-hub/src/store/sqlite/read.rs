@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use bytes::Bytes;
 use muster_proto::jobs::{JobInfo, JobState, JobTarget};
-use muster_proto::messages::{SeriesPoint, StoredEvent};
+use muster_proto::messages::{AuditEntry, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, UnixMillis};
 use rusqlite::{Connection, Row, params};
 
@@ -44,6 +44,11 @@ pub(super) fn snapshot(conn: &Connection) -> anyhow::Result<Snapshot> {
         jobs,
         job_runs,
         event_seqs: event_seqs(conn)?,
+        next_audit_seq: conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM audit",
+            [],
+            |row| row.get::<_, i64>(0),
+        )? as u64,
     })
 }
 
@@ -66,13 +71,16 @@ fn ended_step_runs(conn: &Connection, jobs: &[UnfinishedJob]) -> anyhow::Result<
 }
 
 fn api_keys(conn: &Connection) -> anyhow::Result<Vec<ApiKeyRecord>> {
-    let mut query = conn.prepare("SELECT key_id, name, role, secret_hash FROM api_keys")?;
+    let mut query =
+        conn.prepare("SELECT key_id, name, role, secret_hash, scope, expires_ms FROM api_keys")?;
     let rows = query.query_map([], |row| {
         Ok(ApiKeyRecord {
             key_id: row.get(0)?,
             name: row.get(1)?,
             role: row.get(2)?,
             secret_hash: row.get(3)?,
+            scope: row.get(4)?,
+            expires_ms: opt_u64(row.get(5)?),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -182,8 +190,14 @@ pub(super) fn runs(
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs
          WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR id < ?3)
+           AND (?5 IS NULL OR agent IN (SELECT value FROM json_each(?5)))
          ORDER BY id DESC LIMIT ?4"
     );
+    let agents = filter
+        .agents
+        .as_deref()
+        .map(serde_json::to_string)
+        .transpose()?;
     query_runs(
         conn,
         &sql,
@@ -191,7 +205,8 @@ pub(super) fn runs(
             filter.agent.as_ref().map(AgentName::as_str),
             filter.state.map(|s| s.as_str()),
             before.map(|id| id.to_string()),
-            i64::from(limit)
+            i64::from(limit),
+            agents
         ],
     )
 }
@@ -334,18 +349,53 @@ pub(super) fn jobs(
     conn: &Connection,
     state: Option<JobState>,
     before: Option<JobId>,
+    agents: Option<&[AgentName]>,
     limit: u32,
 ) -> anyhow::Result<Vec<JobInfo>> {
+    let agents = agents.map(serde_json::to_string).transpose()?;
     query_docs(
         conn,
-        "SELECT doc FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR id < ?2)
+        "SELECT doc FROM jobs j WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR id < ?2)
+           AND (?4 IS NULL OR NOT EXISTS (
+               SELECT 1 FROM job_targets t WHERE t.job_id = j.id
+                 AND t.agent NOT IN (SELECT value FROM json_each(?4))))
          ORDER BY id DESC LIMIT ?3",
         params![
             state.map(|s| s.as_str()),
             before.map(|id| id.to_string()),
-            i64::from(limit)
+            i64::from(limit),
+            agents
         ],
     )
+}
+
+/// Audit entries from `since_ms`, after seq `after`, oldest first.
+pub(super) fn audit(
+    conn: &Connection,
+    since_ms: UnixMillis,
+    after: u64,
+    limit: u32,
+) -> anyhow::Result<Vec<AuditEntry>> {
+    let mut query = conn.prepare_cached(
+        "SELECT seq, at_ms, actor, source, action, target, outcome, detail FROM audit
+         WHERE seq > ?1 AND at_ms >= ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = query.query_map(
+        params![after as i64, since_ms as i64, i64::from(limit)],
+        |row| {
+            Ok(AuditEntry {
+                seq: row.get::<_, i64>(0)? as u64,
+                at_ms: row.get::<_, i64>(1)? as u64,
+                actor: row.get(2)?,
+                source: row.get(3)?,
+                action: row.get(4)?,
+                target: row.get(5)?,
+                outcome: row.get(6)?,
+                detail: row.get(7)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// A job's events from `since`.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use muster_proto::jobs::{JobInfo, JobTarget};
-use muster_proto::messages::MetricsSample;
+use muster_proto::messages::{AuditEntry, MetricsSample};
 use muster_proto::{AgentName, JobId, RunId, RunInfo};
 use rusqlite::{Transaction, params};
 
@@ -30,6 +30,17 @@ fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
                 .execute([name])?;
             Ok(())
         }
+        Change::DeleteApiKey(key_id) => {
+            tx.prepare_cached("DELETE FROM api_keys WHERE key_id = ?1")?
+                .execute([key_id])?;
+            Ok(())
+        }
+        Change::SetApiKeyExpiry(key_id, at) => {
+            tx.prepare_cached("UPDATE api_keys SET expires_ms = ?1 WHERE key_id = ?2")?
+                .execute(params![*at as i64, key_id])?;
+            Ok(())
+        }
+        Change::AppendAudit(entry) => append_audit(tx, entry),
         Change::InsertAgent(agent, now) => insert_agent(tx, agent, *now),
         Change::SetAgentCredential {
             name,
@@ -96,15 +107,35 @@ fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
 
 fn insert_api_key(tx: &Transaction<'_>, key: &ApiKeyRecord, now: u64) -> anyhow::Result<()> {
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO api_keys (key_id, name, role, secret_hash, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO api_keys (key_id, name, role, secret_hash, created_ms, scope, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         key.key_id,
         key.name,
         key.role,
         key.secret_hash,
-        now as i64
+        now as i64,
+        key.scope,
+        key.expires_ms.map(|at| at as i64)
+    ])?;
+    Ok(())
+}
+
+fn append_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> anyhow::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO audit (seq, at_ms, actor, source, action, target, outcome, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        entry.seq as i64,
+        entry.at_ms as i64,
+        entry.actor,
+        entry.source,
+        entry.action,
+        entry.target,
+        entry.outcome,
+        entry.detail
     ])?;
     Ok(())
 }
