@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "unfinished runs index without IN",
         include_str!("../../../migrations/0007_unfinished_without_in.sql"),
     ),
+    (
+        9,
+        "enrollments",
+        include_str!("../../../migrations/0009_enrollments.sql"),
+    ),
 ];
 
 /// Brings the schema up to date; returns how many migrations were applied.
