@@ -224,6 +224,10 @@ impl Connection<'_> {
                 let answer = AgentToHub::CredentialStored(stored);
                 self.send_text(Envelope::reply(envelope.id, answer)).await
             }
+            HubToAgent::Enrolled(_) => {
+                tracing::warn!("ignoring an enrolled message outside an enrollment");
+                Ok(())
+            }
             HubToAgent::Error(error) => match rejection(&error) {
                 Some(ended) => Err(ended),
                 None => {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::actions::{ActionInfo, ExecMode};
 use crate::codes::ErrorCode;
+use crate::enroll::{EnrollCreate, EnrollCreated, EnrollList, EnrollRef, Enrolled};
 use crate::ids::{AgentName, JobId, RunId};
 use crate::jobs::{JobInfo, JobProgress, JobSpec, JobState, TargetState};
 use crate::limits::Limits;
@@ -99,6 +100,16 @@ pub enum ClientToHub {
     /// `agent.token_rotated` once the agent stored it and the old one is void.
     #[serde(rename = "agent.rotate_token")]
     AgentRotateToken(AgentRef),
+    /// Mint an enrollment token that registers new agents; reply
+    /// `enroll.created`, its token shown once.
+    #[serde(rename = "enroll.create")]
+    EnrollCreate(EnrollCreate),
+    /// List the enrollment tokens (never their secrets); reply `enroll.list`.
+    #[serde(rename = "enroll.list")]
+    EnrollList(Empty),
+    /// Revoke an enrollment token; reply `enroll.revoked`.
+    #[serde(rename = "enroll.revoke")]
+    EnrollRevoke(EnrollRef),
 }
 
 impl Message for ClientToHub {
@@ -127,6 +138,9 @@ impl Message for ClientToHub {
         "key.list",
         "key.revoke",
         "agent.rotate_token",
+        "enroll.create",
+        "enroll.list",
+        "enroll.revoke",
     ];
 }
 
@@ -231,6 +245,15 @@ pub enum HubToClient {
     /// Reply to `agent.rotate_token`.
     #[serde(rename = "agent.token_rotated")]
     AgentTokenRotated(AgentRef),
+    /// Reply to `enroll.create`.
+    #[serde(rename = "enroll.created")]
+    EnrollCreated(EnrollCreated),
+    /// Reply to `enroll.list`.
+    #[serde(rename = "enroll.list")]
+    EnrollList(EnrollList),
+    /// Reply to `enroll.revoke`.
+    #[serde(rename = "enroll.revoked")]
+    EnrollRevoked(EnrollRef),
     /// Generic success reply.
     #[serde(rename = "ok")]
     Ok(Empty),
@@ -271,6 +294,9 @@ impl Message for HubToClient {
         "key.list",
         "key.revoked",
         "agent.token_rotated",
+        "enroll.created",
+        "enroll.list",
+        "enroll.revoked",
         "subscribed",
         "stream.synced",
         "ok",
@@ -352,6 +378,10 @@ pub enum HubToAgent {
     /// and use it from the next connection on.
     #[serde(rename = "credential.rotate")]
     CredentialRotate(CredentialRotate),
+    /// Answer to a `hello` with an enrollment token: the agent is registered
+    /// under `name` and `token` is its own; the hub then closes with 1000.
+    #[serde(rename = "enrolled")]
+    Enrolled(Enrolled),
     /// The hub could not handle an agent message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -366,6 +396,7 @@ impl Message for HubToAgent {
         "run.cancel",
         "run.ack",
         "credential.rotate",
+        "enrolled",
         "error",
     ];
 }
@@ -396,9 +427,11 @@ impl std::fmt::Debug for ClientHello {
 /// `hello` from an agent.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentHello {
-    /// The agent's own token.
+    /// The agent's own token, or an enrollment token (`mse_…`) to register
+    /// itself with.
     pub token: String,
-    /// The agent's name; if given it must match the token's agent.
+    /// The agent's name; if given it must match the token's agent. With an
+    /// enrollment token, the name to register under (the host name when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<AgentName>,
     /// Host name.

@@ -21,7 +21,7 @@ pub enum Role {
     Viewer,
     /// Also runs commands, jobs and actions, and cancels them.
     Operator,
-    /// Also manages agents and API keys, and subscribes to `all`.
+    /// Also manages agents, API keys and enrollment tokens, and subscribes to `all`.
     Admin,
 }
 
@@ -91,7 +91,10 @@ pub fn required_role(msg: &ClientToHub) -> Option<Role> {
         | M::AgentRotateToken(_)
         | M::KeyCreate(_)
         | M::KeyList(_)
-        | M::KeyRevoke(_) => Some(Role::Admin),
+        | M::KeyRevoke(_)
+        | M::EnrollCreate(_)
+        | M::EnrollList(_)
+        | M::EnrollRevoke(_) => Some(Role::Admin),
     }
 }
 

@@ -20,6 +20,7 @@
 mod agents;
 mod api_keys;
 mod batch;
+mod enroll;
 mod error;
 mod events;
 mod jobs;
@@ -46,6 +47,7 @@ use muster_proto::{AgentName, OutputFrame, RequestId, RunId, RunInfo, UnixMillis
 use tokio::sync::oneshot;
 
 pub use batch::{Batch, Effect, MAX_FRAMES_PER_BATCH, Reply, ReplyTo};
+pub use enroll::Enrolled;
 pub use error::ApiError;
 pub(crate) use jobs::{TARGET_PAGE, target_page};
 pub use keys::{Found, KeyFound, KeyKind, KeyRef};
@@ -90,6 +92,15 @@ pub enum Input {
         conn: AgentConn,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<AgentName, ApiError>>,
+    },
+    /// An agent's `hello` with an enrollment token: on success the agent is
+    /// registered and the answer, its own token, comes after the commit;
+    /// a refusal comes at once.
+    Enroll {
+        /// What it said.
+        hello: Box<AgentHello>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Enrolled, ApiError>>,
     },
     /// An agent connection ended (sent by its [`PresenceGuard`]).
     AgentGone {
@@ -227,7 +238,7 @@ impl Engine {
     ) -> Self {
         let mut engine = Self {
             scheduler: Scheduler::new(config.max_queue_per_agent),
-            registry: Registry::new(snapshot.agents, snapshot.api_keys),
+            registry: Registry::new(snapshot.agents, snapshot.api_keys, snapshot.enrollments),
             presence: Presence::default(),
             runs: HashMap::new(),
             ended: HashMap::new(),
@@ -261,6 +272,7 @@ impl Engine {
             Input::AgentHello { hello, conn, reply } => {
                 let _ = reply.send(self.agent_hello(*hello, conn, now));
             }
+            Input::Enroll { hello, reply } => self.enroll(*hello, reply, now),
             Input::AgentGone { name, conn_id } => self.agent_gone(&name, conn_id, now),
             Input::AgentStale {
                 name,

@@ -1,6 +1,7 @@
 //! Client requests that go through the engine: everything that changes
 //! state, and the reads that need what only the engine holds.
 
+use muster_proto::enroll::EnrollCreate;
 use muster_proto::messages::{
     AgentAdd, AgentLabel, AgentListQuery, JobCreate, JobTargetsQuery, KeyCreate, MetricsQuery,
     Principal, RunCreate,
@@ -51,6 +52,12 @@ pub enum Request {
     KeyRevoke(String),
     /// `agent.rotate_token`.
     AgentRotateToken(AgentName),
+    /// `enroll.create`.
+    EnrollCreate(EnrollCreate),
+    /// `enroll.list`.
+    EnrollList,
+    /// `enroll.revoke`, by id.
+    EnrollRevoke(String),
     /// For `subscribe` to `agent:<name>` or `metrics:<name>`: whether the
     /// agent is registered, and the offset its next event gets.
     AgentChannel(AgentName, oneshot::Sender<Result<u64, ApiError>>),
@@ -76,6 +83,11 @@ impl Engine {
             Request::KeyList => self.list_keys(to, re),
             Request::KeyRevoke(name) => self.revoke_key(to, re, name),
             Request::AgentRotateToken(name) => self.rotate_token(to, re, name, now),
+            Request::EnrollCreate(create) => {
+                self.create_enrollment(&principal.name, to, re, create, now);
+            }
+            Request::EnrollList => self.list_enrollments(to, re),
+            Request::EnrollRevoke(id) => self.revoke_enrollment(to, re, id),
             Request::RunCreate(id, create) => self.request_run(principal, to, re, id, create, now),
             Request::RunGet(id) => self.get_run(to, re, id),
             Request::RunCancel(id) => self.cancel_run(to, re, id, now),

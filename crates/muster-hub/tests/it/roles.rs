@@ -45,6 +45,12 @@ fn samples() -> Vec<(&'static str, ClientToHub)> {
         ("key.list", json!({})),
         ("key.revoke", json!({"name": "nobody"})),
         ("agent.rotate_token", json!({"name": "nobody"})),
+        (
+            "enroll.create",
+            json!({"labels": {"env": "test"}, "uses": 1, "expires_in_ms": 60_000}),
+        ),
+        ("enroll.list", json!({})),
+        ("enroll.revoke", json!({"id": "nobody"})),
     ];
     data.into_iter()
         .map(|(kind, data)| {
