@@ -49,6 +49,10 @@ enum Command {
     /// Manage API keys: create one with a role, list them, revoke one.
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
+    /// Manage enrollment tokens: create one for new agents to register
+    /// themselves with, list them, revoke one.
+    #[command(subcommand)]
+    Enroll(cli::enroll::EnrollCommand),
     /// Run a command on an agent, stream its output and exit with its exit code.
     ///
     /// On one agent, events the command publishes with `muster emit` go to
@@ -158,6 +162,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Agent(args) => (serve::agent(args).await, EXIT_SERVE_FAILED),
         Command::Agents(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Keys(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Enroll(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Run(args) => (cli::run::run(args, json).await, cli::EXIT_ERROR),
         Command::Action(args) => (cli::action::action(args, json).await, cli::EXIT_ERROR),
         Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),

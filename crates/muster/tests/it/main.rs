@@ -2,6 +2,7 @@
 //! processes, driven through the CLI exactly as an operator would.
 
 mod actions;
+mod enroll;
 mod execute;
 mod fault_agents;
 mod fault_jobs;
