@@ -21,6 +21,7 @@ use anyhow::Context;
 use muster_proto::CloseCode;
 use muster_proto::actions::ExecMode;
 use muster_proto::backoff::Backoff;
+use muster_proto::enroll::Enrolled;
 use muster_proto::messages::{AgentEvent, AgentHello};
 use muster_tls::TrustRoots;
 use tokio::sync::mpsc;
@@ -32,7 +33,7 @@ use crate::connection::{self, Ended, Queues, Stop, close};
 use crate::credential::Credential;
 use crate::events::{self, EventQueue, EventSocket};
 use crate::executor::Executor;
-use crate::handshake;
+use crate::handshake::{self, Greeting};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
@@ -83,7 +84,11 @@ pub(crate) async fn run(
         Some(interval) => Metrics::start(interval).await,
         None => None,
     };
-    let credential = Credential::load(&options.token, options.state_dir.as_deref())?;
+    let credential = Credential::load(
+        &options.token,
+        options.enroll.as_deref(),
+        options.state_dir.as_deref(),
+    )?;
     let agent = Agent {
         credential,
         hello: handshake::hello(&options),
@@ -141,6 +146,7 @@ impl Agent {
         loop {
             match self.session().await {
                 Ended::Shutdown => return Ok(()),
+                Ended::Enrolled => self.backoff.reset(),
                 Ended::Rejected(error) => {
                     self.stop_runs_offline().await;
                     return Err(error);
@@ -171,15 +177,21 @@ impl Agent {
             runs: self.runs.report(),
             ..self.hello.clone()
         };
-        tracing::debug!(url = %self.url, runs = hello.runs.len(), "dialling the hub");
-        let dialling = handshake::connect(&self.url, &self.trust, &hello);
+        let enrolling = self.credential.enrolling();
+        tracing::debug!(url = %self.url, runs = hello.runs.len(), enrolling, "dialling the hub");
+        let dialling = handshake::connect(&self.url, &self.trust, &hello, enrolling);
         let (mut ws, ack) = match self.unless_stopped(dialling).await {
             None => {
                 self.stop_runs_offline().await;
                 return Ended::Shutdown;
             }
             Some(Err(ended)) => return ended,
-            Some(Ok(connected)) => connected,
+            Some(Ok((mut ws, Greeting::Enrolled(enrolled)))) => {
+                let ended = self.keep_enrolled(enrolled);
+                close(&mut ws, CloseCode::NORMAL, "enrolled").await;
+                return ended;
+            }
+            Some(Ok((ws, Greeting::Ack(ack)))) => (ws, ack),
         };
         self.backoff.reset();
         self.runs.settle_orphans();
@@ -197,6 +209,22 @@ impl Agent {
             close(&mut ws, CloseCode::NORMAL, "agent shutting down").await;
         }
         ended
+    }
+
+    /// Stores the credential an enrollment yielded, to connect with it next;
+    /// an agent that cannot keep it stops, as its enrollment is spent.
+    fn keep_enrolled(&mut self, enrolled: Enrolled) -> Ended {
+        let name = enrolled.name;
+        match self.credential.store(enrolled.token) {
+            Ok(()) => {
+                tracing::info!(agent = %name, "enrolled; the credential is stored, reconnecting with it");
+                Ended::Enrolled
+            }
+            Err(reason) => Ended::Rejected(anyhow::anyhow!(
+                "enrolled as {name:?} but {reason}; remove the agent and enroll it again",
+                name = name.as_str()
+            )),
+        }
     }
 
     /// Awaits `future`; `None` if the agent is told to stop first.

@@ -46,8 +46,11 @@ pub(crate) enum Ended {
     Shutdown,
     /// The connection failed or dropped; try again after a backoff delay.
     Lost(anyhow::Error),
-    /// The hub refused this agent for good (bad or revoked token).
+    /// The hub refused this agent for good (bad or revoked token, refused
+    /// enrollment).
     Rejected(anyhow::Error),
+    /// The agent enrolled and stored its own credential: connect again at once.
+    Enrolled,
 }
 
 impl Ended {
@@ -223,6 +226,10 @@ impl Connection<'_> {
                 };
                 let answer = AgentToHub::CredentialStored(stored);
                 self.send_text(Envelope::reply(envelope.id, answer)).await
+            }
+            HubToAgent::Enrolled(_) => {
+                tracing::warn!("ignoring an enrolled message outside an enrollment");
+                Ok(())
             }
             HubToAgent::Error(error) => match rejection(&error) {
                 Some(ended) => Err(ended),

@@ -1,13 +1,15 @@
 //! Dialling the hub: the agent's WebSocket URL, the `hello`, and the wait for
-//! `connection.ack`, all bounded by the handshake timeout.
+//! `connection.ack` (or, for a `hello` with an enrollment token, `enrolled`),
+//! all bounded by the handshake timeout.
 
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::StreamExt;
+use muster_proto::enroll::Enrolled;
 use muster_proto::limits::{HANDSHAKE_TIMEOUT_MS, MAX_MESSAGE_BYTES};
-use muster_proto::messages::{AgentHello, ConnectionAck};
-use muster_proto::{AGENT_WS_PATH, AgentToHub, Envelope, HubToAgent};
+use muster_proto::messages::{AgentHello, ConnectionAck, ErrorData};
+use muster_proto::{AGENT_WS_PATH, AgentToHub, Envelope, ErrorCode, HubToAgent};
 use muster_tls::{DialError, TrustRoots};
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
@@ -19,6 +21,15 @@ use crate::connection::{Ended, closed, rejection, send};
 
 /// A WebSocket connection to the hub.
 pub(crate) type Ws = WebSocketStream<muster_tls::Stream>;
+
+/// How the hub answered a `hello`.
+pub(crate) enum Greeting {
+    /// The agent is online.
+    Ack(Box<ConnectionAck>),
+    /// The agent is registered through its enrollment token, and this is its
+    /// own credential; the hub closes the connection.
+    Enrolled(Enrolled),
+}
 
 /// Features every agent announces in `hello`.
 const CAPABILITIES: &[&str] = &["exec"];
@@ -78,14 +89,16 @@ fn capabilities(options: &AgentOptions) -> Vec<String> {
         .collect()
 }
 
-/// Connects, says hello and waits for the hub's `connection.ack`.
+/// Connects, says hello and waits for the hub's `connection.ack`, or, when
+/// `enrolling`, its `enrolled`.
 pub(crate) async fn connect(
     url: &str,
     trust: &TrustRoots,
     hello: &AgentHello,
-) -> Result<(Ws, ConnectionAck), Ended> {
+    enrolling: bool,
+) -> Result<(Ws, Greeting), Ended> {
     let limit = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    match timeout(limit, dial_and_greet(url, trust, hello, limit)).await {
+    match timeout(limit, dial_and_greet(url, trust, hello, enrolling, limit)).await {
         Ok(result) => result,
         Err(_) => Err(Ended::Lost(anyhow!(
             "no connection.ack from the hub within {limit:?}"
@@ -97,8 +110,9 @@ async fn dial_and_greet(
     url: &str,
     trust: &TrustRoots,
     hello: &AgentHello,
+    enrolling: bool,
     limit: Duration,
-) -> Result<(Ws, ConnectionAck), Ended> {
+) -> Result<(Ws, Greeting), Ended> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
@@ -112,11 +126,11 @@ async fn dial_and_greet(
         .map_err(Ended::Lost)?;
     let hello = Envelope::plain(AgentToHub::Hello(hello.clone())).encode();
     send(&mut ws, Message::text(hello), limit).await?;
-    let ack = await_ack(&mut ws).await?;
-    Ok((ws, ack))
+    let greeting = await_greeting(&mut ws, enrolling).await?;
+    Ok((ws, greeting))
 }
 
-async fn await_ack(ws: &mut Ws) -> Result<ConnectionAck, Ended> {
+async fn await_greeting(ws: &mut Ws, enrolling: bool) -> Result<Greeting, Ended> {
     loop {
         let message = match ws.next().await {
             None => return Err(Ended::lost("the hub hung up during the handshake")),
@@ -129,8 +143,8 @@ async fn await_ack(ws: &mut Ws) -> Result<ConnectionAck, Ended> {
         };
         match message {
             Message::Text(text) => {
-                if let Some(ack) = handshake_reply(&text)? {
-                    return Ok(ack);
+                if let Some(greeting) = handshake_reply(&text, enrolling)? {
+                    return Ok(greeting);
                 }
             }
             Message::Close(frame) => return Err(closed(frame)),
@@ -139,12 +153,15 @@ async fn await_ack(ws: &mut Ws) -> Result<ConnectionAck, Ended> {
     }
 }
 
-/// The ack if `text` is one; an error ends the attempt; anything else is skipped.
-fn handshake_reply(text: &str) -> Result<Option<ConnectionAck>, Ended> {
+/// The ack or the enrollment if `text` is one; an error ends the attempt;
+/// anything else is skipped.
+fn handshake_reply(text: &str, enrolling: bool) -> Result<Option<Greeting>, Ended> {
     let envelope = Envelope::<HubToAgent>::decode(text)
         .map_err(|e| Ended::Lost(anyhow!("invalid handshake reply from the hub: {e}")))?;
     match envelope.msg {
-        HubToAgent::ConnectionAck(ack) => Ok(Some(ack)),
+        HubToAgent::ConnectionAck(ack) if !enrolling => Ok(Some(Greeting::Ack(Box::new(ack)))),
+        HubToAgent::Enrolled(enrolled) if enrolling => Ok(Some(Greeting::Enrolled(enrolled))),
+        HubToAgent::Error(error) if enrolling => Err(enrollment_refused(&error)),
         HubToAgent::Error(error) => Err(rejection(&error).unwrap_or_else(|| {
             Ended::Lost(anyhow!(
                 "hub refused the handshake: {}: {}",
@@ -153,6 +170,23 @@ fn handshake_reply(text: &str) -> Result<Option<ConnectionAck>, Ended> {
             ))
         })),
         _ => Ok(None),
+    }
+}
+
+/// How a refused enrollment ends: for good when the same `hello` can never
+/// succeed (a bad, expired or used-up token, a taken or invalid name), else
+/// (the hub's store, a rate limit) to be tried again later.
+fn enrollment_refused(error: &ErrorData) -> Ended {
+    let reason = anyhow!(
+        "the hub refused the enrollment: {} ({})",
+        error.message,
+        error.code
+    );
+    match error.code {
+        ErrorCode::AuthFailed | ErrorCode::Conflict | ErrorCode::InvalidMessage => {
+            Ended::Rejected(reason)
+        }
+        _ => Ended::Lost(reason),
     }
 }
 

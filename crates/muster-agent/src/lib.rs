@@ -6,13 +6,18 @@
 //! `run.ack`, and sends a `metrics` sample of the host every
 //! [`AgentOptions::metrics_interval`], until the connection drops, when it
 //! reconnects on the [`Backoff`] schedule. It returns `Ok` when its shutdown token is cancelled and an error
-//! when the hub rejects the agent's token.
+//! when the hub rejects the agent's token. An agent given an enrollment
+//! token ([`AgentOptions::enroll`]) and no stored credential first registers
+//! itself with it, stores the credential the hub answers with in its state
+//! dir, and reconnects with that.
 //!
 //! Codemap:
 //! - `agent` — the reconnect loop, the `hello` run report, and shutdown;
 //! - [`actions`] — declared actions: config, validation, and turning a call
 //!   into an argument vector; [`config`] — the agent's TOML config file;
-//! - `handshake` — URL, `hello`, `connection.ack`;
+//! - `handshake` — URL, `hello`, `connection.ack` (or `enrolled`);
+//!   `credential` — the token in use, and the one the hub hands over
+//!   (rotated or enrolled), kept in the state dir;
 //! - `connection` — one served connection (a single `select!`) and close codes;
 //! - `runs` — the runs in flight, their tasks, and what `run.start`/`run.ack`
 //!   do; `admission` — which `run.start` may execute (actions, exec mode);
@@ -134,6 +139,12 @@ pub struct AgentOptions {
     /// What verifies an `https://` hub: by default the CA file in
     /// `MUSTER_CA_FILE`, else the system's roots.
     pub trust: TrustRoots,
+    /// An enrollment token (`mse_…`); never logged. While the state dir
+    /// holds no credential, the agent registers itself with it (under
+    /// [`AgentOptions::name`], else the host name), stores the token the hub
+    /// answers with, and reconnects with that. A stored credential wins over
+    /// it. Needs a [`AgentOptions::state_dir`]. `None` by default.
+    pub enroll: Option<String>,
 }
 
 impl AgentOptions {
@@ -155,6 +166,7 @@ impl AgentOptions {
             exec: ExecMode::Any,
             actions: ActionSet::default(),
             trust: TrustRoots::from_env(),
+            enroll: None,
         }
     }
 }
@@ -174,6 +186,7 @@ impl std::fmt::Debug for AgentOptions {
             .field("exec", &self.exec)
             .field("actions", &self.actions.names().collect::<Vec<_>>())
             .field("trust", &self.trust)
+            .field("enroll", &self.enroll.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -181,7 +194,8 @@ impl std::fmt::Debug for AgentOptions {
 /// Runs the agent with the real process executor until `shutdown` is cancelled.
 ///
 /// Returns an error when the hub rejects the token (close 4001 or 4011, or an
-/// `AUTH_FAILED` error) or the options are invalid; every other failure is
+/// `AUTH_FAILED` error), refuses the enrollment (`AUTH_FAILED`, `CONFLICT`,
+/// `INVALID_MESSAGE`), or the options are invalid; every other failure is
 /// retried on the reconnect schedule.
 pub async fn run(options: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_with_executor(options, Arc::new(ProcessExecutor::new()), shutdown).await

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use muster_proto::enroll::{EnrollCreate, EnrollCreated, EnrollRef, EnrollmentInfo};
 use muster_proto::jobs::{JobInfo, JobSpec};
 use muster_proto::messages::{
-    AgentAdd, AgentAdded, AgentRef, JobCreate, JobRef, MetricsQuery, RunAccepted, RunCreate,
+    AgentAdd, AgentAdded, AgentRef, Empty, JobCreate, JobRef, MetricsQuery, RunAccepted, RunCreate,
     RunRef, SeriesPoint, Subscribe, Subscribed,
 };
 use muster_proto::types::RunRequest;
@@ -76,6 +77,29 @@ impl Client {
     pub async fn remove_agent(&self, name: &AgentName) -> Result<(), ClientError> {
         let request = ClientToHub::AgentRemove(AgentRef { name: name.clone() });
         expect_reply!(self, request, "agent.removed", HubToClient::AgentRemoved(_) => ())
+    }
+
+    /// Mints an enrollment token (admin); the reply holds the token, which
+    /// the hub never shows again.
+    pub async fn create_enrollment(
+        &self,
+        create: EnrollCreate,
+    ) -> Result<EnrollCreated, ClientError> {
+        let request = ClientToHub::EnrollCreate(create);
+        expect_reply!(self, request, "enroll.created", HubToClient::EnrollCreated(created) => created)
+    }
+
+    /// Every enrollment token, oldest first, never a secret (admin).
+    pub async fn enrollments(&self) -> Result<Vec<EnrollmentInfo>, ClientError> {
+        let request = ClientToHub::EnrollList(Empty::default());
+        expect_reply!(self, request, "enroll.list", HubToClient::EnrollList(list) => list.enrollments)
+    }
+
+    /// Revokes an enrollment token by its id (admin); agents it enrolled
+    /// keep their own tokens.
+    pub async fn revoke_enrollment(&self, id: &str) -> Result<(), ClientError> {
+        let request = ClientToHub::EnrollRevoke(EnrollRef { id: id.to_owned() });
+        expect_reply!(self, request, "enroll.revoked", HubToClient::EnrollRevoked(_) => ())
     }
 
     /// Creates a run. With `subscribe`, this connection receives every event

@@ -65,6 +65,8 @@ pub enum ErrorCode {
     OutputGap,
     /// No API key has that name.
     KeyNotFound,
+    /// No enrollment token has that id.
+    EnrollmentNotFound,
 }
 
 impl ErrorCode {
@@ -87,6 +89,7 @@ impl ErrorCode {
                 | Self::CommandsDisabled
                 | Self::OutputGap
                 | Self::KeyNotFound
+                | Self::EnrollmentNotFound
         )
     }
 
@@ -118,6 +121,7 @@ impl ErrorCode {
             Self::StorageUnavailable => "STORAGE_UNAVAILABLE",
             Self::OutputGap => "OUTPUT_GAP",
             Self::KeyNotFound => "KEY_NOT_FOUND",
+            Self::EnrollmentNotFound => "ENROLLMENT_NOT_FOUND",
         }
     }
 }
@@ -139,6 +143,9 @@ impl CloseCode {
     pub const GOING_AWAY: u16 = 1001;
     /// A message was larger than `max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The hub cannot do this now (it cannot write to its store); the
+    /// `error` before it says why. Reconnect with backoff.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The agent's credential was rotated; reconnect with the new one. Not fatal.
     pub const CREDENTIAL_ROTATED: u16 = 4012;
     /// The source address is past its limit of failed authentications; the

@@ -17,6 +17,7 @@ pub mod actions;
 pub mod backoff;
 pub mod channel;
 pub mod codes;
+pub mod enroll;
 pub mod envelope;
 pub mod frame;
 pub mod ids;

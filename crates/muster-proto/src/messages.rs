@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::UnixMillis;
 use crate::actions::{ActionInfo, ExecMode};
 use crate::codes::ErrorCode;
+use crate::enroll::{EnrollCreate, EnrollCreated, EnrollList, EnrollRef, Enrolled};
 use crate::ids::{AgentName, JobId, RunId};
 use crate::jobs::{JobInfo, JobProgress, JobSpec, JobState, TargetState};
 use crate::limits::Limits;
@@ -108,6 +109,16 @@ pub enum ClientToHub {
     /// Read the audit log, oldest first; reply `audit.list`.
     #[serde(rename = "audit.list")]
     AuditList(AuditListQuery),
+    /// Mint an enrollment token that registers new agents; reply
+    /// `enroll.created`, its token shown once.
+    #[serde(rename = "enroll.create")]
+    EnrollCreate(EnrollCreate),
+    /// List the enrollment tokens (never their secrets); reply `enroll.list`.
+    #[serde(rename = "enroll.list")]
+    EnrollList(Empty),
+    /// Revoke an enrollment token; reply `enroll.revoked`.
+    #[serde(rename = "enroll.revoke")]
+    EnrollRevoke(EnrollRef),
 }
 
 impl ClientToHub {
@@ -140,6 +151,9 @@ impl ClientToHub {
             Self::AgentRotateToken(_) => "agent.rotate_token",
             Self::KeyRotate(_) => "key.rotate",
             Self::AuditList(_) => "audit.list",
+            Self::EnrollCreate(_) => "enroll.create",
+            Self::EnrollList(_) => "enroll.list",
+            Self::EnrollRevoke(_) => "enroll.revoke",
         }
     }
 }
@@ -172,6 +186,9 @@ impl Message for ClientToHub {
         "agent.rotate_token",
         "key.rotate",
         "audit.list",
+        "enroll.create",
+        "enroll.list",
+        "enroll.revoke",
     ];
 }
 
@@ -285,6 +302,15 @@ pub enum HubToClient {
     /// Event on `audit`: an entry was appended to the audit log.
     #[serde(rename = "audit.entry")]
     AuditEntry(AuditEntry),
+    /// Reply to `enroll.create`.
+    #[serde(rename = "enroll.created")]
+    EnrollCreated(EnrollCreated),
+    /// Reply to `enroll.list`.
+    #[serde(rename = "enroll.list")]
+    EnrollList(EnrollList),
+    /// Reply to `enroll.revoke`.
+    #[serde(rename = "enroll.revoked")]
+    EnrollRevoked(EnrollRef),
     /// Generic success reply.
     #[serde(rename = "ok")]
     Ok(Empty),
@@ -328,6 +354,9 @@ impl Message for HubToClient {
         "key.rotated",
         "audit.list",
         "audit.entry",
+        "enroll.created",
+        "enroll.list",
+        "enroll.revoked",
         "subscribed",
         "stream.synced",
         "ok",
@@ -409,6 +438,10 @@ pub enum HubToAgent {
     /// and use it from the next connection on.
     #[serde(rename = "credential.rotate")]
     CredentialRotate(CredentialRotate),
+    /// Answer to a `hello` with an enrollment token: the agent is registered
+    /// under `name` and `token` is its own; the hub then closes with 1000.
+    #[serde(rename = "enrolled")]
+    Enrolled(Enrolled),
     /// The hub could not handle an agent message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -423,6 +456,7 @@ impl Message for HubToAgent {
         "run.cancel",
         "run.ack",
         "credential.rotate",
+        "enrolled",
         "error",
     ];
 }
@@ -453,9 +487,11 @@ impl std::fmt::Debug for ClientHello {
 /// `hello` from an agent.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentHello {
-    /// The agent's own token.
+    /// The agent's own token, or an enrollment token (`mse_…`) to register
+    /// itself with.
     pub token: String,
-    /// The agent's name; if given it must match the token's agent.
+    /// The agent's name; if given it must match the token's agent. With an
+    /// enrollment token, the name to register under (the host name when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<AgentName>,
     /// Host name.

@@ -21,7 +21,7 @@ pub enum Role {
     Viewer,
     /// Also runs commands, jobs and actions, and cancels them.
     Operator,
-    /// Also manages agents and API keys, and subscribes to `all`.
+    /// Also manages agents, API keys and enrollment tokens, and subscribes to `all`.
     Admin,
 }
 
@@ -94,6 +94,7 @@ pub fn required_role(msg: &ClientToHub) -> Option<Role> {
         | M::KeyRevoke(_)
         | M::KeyRotate(_)
         | M::AuditList(_) => Some(Role::Admin),
+        M::EnrollCreate(_) | M::EnrollList(_) | M::EnrollRevoke(_) => Some(Role::Admin),
     }
 }
 

@@ -53,6 +53,10 @@ enum Command {
     /// Print the audit log: who did what, from where, and how it ended;
     /// with --follow, keep printing new entries (admin keys).
     Audit(cli::audit::AuditArgs),
+    /// Manage enrollment tokens: create one for new agents to register
+    /// themselves with, list them, revoke one.
+    #[command(subcommand)]
+    Enroll(cli::enroll::EnrollCommand),
     /// Run a command on an agent, stream its output and exit with its exit code.
     ///
     /// On one agent, events the command publishes with `muster emit` go to
@@ -163,6 +167,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Agents(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Keys(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Audit(args) => (cli::audit::audit(args, json).await, cli::EXIT_ERROR),
+        Command::Enroll(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Run(args) => (cli::run::run(args, json).await, cli::EXIT_ERROR),
         Command::Action(args) => (cli::action::action(args, json).await, cli::EXIT_ERROR),
         Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),

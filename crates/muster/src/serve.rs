@@ -187,6 +187,19 @@ pub(crate) struct AgentArgs {
     /// A file that holds the agent's token (keep it mode 0600).
     #[arg(long, env = "MUSTER_AGENT_TOKEN_FILE", value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
+    /// An enrollment token, as printed by `muster enroll create`: with no
+    /// credential in the state dir yet, the agent registers itself with it
+    /// (under --name, else the host name) and keeps the credential it gets
+    /// there; with one, it is ignored. On a command line `ps` shows it:
+    /// prefer the variable.
+    #[arg(
+        long,
+        env = "MUSTER_ENROLL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with_all = ["token", "token_file"]
+    )]
+    pub(crate) enroll: Option<String>,
     /// PEM file of the CA certificates that verify an https:// hub, instead
     /// of the system's roots.
     #[arg(long, env = "MUSTER_CA_FILE", value_name = "FILE")]
@@ -195,15 +208,16 @@ pub(crate) struct AgentArgs {
     /// and [actions.NAME]; flags and MUSTER_… variables override it.
     #[arg(long, env = "MUSTER_AGENT_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// The agent's name; must match the token's agent.
+    /// The agent's name; must match the token's agent. When enrolling, the
+    /// name to register under [default: the host name].
     #[arg(long, env = "MUSTER_AGENT_NAME")]
     pub(crate) name: Option<AgentName>,
     /// A label, k=v; repeatable. Merged over the config file's labels, and
     /// overrides a registered label with the same key.
     #[arg(long = "label", value_parser = parse_label)]
     pub(crate) labels: Vec<(String, String)>,
-    /// Directory for the agent's state (the ledger of runs it started)
-    /// [default: .muster-agent].
+    /// Directory for the agent's state (the ledger of runs it started, and
+    /// the credential the hub hands over) [default: .muster-agent].
     #[arg(long, env = "MUSTER_STATE_DIR")]
     pub(crate) state_dir: Option<PathBuf>,
     /// How often to sample and report host metrics (e.g. 30s); 0 turns it off.
@@ -218,7 +232,8 @@ impl AgentArgs {
     /// The agent's options: the config file (if any), then the flags over it.
     /// A config file that cannot be read or is invalid is an error.
     fn into_options(self) -> anyhow::Result<AgentOptions> {
-        // None given is fine when the state dir holds a rotated credential.
+        // None given is fine when the state dir holds a credential, or with
+        // an enrollment token.
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => token.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)
@@ -254,6 +269,7 @@ impl AgentArgs {
                 Some(path) => TrustRoots::ca_file(path),
                 None => TrustRoots::system(),
             },
+            enroll: self.enroll.filter(|token| !token.is_empty()),
             ..AgentOptions::new(self.hub, token)
         })
     }
@@ -486,6 +502,7 @@ mod tests {
             hub: "http://hub:7070".into(),
             token: Some("mst_test".into()),
             token_file: None,
+            enroll: None,
             ca_file: None,
             config,
             name: None,

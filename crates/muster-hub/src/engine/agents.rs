@@ -146,7 +146,9 @@ impl Engine {
         }
     }
 
-    fn register_agent(
+    /// Registers an agent with a fresh token, unless its name is reserved or
+    /// taken or its labels are invalid.
+    pub(super) fn register_agent(
         &mut self,
         add: AgentAdd,
         now: UnixMillis,

@@ -102,6 +102,13 @@ impl AuditDraft {
                 .detail(format!("role {}", create.role)),
             Request::KeyRevoke(name) => draft("key.revoke").target(name.clone()),
             Request::KeyRotate(rotate) => draft("key.rotate").target(rotate.name.clone()),
+            Request::EnrollCreate(create) => {
+                let uses = create
+                    .uses
+                    .unwrap_or(muster_proto::enroll::DEFAULT_ENROLL_USES);
+                draft("enroll.create").detail(format!("{uses} use(s)"))
+            }
+            Request::EnrollRevoke(id) => draft("enroll.revoke").target(id.clone()),
             Request::AgentList(_)
             | Request::AgentGet(_)
             | Request::RunGet(_)
@@ -109,6 +116,7 @@ impl AuditDraft {
             | Request::JobTargets(_)
             | Request::MetricsQuery(_)
             | Request::KeyList
+            | Request::EnrollList
             | Request::AgentChannel(..)
             | Request::Read(_)
             | Request::View(_) => return None,

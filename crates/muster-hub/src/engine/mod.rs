@@ -21,6 +21,7 @@ mod agents;
 mod api_keys;
 mod audit;
 mod batch;
+mod enroll;
 mod error;
 mod events;
 mod jobs;
@@ -49,6 +50,7 @@ use tokio::sync::oneshot;
 
 pub use audit::AuditDraft;
 pub use batch::{Batch, Effect, MAX_FRAMES_PER_BATCH, Reply, ReplyTo};
+pub use enroll::Enrolled;
 pub use error::ApiError;
 pub(crate) use jobs::{TARGET_PAGE, target_page};
 pub use keys::{Found, KeyFound, KeyKind, KeyRef};
@@ -95,6 +97,17 @@ pub enum Input {
         conn: AgentConn,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<AgentName, ApiError>>,
+    },
+    /// An agent's `hello` with an enrollment token: on success the agent is
+    /// registered and the answer, its own token, comes after the commit;
+    /// a refusal comes at once.
+    Enroll {
+        /// What it said.
+        hello: Box<AgentHello>,
+        /// From where, for the audit log.
+        source: Option<std::net::IpAddr>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Enrolled, ApiError>>,
     },
     /// An agent connection ended (sent by its [`PresenceGuard`]).
     AgentGone {
@@ -248,7 +261,7 @@ impl Engine {
     ) -> Self {
         let mut engine = Self {
             scheduler: Scheduler::new(config.max_queue_per_agent),
-            registry: Registry::new(snapshot.agents, snapshot.api_keys),
+            registry: Registry::new(snapshot.agents, snapshot.api_keys, snapshot.enrollments),
             presence: Presence::default(),
             runs: HashMap::new(),
             ended: HashMap::new(),
@@ -288,6 +301,11 @@ impl Engine {
             Input::AgentHello { hello, conn, reply } => {
                 let _ = reply.send(self.agent_hello(*hello, conn, now));
             }
+            Input::Enroll {
+                hello,
+                source,
+                reply,
+            } => self.enroll(*hello, source, reply, now),
             Input::AgentGone { name, conn_id } => self.agent_gone(&name, conn_id, now),
             Input::AgentStale {
                 name,

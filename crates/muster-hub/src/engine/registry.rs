@@ -13,7 +13,7 @@ use muster_proto::{AgentName, ErrorCode, Selector, UnixMillis};
 
 use super::error::ApiError;
 use crate::auth;
-use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord, Labels};
+use crate::store::{AgentFacts, AgentRecord, ApiKeyRecord, EnrollmentRecord, Labels};
 
 /// Registered agents and every credential.
 #[derive(Debug, Default)]
@@ -24,16 +24,25 @@ pub(crate) struct Registry {
     agent_keys: HashMap<String, AgentName>,
     /// API keys by the public half of their token.
     api_keys: HashMap<String, ApiKeyRecord>,
+    /// Enrollment tokens by the public half of their token.
+    enrollments: BTreeMap<String, EnrollmentRecord>,
     /// One copy of each label set in use.
     label_sets: LabelSets,
 }
 
 impl Registry {
     /// The registry as stored.
-    pub(crate) fn new(agents: Vec<AgentRecord>, api_keys: Vec<ApiKeyRecord>) -> Self {
+    pub(crate) fn new(
+        agents: Vec<AgentRecord>,
+        api_keys: Vec<ApiKeyRecord>,
+        enrollments: Vec<EnrollmentRecord>,
+    ) -> Self {
         let mut registry = Self::default();
         for key in api_keys {
             registry.api_keys.insert(key.key_id.clone(), key);
+        }
+        for enrollment in enrollments {
+            registry.insert_enrollment(enrollment);
         }
         for agent in agents {
             registry.insert(agent);
@@ -99,6 +108,62 @@ impl Registry {
             ));
         }
         Ok(agent)
+    }
+
+    /// Checks an enrollment token: it must exist, its secret match, and it
+    /// must have a use left at `now`. Returns its record.
+    pub(crate) fn check_enrollment(
+        &self,
+        token: &str,
+        now: UnixMillis,
+    ) -> Result<&EnrollmentRecord, ApiError> {
+        let invalid = || ApiError::new(ErrorCode::AuthFailed, "invalid enrollment token");
+        let (token_id, secret) =
+            auth::parse_with(auth::ENROLLMENT_TOKEN_PREFIX, token).ok_or_else(invalid)?;
+        let enrollment = self.enrollments.get(token_id).ok_or_else(invalid)?;
+        if !auth::verify(secret, &enrollment.secret_hash) {
+            return Err(invalid());
+        }
+        if enrollment.expires_ms <= now {
+            return Err(ApiError::new(
+                ErrorCode::AuthFailed,
+                "this enrollment token has expired; ask an admin for a new one",
+            ));
+        }
+        if enrollment.uses_left == 0 {
+            return Err(ApiError::new(
+                ErrorCode::AuthFailed,
+                "this enrollment token is used up; ask an admin for a new one",
+            ));
+        }
+        Ok(enrollment)
+    }
+
+    /// Adds an enrollment token.
+    pub(crate) fn insert_enrollment(&mut self, enrollment: EnrollmentRecord) {
+        self.enrollments
+            .insert(enrollment.token_id.clone(), enrollment);
+    }
+
+    /// Counts one use of an enrollment token; returns the uses it has left.
+    pub(crate) fn use_enrollment(&mut self, token_id: &str) -> u32 {
+        match self.enrollments.get_mut(token_id) {
+            Some(enrollment) => {
+                enrollment.uses_left = enrollment.uses_left.saturating_sub(1);
+                enrollment.uses_left
+            }
+            None => 0,
+        }
+    }
+
+    /// Removes an enrollment token; false if there was none with that id.
+    pub(crate) fn remove_enrollment(&mut self, token_id: &str) -> bool {
+        self.enrollments.remove(token_id).is_some()
+    }
+
+    /// Every enrollment token, by id.
+    pub(crate) fn enrollments(&self) -> impl Iterator<Item = &EnrollmentRecord> {
+        self.enrollments.values()
     }
 
     /// How many API keys exist.

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use muster_proto::enroll::EnrollCreate;
 use muster_proto::messages::{
     AgentAdd, AgentLabel, AgentListQuery, JobCreate, JobTargetsQuery, KeyCreate, KeyRotate,
     MetricsQuery, Principal, RunCreate,
@@ -61,6 +62,12 @@ pub enum Request {
     Read(Read),
     /// The agents the asking key sees (`None`: every agent).
     View(oneshot::Sender<Option<super::scope::View>>),
+    /// `enroll.create`.
+    EnrollCreate(EnrollCreate),
+    /// `enroll.list`.
+    EnrollList,
+    /// `enroll.revoke`, by id.
+    EnrollRevoke(String),
     /// For `subscribe` to `agent:<name>` or `metrics:<name>`: whether the
     /// agent is registered, and the offset its next event gets.
     AgentChannel(AgentName, oneshot::Sender<Result<u64, ApiError>>),
@@ -143,6 +150,11 @@ impl Engine {
             Request::KeyRotate(rotate) => self.rotate_key(to, re, rotate, now),
             Request::Read(read) => self.lookups.push(Lookup::Read(to.clone(), re, read)),
             Request::View(reply) => _ = reply.send(self.view(principal)),
+            Request::EnrollCreate(create) => {
+                self.create_enrollment(&principal.name, to, re, create, now);
+            }
+            Request::EnrollList => self.list_enrollments(to, re),
+            Request::EnrollRevoke(id) => self.revoke_enrollment(to, re, id),
             Request::RunCreate(id, create) => self.request_run(principal, to, re, id, create, now),
             Request::RunGet(id) => self.get_run(to, re, id),
             Request::RunCancel(id) => self.cancel_run(to, re, id, now),

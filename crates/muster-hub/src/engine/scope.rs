@@ -99,7 +99,10 @@ impl Engine {
             | Request::KeyCreate(_)
             | Request::KeyList
             | Request::KeyRevoke(_)
-            | Request::KeyRotate(_) => None,
+            | Request::KeyRotate(_)
+            | Request::EnrollCreate(_)
+            | Request::EnrollList
+            | Request::EnrollRevoke(_) => None,
         }
     }
 

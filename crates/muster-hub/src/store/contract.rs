@@ -19,8 +19,8 @@ use muster_proto::types::{CommandSpec, RunRequest};
 use muster_proto::{AgentName, ErrorCode, JobId, OutputStream, RunId, RunInfo, RunState};
 
 use super::{
-    AgentFacts, AgentRecord, ApiKeyRecord, Change, MetricsRetention, RunFilter, RunUpdate, Store,
-    StoredChunk,
+    AgentFacts, AgentRecord, ApiKeyRecord, Change, EnrollmentRecord, MetricsRetention, RunFilter,
+    RunUpdate, Store, StoredChunk,
 };
 
 /// Runs every check, each on a store from `fresh`.
@@ -40,6 +40,7 @@ where
     jobs_page_their_targets_and_replay_their_events(&fresh().await).await;
     metrics_roll_up(&fresh().await).await;
     the_audit_log_appends_once_and_pages_by_seq(&fresh().await).await;
+    enrollments_round_trip_and_count_each_use_once(&fresh().await).await;
 }
 
 async fn the_audit_log_appends_once_and_pages_by_seq(store: &impl Store) {
@@ -399,6 +400,58 @@ async fn a_batch_committed_twice_changes_nothing_more(store: &impl Store) {
         store.events_since(&name("a"), 0, 10).await.unwrap().len(),
         1
     );
+}
+
+fn enrollment(token_id: &str, uses_left: u32) -> EnrollmentRecord {
+    EnrollmentRecord {
+        token_id: token_id.into(),
+        secret_hash: vec![4; 32],
+        labels: BTreeMap::from([("env".into(), "staging".into())]),
+        uses_left,
+        expires_ms: 9_000,
+        created_ms: 1_000,
+        created_by: "admin".into(),
+    }
+}
+
+async fn enrollments_round_trip_and_count_each_use_once(store: &impl Store) {
+    let (kept, used, revoked) = (
+        enrollment("e-kept", 3),
+        enrollment("e-used", 2),
+        enrollment("e-revoked", 1),
+    );
+    let inserts = Arc::new(vec![
+        Change::InsertEnrollment(Box::new(kept.clone())),
+        Change::InsertEnrollment(Box::new(used.clone())),
+        Change::InsertEnrollment(Box::new(revoked.clone())),
+    ]);
+    store.commit(inserts.clone()).await.unwrap();
+    store.commit(inserts).await.unwrap();
+    // One use, then a second; each batch committed twice counts once.
+    for uses_left in [1, 0] {
+        let used_once = Arc::new(vec![Change::SetEnrollmentUses {
+            token_id: used.token_id.clone(),
+            uses_left,
+        }]);
+        store.commit(used_once.clone()).await.unwrap();
+        store.commit(used_once).await.unwrap();
+    }
+    // Its insert committed again does not give the uses back.
+    commit(
+        store,
+        vec![Change::InsertEnrollment(Box::new(used.clone()))],
+    )
+    .await;
+    let delete = Arc::new(vec![Change::DeleteEnrollment(revoked.token_id.clone())]);
+    store.commit(delete.clone()).await.unwrap();
+    store.commit(delete).await.unwrap();
+    let used_up = EnrollmentRecord {
+        uses_left: 0,
+        ..used
+    };
+    let mut got = store.load().await.unwrap().enrollments;
+    got.sort_by(|a, b| a.token_id.cmp(&b.token_id));
+    assert_eq!(got, vec![kept, used_up]);
 }
 
 async fn events_are_numbered_per_agent(store: &impl Store) {

@@ -26,8 +26,8 @@ use muster_proto::messages::{AuditEntry, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, RunState, UnixMillis};
 
 pub use records::{
-    AgentFacts, AgentRecord, ApiKeyRecord, Change, Labels, MetricsRetention, RunUpdate, Snapshot,
-    StoredChunk, UnfinishedJob, UnfinishedRun,
+    AgentFacts, AgentRecord, ApiKeyRecord, Change, EnrollmentRecord, Labels, MetricsRetention,
+    RunUpdate, Snapshot, StoredChunk, UnfinishedJob, UnfinishedRun,
 };
 pub use sqlite::SqliteStore;
 

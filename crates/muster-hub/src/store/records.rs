@@ -32,6 +32,25 @@ pub struct ApiKeyRecord {
     pub expires_ms: Option<UnixMillis>,
 }
 
+/// A stored enrollment token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrollmentRecord {
+    /// Public half of the token.
+    pub token_id: String,
+    /// SHA-256 of the secret half.
+    pub secret_hash: Vec<u8>,
+    /// Registered labels of the agents it enrolls.
+    pub labels: BTreeMap<String, String>,
+    /// How many more agents it may register.
+    pub uses_left: u32,
+    /// When it stops working.
+    pub expires_ms: UnixMillis,
+    /// When it was made.
+    pub created_ms: UnixMillis,
+    /// The name of the API key that made it.
+    pub created_by: String,
+}
+
 /// Facts an agent reports in its `hello`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentFacts {
@@ -148,6 +167,18 @@ pub enum Change {
     UpdateTargets(JobId, Vec<JobTarget>),
     /// Stores events published on `job:<id>`: seq and envelope text.
     AppendJobEvents(JobId, Vec<(u64, String)>),
+    /// Adds an enrollment token (ignored if its id is stored).
+    InsertEnrollment(Box<EnrollmentRecord>),
+    /// Sets how many uses an enrollment token has left: the count after a
+    /// use, not a decrement, so committing it twice counts the use once.
+    SetEnrollmentUses {
+        /// Public half of the token.
+        token_id: String,
+        /// Uses left.
+        uses_left: u32,
+    },
+    /// Removes an enrollment token.
+    DeleteEnrollment(String),
 }
 
 /// The fields of a run that change after it is created, written narrowly.
@@ -239,6 +270,8 @@ pub struct Snapshot {
     pub api_keys: Vec<ApiKeyRecord>,
     /// Every registered agent.
     pub agents: Vec<AgentRecord>,
+    /// Every enrollment token, used up and expired ones included.
+    pub enrollments: Vec<EnrollmentRecord>,
     /// Runs not in a terminal state, oldest first.
     pub runs: Vec<UnfinishedRun>,
     /// Jobs still running, oldest first.

@@ -13,6 +13,7 @@ use super::upgrade::Socket;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::SplitStream;
+use muster_proto::enroll::{self, Enrolled};
 use muster_proto::messages::{AgentHello, ErrorData, Heartbeat, Principal};
 use muster_proto::{AgentToHub, CloseCode, Envelope, ErrorCode, HubToAgent, OutputFrame};
 
@@ -26,6 +27,9 @@ use crate::outbound::Outbound;
 /// agent that lets this many pile up has stopped reading, and is dropped as
 /// a slow consumer.
 const AGENT_QUEUE: usize = 1024;
+
+/// The reason of the normal close that follows `enrolled`.
+const ENROLLED_REASON: &str = "enrolled; reconnect with the stored credential";
 
 /// Serves one agent WebSocket until it closes or the hub shuts down.
 ///
@@ -92,6 +96,10 @@ async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) 
         writer
             .reject(CloseCode::RATE_LIMITED, error, HubToAgent::Error)
             .await;
+        return None;
+    }
+    if enroll::is_enrollment_token(&hello.token) {
+        enroll_agent(&state, &mut writer, hello, source).await;
         return None;
     }
     let (queue, rx) = crate::queue::bounded(AGENT_QUEUE);
@@ -164,6 +172,65 @@ async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) 
         control,
         presence,
     })
+}
+
+/// Registers an agent that said `hello` with an enrollment token: once that
+/// is stored, answers `enrolled` with its own token and closes normally; or
+/// refuses it (a bad token counts against its address like any failed
+/// authentication).
+async fn enroll_agent(
+    state: &AppState,
+    writer: &mut Writer,
+    hello: AgentHello,
+    source: std::net::IpAddr,
+) {
+    if !state.engine.health().writable() {
+        let error = ErrorData::new(
+            ErrorCode::StorageUnavailable,
+            "the hub cannot write to its store right now; nothing was done, retry later",
+        );
+        tracing::info!(reason = %error.message, "agent enrollment refused");
+        writer
+            .reject(CloseCode::TRY_AGAIN_LATER, error, HubToAgent::Error)
+            .await;
+        return;
+    }
+    let answer = state
+        .engine
+        .ask(|reply| Input::Enroll {
+            hello: Box::new(hello),
+            source: Some(source),
+            reply,
+        })
+        .await;
+    match answer {
+        Some(Ok(enrolled)) => {
+            tracing::info!(agent = %enrolled.name, enrollment = %enrolled.enrollment, "agent enrolled");
+            let msg = HubToAgent::Enrolled(Enrolled {
+                name: enrolled.name,
+                token: enrolled.token.expose().to_owned(),
+            });
+            if writer.send(&Envelope::plain(msg)).await.is_ok() {
+                writer.close(CloseCode::NORMAL, ENROLLED_REASON).await;
+            }
+        }
+        Some(Err(e)) => {
+            tracing::info!(code = %e.code, reason = %e.message, "agent enrollment refused");
+            let code = match e.code {
+                ErrorCode::AuthFailed => {
+                    state.guards.limits.auth_failed(source);
+                    CloseCode::AUTH_FAILED
+                }
+                _ => CloseCode::PROTOCOL_ERROR,
+            };
+            writer.reject(code, e.to_data(), HubToAgent::Error).await;
+        }
+        None => {
+            writer
+                .close(CloseCode::GOING_AWAY, "hub shutting down")
+                .await;
+        }
+    }
 }
 
 /// Reads the `hello`, or refuses the connection.

@@ -165,6 +165,9 @@ impl Session {
             ClientToHub::KeyList(_) => Request::KeyList,
             ClientToHub::KeyRevoke(r) => Request::KeyRevoke(r.name),
             ClientToHub::AgentRotateToken(r) => Request::AgentRotateToken(r.name),
+            ClientToHub::EnrollCreate(create) => Request::EnrollCreate(create),
+            ClientToHub::EnrollList(_) => Request::EnrollList,
+            ClientToHub::EnrollRevoke(r) => Request::EnrollRevoke(r.id),
             ClientToHub::RunCreate(_) | ClientToHub::JobCreate(_)
                 if let Err(wait) = limits.command(&self.principal.name) =>
             {
@@ -608,6 +611,7 @@ fn needs_store(request: &Request) -> bool {
             | Request::MetricsQuery(_)
             | Request::AgentChannel(..)
             | Request::KeyList
+            | Request::EnrollList
     )
 }
 

@@ -292,6 +292,30 @@ fn admin_cases() -> Vec<Case> {
             KeyNotFound,
         ),
         (
+            "enroll.create no uses",
+            "enroll.create",
+            json!({"uses": 0}),
+            InvalidMessage,
+        ),
+        (
+            "enroll.create forever",
+            "enroll.create",
+            json!({"expires_in_ms": u64::MAX}),
+            InvalidMessage,
+        ),
+        (
+            "enroll.create bad label",
+            "enroll.create",
+            json!({"labels": {"": "v"}}),
+            InvalidMessage,
+        ),
+        (
+            "enroll.revoke unknown",
+            "enroll.revoke",
+            json!({"id": "nobody"}),
+            EnrollmentNotFound,
+        ),
+        (
             "run.cancel unknown",
             "run.cancel",
             json!({"run": "01JD3XK4M2Q8R7V6T5S4P3N2B1"}),
@@ -486,6 +510,16 @@ fn preauth_agent_cases(agent_token: &str) -> Vec<Case> {
         case(
             "agent: wrong token",
             hello(json!({"token": "mst_aaaaaaaaaaaa_wrong"})),
+            Refused(AuthFailed, CloseCode::AUTH_FAILED),
+        ),
+        case(
+            "agent: unknown enrollment token",
+            hello(json!({"token": "mse_aaaaaaaaaaaa_wrong"})),
+            Refused(AuthFailed, CloseCode::AUTH_FAILED),
+        ),
+        case(
+            "agent: malformed enrollment token",
+            hello(json!({"token": "mse_short"})),
             Refused(AuthFailed, CloseCode::AUTH_FAILED),
         ),
         case(

@@ -48,6 +48,12 @@ fn samples() -> Vec<(&'static str, ClientToHub)> {
         ("agent.rotate_token", json!({"name": "nobody"})),
         ("key.rotate", json!({"name": "nobody"})),
         ("audit.list", json!({})),
+        (
+            "enroll.create",
+            json!({"labels": {"env": "test"}, "uses": 1, "expires_in_ms": 60_000}),
+        ),
+        ("enroll.list", json!({})),
+        ("enroll.revoke", json!({"id": "nobody"})),
     ];
     data.into_iter()
         .map(|(kind, data)| {

@@ -1,5 +1,5 @@
-//! The client subcommands: `agents`, `run`, `action`, `runs`, `job`, `jobs`
-//! and `top`.
+//! The client subcommands: `agents`, `keys`, `enroll`, `run`, `action`,
+//! `runs`, `job`, `jobs` and `top`.
 //!
 //! Each talks to a hub through `muster-client`. This module owns what they
 //! share: the `--hub`/`--token` arguments, connecting, and turning hub errors
@@ -11,6 +11,7 @@ pub(crate) mod action;
 pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod cancel;
+pub(crate) mod enroll;
 pub(crate) mod events;
 pub(crate) mod exit;
 pub(crate) mod fleet;

@@ -3,6 +3,7 @@
 
 mod actions;
 mod audit;
+mod enroll;
 mod execute;
 mod fault_agents;
 mod fault_jobs;

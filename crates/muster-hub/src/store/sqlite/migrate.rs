@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key scopes and expiry, audit log",
         include_str!("../../../migrations/0008_key_scopes_audit.sql"),
     ),
+    (
+        9,
+        "enrollments",
+        include_str!("../../../migrations/0009_enrollments.sql"),
+    ),
 ];
 
 /// Brings the schema up to date; returns how many migrations were applied.
@@ -67,8 +72,14 @@ pub(super) fn run(conn: &mut Connection, now_ms: i64) -> anyhow::Result<usize> {
              it was written by a newer Muster"
         );
     }
+    let recorded: std::collections::HashSet<i64> = conn
+        .prepare("SELECT version FROM schema_migrations")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
     let mut applied = 0;
-    for &(version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > newest) {
+    // Every migration not recorded, in order: one that a branch of the
+    // history skipped is applied too, not only those past the newest.
+    for &(version, description, sql) in MIGRATIONS.iter().filter(|m| !recorded.contains(&m.0)) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)
             .with_context(|| format!("applying migration {version} ({description})"))?;
@@ -111,6 +122,23 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         assert_eq!(run(&mut conn, 1).unwrap(), MIGRATIONS.len());
         assert_eq!(run(&mut conn, 2).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_migration_skipped_below_the_newest_is_applied() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(run(&mut conn, 1).unwrap(), MIGRATIONS.len());
+        // A database that has every migration but the key columns and audit table.
+        conn.execute_batch(
+            "DROP TABLE audit;
+             ALTER TABLE api_keys DROP COLUMN scope;
+             ALTER TABLE api_keys DROP COLUMN expires_ms;
+             DELETE FROM schema_migrations WHERE version = 8;",
+        )
+        .unwrap();
+        assert_eq!(run(&mut conn, 2).unwrap(), 1);
+        conn.execute_batch("SELECT scope, expires_ms FROM api_keys; SELECT seq FROM audit;")
+            .unwrap();
     }
 
     #[test]

@@ -11,8 +11,8 @@ use rusqlite::{Connection, Row, params};
 
 use super::codes::{error_code, opt_u64, run_state, stream_from_code};
 use crate::store::{
-    AgentFacts, AgentRecord, ApiKeyRecord, RunFilter, RunUpdate, Snapshot, StoredChunk,
-    UnfinishedJob, UnfinishedRun,
+    AgentFacts, AgentRecord, ApiKeyRecord, EnrollmentRecord, RunFilter, RunUpdate, Snapshot,
+    StoredChunk, UnfinishedJob, UnfinishedRun,
 };
 
 /// The columns [`run_from_row`] reads, in order.
@@ -40,6 +40,7 @@ pub(super) fn snapshot(conn: &Connection) -> anyhow::Result<Snapshot> {
     Ok(Snapshot {
         api_keys: api_keys(conn)?,
         agents: agents(conn)?,
+        enrollments: enrollments(conn)?,
         runs,
         jobs,
         job_runs,
@@ -109,6 +110,30 @@ fn agents(conn: &Connection) -> anyhow::Result<Vec<AgentRecord>> {
         });
     }
     Ok(agents)
+}
+
+fn enrollments(conn: &Connection) -> anyhow::Result<Vec<EnrollmentRecord>> {
+    let mut query = conn.prepare(
+        "SELECT token_id, secret_hash, labels, uses_left, expires_ms, created_ms, created_by
+         FROM enrollments ORDER BY token_id",
+    )?;
+    let mut rows = query.query([])?;
+    let mut enrollments = Vec::new();
+    while let Some(row) = rows.next()? {
+        let labels: String = row.get(2)?;
+        let expires_ms: i64 = row.get(4)?;
+        let created_ms: i64 = row.get(5)?;
+        enrollments.push(EnrollmentRecord {
+            token_id: row.get(0)?,
+            secret_hash: row.get(1)?,
+            labels: serde_json::from_str(&labels).context("enrollment labels")?,
+            uses_left: row.get(3)?,
+            expires_ms: u64::try_from(expires_ms).unwrap_or_default(),
+            created_ms: u64::try_from(created_ms).unwrap_or_default(),
+            created_by: row.get(6)?,
+        });
+    }
+    Ok(enrollments)
 }
 
 /// A run in flight with what recovery needs: its next seq and the bytes stored.

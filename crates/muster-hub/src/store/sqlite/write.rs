@@ -12,7 +12,9 @@ use rusqlite::{Transaction, params};
 
 use super::codes::{bool_int, opt_i64, stream_code};
 use crate::metrics;
-use crate::store::{AgentRecord, ApiKeyRecord, Change, MetricsRetention, RunUpdate, StoredChunk};
+use crate::store::{
+    AgentRecord, ApiKeyRecord, Change, EnrollmentRecord, MetricsRetention, RunUpdate, StoredChunk,
+};
 
 /// Applies every change in order.
 pub(super) fn apply(tx: &Transaction<'_>, changes: &[Change]) -> anyhow::Result<()> {
@@ -102,7 +104,39 @@ fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Change::InsertEnrollment(enrollment) => insert_enrollment(tx, enrollment),
+        Change::SetEnrollmentUses {
+            token_id,
+            uses_left,
+        } => {
+            tx.prepare_cached("UPDATE enrollments SET uses_left = ?1 WHERE token_id = ?2")?
+                .execute(params![uses_left, token_id])?;
+            Ok(())
+        }
+        Change::DeleteEnrollment(token_id) => {
+            tx.prepare_cached("DELETE FROM enrollments WHERE token_id = ?1")?
+                .execute([token_id])?;
+            Ok(())
+        }
     }
+}
+
+fn insert_enrollment(tx: &Transaction<'_>, enrollment: &EnrollmentRecord) -> anyhow::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO enrollments
+             (token_id, secret_hash, labels, uses_left, expires_ms, created_ms, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        enrollment.token_id,
+        enrollment.secret_hash,
+        serde_json::to_string(&enrollment.labels)?,
+        enrollment.uses_left,
+        enrollment.expires_ms as i64,
+        enrollment.created_ms as i64,
+        enrollment.created_by,
+    ])?;
+    Ok(())
 }
 
 fn insert_api_key(tx: &Transaction<'_>, key: &ApiKeyRecord, now: u64) -> anyhow::Result<()> {
