@@ -14,3 +14,10 @@ CREATE TABLE audit (
     detail  TEXT
 );
 CREATE INDEX audit_at ON audit (at_ms);
+
+-- Values the hub generates once and keeps, such as the secret that signs
+-- browser tokens.
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);

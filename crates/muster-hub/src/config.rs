@@ -81,6 +81,9 @@ pub struct HubConfig {
     /// Channels one client connection may subscribe to at once (its own
     /// `fleet` counts); past it `subscribe` gets `INVALID_STATE`.
     pub max_subscriptions_per_connection: usize,
+    /// How long a browser token works after it is issued (never past its
+    /// API key's expiry).
+    pub browser_token_ttl_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -114,6 +117,7 @@ impl Default for HubConfig {
             rate_commands_per_min: 10,
             rate_auth_failures_per_min: 30,
             max_subscriptions_per_connection: 4096,
+            browser_token_ttl_ms: 15 * 60_000,
         }
     }
 }
@@ -152,6 +156,9 @@ impl HubConfig {
         }
         if self.max_subscriptions_per_connection == 0 {
             bail!("max_subscriptions_per_connection must be at least 1");
+        }
+        if self.browser_token_ttl_ms == 0 {
+            bail!("browser_token_ttl_ms must be positive");
         }
         if self.handshake_timeout_ms == 0 {
             bail!("handshake_timeout_ms must be positive");

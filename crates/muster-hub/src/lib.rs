@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod broker;
+mod browser_token;
 pub mod clients;
 mod clock;
 pub mod config;

@@ -1290,6 +1290,28 @@ pub struct KeyCreate {
     pub expires_in_ms: Option<u64>,
 }
 
+/// The answer of `POST /v1/browser-token`: a short-lived token a browser
+/// presents in its `hello` instead of the API key it was issued for.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrowserToken {
+    /// The token.
+    pub token: String,
+    /// When it stops working (Unix milliseconds).
+    pub expires_ms: UnixMillis,
+    /// Who it authenticates: the API key's name, role and scope.
+    pub principal: Principal,
+}
+
+impl std::fmt::Debug for BrowserToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserToken")
+            .field("token", &"<redacted>")
+            .field("expires_ms", &self.expires_ms)
+            .field("principal", &self.principal)
+            .finish()
+    }
+}
+
 /// `key.rotate`: a new token for a key name; the old one keeps working for
 /// `overlap_ms` (default 0: it stops at once and its connections close).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

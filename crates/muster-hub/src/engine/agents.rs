@@ -23,6 +23,7 @@ use super::lifecycle::RunEvent;
 use super::presence::OnlineAgent;
 use super::{AgentConn, ClientWelcome, Engine};
 use crate::auth::{self, Secret};
+use crate::browser_token;
 use crate::paging::{self, Page};
 use crate::store::{AgentFacts, AgentRecord, Change};
 use crate::validate;
@@ -39,7 +40,7 @@ impl Engine {
         source: Option<IpAddr>,
         now: UnixMillis,
     ) -> Result<ClientWelcome, ApiError> {
-        let (principal, key_id) = match self.registry.authenticate_client(token, now) {
+        let (principal, key_id) = match self.authenticate_client(token, now) {
             Ok((principal, key)) => (principal, key.key_id.clone()),
             Err(e) => {
                 let draft = AuditDraft::new("-", source, "login")
@@ -58,6 +59,58 @@ impl Engine {
             view,
             agents,
         })
+    }
+
+    /// Checks a client's credential: an API key, or a browser token issued
+    /// for one that still works.
+    fn authenticate_client(
+        &self,
+        token: &str,
+        now: UnixMillis,
+    ) -> Result<(Principal, &crate::store::ApiKeyRecord), ApiError> {
+        if !browser_token::looks_like(token) {
+            return self.registry.authenticate_client(token, now);
+        }
+        let verified = self.browser.verify(token, now).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::AuthFailed,
+                "this browser token is invalid or has expired",
+            )
+        })?;
+        self.registry
+            .authenticate_key(&verified.key_id, &verified.name, now)
+    }
+
+    /// A browser token for an API key (`POST /v1/browser-token`), recorded
+    /// in the audit log either way.
+    pub(super) fn browser_token(
+        &mut self,
+        token: &str,
+        source: Option<IpAddr>,
+        now: UnixMillis,
+    ) -> Result<muster_proto::messages::BrowserToken, ApiError> {
+        let issued = self
+            .registry
+            .authenticate_client(token, now)
+            .and_then(|(principal, key)| {
+                let ttl = self.config.browser_token_ttl_ms;
+                let (token, expires_ms) =
+                    self.browser
+                        .issue(&key.name, &key.key_id, now, ttl, key.expires_ms)?;
+                Ok(muster_proto::messages::BrowserToken {
+                    token,
+                    expires_ms,
+                    principal,
+                })
+            });
+        let draft = match &issued {
+            Ok(issued) => AuditDraft::new(&issued.principal.name, source, "browser_token"),
+            Err(e) => AuditDraft::new("-", source, "browser_token")
+                .outcome(e.code.as_str())
+                .detail(e.message.clone()),
+        };
+        self.audit(draft, now);
+        issued
     }
 
     /// An agent's `hello`: authenticates it, takes over from an older

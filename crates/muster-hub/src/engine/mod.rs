@@ -59,9 +59,11 @@ pub use reports::AgentLink;
 pub use requests::Request;
 
 use crate::auth::Secret;
+use crate::browser_token::Signer;
 use crate::clients::ClientConns;
 use crate::config::HubConfig;
 use crate::scheduler::Scheduler;
+use crate::store::Change;
 use crate::store::Snapshot;
 use batch::BatchBuilder;
 use jobs::Jobs;
@@ -150,6 +152,15 @@ pub enum Input {
         /// What is asked (boxed: inputs stay small, and so does every
         /// connection's future that hands one over).
         request: Box<Request>,
+    },
+    /// A browser token asked for over HTTP with an API key: answered at once.
+    BrowserToken {
+        /// The API key presented.
+        token: String,
+        /// From where, for the audit log.
+        source: Option<std::net::IpAddr>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<muster_proto::messages::BrowserToken, ApiError>>,
     },
     /// An entry for the audit log from a connection: a login, or a refusal
     /// made before a request reached the engine.
@@ -248,6 +259,8 @@ pub struct Engine {
     next_audit_seq: u64,
     /// The code the request being handled was refused with, for its audit entry.
     refused: Option<muster_proto::ErrorCode>,
+    /// Issues and checks browser tokens.
+    browser: Signer,
 }
 
 impl Engine {
@@ -259,7 +272,19 @@ impl Engine {
         snapshot: Snapshot,
         now: UnixMillis,
     ) -> Self {
+        let stored = snapshot
+            .browser_token_secret
+            .as_deref()
+            .and_then(Signer::new);
+        let (browser, generated) = match stored {
+            Some(signer) => (signer, None),
+            None => {
+                let (signer, secret) = Signer::generate();
+                (signer, Some(secret))
+            }
+        };
         let mut engine = Self {
+            browser,
             scheduler: Scheduler::new(config.max_queue_per_agent),
             registry: Registry::new(snapshot.agents, snapshot.api_keys, snapshot.enrollments),
             presence: Presence::default(),
@@ -278,6 +303,10 @@ impl Engine {
             config,
             hub_id,
         };
+        if let Some(secret) = generated {
+            let name = crate::browser_token::SECRET_SETTING.to_owned();
+            engine.batch.change(Change::SetSetting(name, secret));
+        }
         engine.recover_runs(snapshot.runs, now);
         engine.recover_jobs(snapshot.jobs, snapshot.job_runs, now);
         engine
@@ -326,6 +355,13 @@ impl Engine {
                 request,
             } => self.request(&principal, source, &to, re, *request, now),
             Input::Audit(draft) => self.audit(*draft, now),
+            Input::BrowserToken {
+                token,
+                source,
+                reply,
+            } => {
+                let _ = reply.send(self.browser_token(&token, source, now));
+            }
             Input::KeyFound(found) => self.key_found(*found, now),
             Input::ReleaseKeys(runs, jobs) => self.keys.release(&runs, &jobs),
             Input::ContinueJob(job) => self.continue_job(job, now),

@@ -61,6 +61,30 @@ impl Registry {
         if !auth::verify(secret, &key.secret_hash) {
             return Err(auth_failed());
         }
+        Self::principal_of(key, now)
+    }
+
+    /// The API key a verified browser token names, if it still works at
+    /// `now` and still has that name.
+    pub(crate) fn authenticate_key(
+        &self,
+        key_id: &str,
+        name: &str,
+        now: UnixMillis,
+    ) -> Result<(Principal, &ApiKeyRecord), ApiError> {
+        let key = self
+            .api_keys
+            .get(key_id)
+            .filter(|key| key.name == name)
+            .ok_or_else(auth_failed)?;
+        Self::principal_of(key, now)
+    }
+
+    /// Who `key` is, unless it expired by `now`.
+    fn principal_of(
+        key: &ApiKeyRecord,
+        now: UnixMillis,
+    ) -> Result<(Principal, &ApiKeyRecord), ApiError> {
         if key.expires_ms.is_some_and(|at| now >= at) {
             return Err(ApiError::new(
                 ErrorCode::AuthFailed,

@@ -74,6 +74,13 @@ async fn the_audit_log_appends_once_and_pages_by_seq(store: &impl Store) {
     assert_eq!(store.audit(0, 2, 1).await.unwrap(), entries[2..3]);
     assert_eq!(store.audit(300, 0, 10).await.unwrap(), entries[2..]);
     assert_eq!(store.load().await.unwrap().next_audit_seq, 5);
+
+    let secret = crate::browser_token::SECRET_SETTING.to_owned();
+    assert_eq!(store.load().await.unwrap().browser_token_secret, None);
+    commit(store, vec![Change::SetSetting(secret.clone(), vec![1, 2])]).await;
+    commit(store, vec![Change::SetSetting(secret, vec![3])]).await;
+    let snapshot = store.load().await.unwrap();
+    assert_eq!(snapshot.browser_token_secret, Some(vec![3]), "the latest");
 }
 
 async fn commit(store: &impl Store, changes: Vec<Change>) {

@@ -127,6 +127,8 @@ pub enum Change {
     DeleteApiKey(String),
     /// Sets when one API key (by key id) stops working.
     SetApiKeyExpiry(String, UnixMillis),
+    /// Stores a setting the hub generated, under its name (replacing it).
+    SetSetting(String, Vec<u8>),
     /// Appends an entry to the audit log (ignored if its seq is stored).
     AppendAudit(Box<muster_proto::messages::AuditEntry>),
     /// Registers an agent.
@@ -283,4 +285,6 @@ pub struct Snapshot {
     pub event_seqs: Vec<(AgentName, u64)>,
     /// The seq the next audit entry gets.
     pub next_audit_seq: u64,
+    /// The secret that signs browser tokens, once generated.
+    pub browser_token_secret: Option<Vec<u8>>,
 }

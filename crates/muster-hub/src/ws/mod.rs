@@ -5,6 +5,7 @@
 //! upgrade bounds message size and buffer sizes.
 
 mod agent;
+mod browser;
 mod client;
 mod conn;
 mod preauth;
@@ -21,7 +22,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +39,9 @@ use crate::runtime::EngineHandle;
 const READ_BUFFER_BYTES: usize = 128;
 /// Bytes buffered before a write is forced out.
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+
+/// Where a browser gets a browser token for an API key.
+pub(crate) const BROWSER_TOKEN_PATH: &str = "/v1/browser-token";
 
 /// What every route handler shares.
 #[derive(Clone)]
@@ -93,6 +97,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(muster_proto::CLIENT_WS_PATH, get(client_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(BROWSER_TOKEN_PATH, post(browser::issue))
         .with_state(state)
 }
 

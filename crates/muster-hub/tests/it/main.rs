@@ -2,6 +2,7 @@
 //! in-process agents running real processes, driven through the client crate
 //! or a raw WebSocket where the test is about the wire itself.
 
+mod browser;
 mod events;
 mod fixture;
 mod fleet;

@@ -40,7 +40,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         8,
-        "key scopes and expiry, audit log",
+        "key scopes and expiry, audit log, settings",
         include_str!("../../../migrations/0008_key_scopes_audit.sql"),
     ),
     (

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use muster_proto::jobs::{JobInfo, JobState, JobTarget};
 use muster_proto::messages::{AuditEntry, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, UnixMillis};
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::codes::{error_code, opt_u64, run_state, stream_from_code};
 use crate::store::{
@@ -45,12 +45,24 @@ pub(super) fn snapshot(conn: &Connection) -> anyhow::Result<Snapshot> {
         jobs,
         job_runs,
         event_seqs: event_seqs(conn)?,
+        browser_token_secret: setting(conn, crate::browser_token::SECRET_SETTING)?,
         next_audit_seq: conn.query_row(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM audit",
             [],
             |row| row.get::<_, i64>(0),
         )? as u64,
     })
+}
+
+/// A setting the hub generated, if it has.
+fn setting(conn: &Connection, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM settings WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 /// The ended runs of the current steps of targets still going.

@@ -43,6 +43,11 @@ fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
             Ok(())
         }
         Change::AppendAudit(entry) => append_audit(tx, entry),
+        Change::SetSetting(name, value) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)")?
+                .execute(params![name, value])?;
+            Ok(())
+        }
         Change::InsertAgent(agent, now) => insert_agent(tx, agent, *now),
         Change::SetAgentCredential {
             name,
