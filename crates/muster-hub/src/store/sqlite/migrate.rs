@@ -131,13 +131,16 @@ mod tests {
         // A database that has every migration but the key columns and audit table.
         conn.execute_batch(
             "DROP TABLE audit;
+             DROP TABLE settings;
              ALTER TABLE api_keys DROP COLUMN scope;
              ALTER TABLE api_keys DROP COLUMN expires_ms;
              DELETE FROM schema_migrations WHERE version = 8;",
         )
         .unwrap();
         assert_eq!(run(&mut conn, 2).unwrap(), 1);
-        conn.execute_batch("SELECT scope, expires_ms FROM api_keys; SELECT seq FROM audit;")
+        conn.execute_batch(
+            "SELECT scope, expires_ms FROM api_keys; SELECT seq FROM audit; SELECT name FROM settings;",
+        )
             .unwrap();
     }
 
