@@ -136,4 +136,29 @@ async fn upgraded_output_events_and_keys_replay_and_behave() {
     let found = as_admin.create_run(request, false).await.unwrap();
     assert!(!found.created);
     assert_eq!(found.run.id, id(KEYED));
+
+    // The keys it had are unscoped and never expire; its audit log starts
+    // empty, and numbers from 1.
+    let keys = as_admin
+        .request(muster_proto::ClientToHub::KeyList(Default::default()))
+        .await
+        .unwrap();
+    let HubToClient::KeyList(keys) = keys else {
+        panic!("{keys:?}");
+    };
+    assert!(keys.keys.len() >= 2, "{keys:?}");
+    assert!(
+        keys.keys
+            .iter()
+            .all(|k| k.scope.is_none() && k.expires_ms.is_none())
+    );
+    let audit = as_admin
+        .request(muster_proto::ClientToHub::AuditList(Default::default()))
+        .await
+        .unwrap();
+    let HubToClient::AuditList(audit) = audit else {
+        panic!("{audit:?}");
+    };
+    assert_eq!(audit.entries.first().map(|e| e.seq), Some(1));
+    assert!(audit.entries.iter().any(|e| e.action == "run.create"));
 }
