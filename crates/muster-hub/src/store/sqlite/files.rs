@@ -19,6 +19,12 @@ use rusqlite::{Connection, OpenFlags};
 /// The database's file name in the data dir.
 pub(super) const DB_FILE: &str = "muster.db";
 
+/// The file of the database that holds run output (attached as `output`).
+pub(super) const OUTPUT_FILE: &str = "output.db";
+
+/// The migration that moved run output into [`OUTPUT_FILE`].
+const OUTPUT_MIGRATION: i64 = 10;
+
 /// Where a new database is made before it is renamed to [`DB_FILE`].
 const INIT_FILE: &str = "muster.db.init";
 
@@ -72,6 +78,72 @@ pub(super) fn database(
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     Ok(path)
+}
+
+/// The output database in `dir`, made (empty, mode 0600) if absent; its
+/// schema is made when it is attached. Refused when it is missing or empty
+/// while the main database says run output was moved into it: that output
+/// is lost, and a hub must not carry on as if runs had none.
+pub(super) fn output_database(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join(OUTPUT_FILE);
+    let main = dir.join(DB_FILE);
+    let len = match std::fs::metadata(&path) {
+        Ok(meta) => Some(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if len.unwrap_or(0) == 0 && output_was_moved(&main) {
+        bail!(
+            "{} is missing or empty, but {} keeps its runs' output there: restore both from              the same backup, or move both away to start a new hub",
+            path.display(),
+            main.display()
+        );
+    }
+    match len {
+        Some(0) | None => {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+        }
+        Some(_) => check_is_sqlite(&path)?,
+    }
+    for file in with_wal_files(&path) {
+        make_private(&file)?;
+    }
+    Ok(path)
+}
+
+/// Whether the main database at `main` records that run output moved into
+/// the output database. Anything unreadable says no: opening the main
+/// database reports what is wrong with it.
+fn output_was_moved(main: &Path) -> bool {
+    let Ok(conn) = Connection::open_with_flags(main, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return false;
+    };
+    conn.query_row(
+        "SELECT count(*) FROM schema_migrations WHERE version = ?1",
+        [OUTPUT_MIGRATION],
+        |row| row.get::<_, i64>(0),
+    )
+    .is_ok_and(|n| n > 0)
+}
+
+/// Refuses a file that is not a SQLite database.
+fn check_is_sqlite(path: &Path) -> anyhow::Result<()> {
+    let mut header = [0u8; 16];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    if read.is_err() || &header != SQLITE_HEADER {
+        bail!(
+            "{} is not a SQLite database, so not Muster's; this hub will not start on it. \
+             Move it away, or point --data-dir elsewhere",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a database that is not Muster's, saying what it is instead.
@@ -161,7 +233,7 @@ fn create(
 }
 
 /// `path` and the WAL files SQLite keeps next to it.
-fn with_wal_files(path: &Path) -> Vec<PathBuf> {
+pub(super) fn with_wal_files(path: &Path) -> Vec<PathBuf> {
     let mut files = vec![path.to_owned()];
     for suffix in WAL_SUFFIXES {
         let mut name = path.as_os_str().to_owned();

@@ -48,7 +48,25 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "enrollments",
         include_str!("../../../migrations/0009_enrollments.sql"),
     ),
+    (
+        10,
+        "run output in its own database",
+        include_str!("../../../migrations/0010_output_database.sql"),
+    ),
 ];
+
+/// The schema of `output.db`, attached to every connection as `output`.
+/// Its page size is set before the table is made, so it takes effect.
+pub(super) const OUTPUT_SCHEMA: &str = "
+    PRAGMA output.page_size = 65536;
+    CREATE TABLE IF NOT EXISTS output.run_output (
+        run_id TEXT NOT NULL,
+        seq    INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        data   BLOB NOT NULL,
+        UNIQUE (run_id, seq)
+    );";
 
 /// Brings the schema up to date; returns how many migrations were applied.
 pub(super) fn run(conn: &mut Connection, now_ms: i64) -> anyhow::Result<usize> {
@@ -117,16 +135,66 @@ fn adopt_sqlx_history(conn: &Connection) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// An empty database in memory, with an output database attached as
+    /// every connection of the store has one.
+    fn memory() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute("ATTACH DATABASE ':memory:' AS output", [])
+            .unwrap();
+        conn.execute_batch(OUTPUT_SCHEMA).unwrap();
+        conn
+    }
+
+    #[test]
+    fn output_moves_into_the_output_database_whole() {
+        let mut conn = memory();
+        for &(version, description, sql) in &MIGRATIONS[..9] {
+            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,
+                     description TEXT NOT NULL, applied_ms INTEGER NOT NULL);
+                 INSERT INTO schema_migrations VALUES ({version}, '{description}', 0);"
+            ))
+            .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO main.run_output VALUES ('r1', 0, 1, 0, x'0001ff');
+             INSERT INTO main.run_output VALUES ('r1', 1, 2, 3, zeroblob(10240));",
+        )
+        .unwrap();
+        assert_eq!(run(&mut conn, 1).unwrap(), 1);
+        let moved: Vec<(String, i64, i64, i64, Vec<u8>)> = conn
+            .prepare("SELECT run_id, seq, stream, offset, data FROM output.run_output ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(moved.len(), 2);
+        assert_eq!(moved[0], ("r1".into(), 0, 1, 0, vec![0, 1, 0xff]));
+        assert_eq!((moved[1].1, moved[1].4.len()), (1, 10240));
+        let left: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM main.sqlite_master WHERE name = 'run_output'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0, "no copy is left in the main database");
+    }
+
     #[test]
     fn a_fresh_database_gets_every_migration_once() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = memory();
         assert_eq!(run(&mut conn, 1).unwrap(), MIGRATIONS.len());
         assert_eq!(run(&mut conn, 2).unwrap(), 0);
     }
 
     #[test]
     fn a_migration_skipped_below_the_newest_is_applied() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = memory();
         assert_eq!(run(&mut conn, 1).unwrap(), MIGRATIONS.len());
         // A database that has every migration but the key columns and audit table.
         conn.execute_batch(
@@ -146,7 +214,7 @@ mod tests {
 
     #[test]
     fn versions_recorded_by_sqlx_are_not_applied_again() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = memory();
         conn.execute_batch(
             "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT,
                  installed_on TIMESTAMP, success BOOLEAN, checksum BLOB, execution_time BIGINT);",
@@ -178,7 +246,7 @@ mod tests {
 
     #[test]
     fn changing_a_run_builds_no_temporary_table_and_unfinished_runs_use_their_index() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = memory();
         run(&mut conn, 1).unwrap();
         for sql in [
             "INSERT INTO runs (id, agent, state, created_ms, doc) VALUES ('r', 'a', 'queued', 1, '{}')",
@@ -209,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = memory();
         run(&mut conn, 1).unwrap();
         conn.execute(
             "INSERT INTO schema_migrations VALUES (99, 'from the future', 0)",

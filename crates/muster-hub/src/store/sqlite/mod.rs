@@ -10,6 +10,15 @@
 //! WAL mode with `synchronous = NORMAL`: a committed batch survives a crash
 //! of the hub process (the case `kill -9` tests), and may lose the last
 //! batches only on a power loss.
+//!
+//! Run output lives in a second file, `output.db`, attached to every
+//! connection as `output`, with 64 KiB pages: a 10 KiB chunk then fits in
+//! one page instead of a chain of overflow pages, which makes storing and
+//! replaying output cheaper, while `muster.db` keeps the 4 KiB pages that
+//! suit its small rows. A batch commits its output first, then the rest,
+//! each in one transaction: a crash between the two leaves chunks stored
+//! that nothing acknowledged, which the agent sends again and the store
+//! ignores, never a state that counts output the store does not hold.
 
 mod codes;
 mod files;
@@ -87,17 +96,19 @@ impl SqliteStore {
     fn open_blocking(data_dir: &Path) -> anyhow::Result<Self> {
         files::data_dir(data_dir)?;
         let now = crate::clock::now_ms() as i64;
+        let output = files::output_database(data_dir)?;
         let path = files::database(data_dir, |conn| {
+            attach_output(conn, &output, true)?;
             migrate::run(conn, now)
                 .map(|_| ())
                 .context("making a new database")
         })?;
-        let mut conn = open_writer(&path)?;
+        let mut conn = open_writer(&path, &output)?;
         migrate::run(&mut conn, now).with_context(|| format!("migrating {}", path.display()))?;
         let readers = (0..READERS)
-            .map(|_| open_reader(&path))
+            .map(|_| open_reader(&path, &output))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let checkpointer = open_reader_writer(&path)?;
+        let checkpointer = open_reader_writer(&path, &output)?;
         let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("muster-store-checkpoint".into())
@@ -151,11 +162,31 @@ impl SqliteStore {
     }
 }
 
-fn open_writer(path: &Path) -> anyhow::Result<Connection> {
+/// Attaches `output.db` as `output`; with `schema`, also makes it a WAL
+/// database with 64 KiB pages and its table, if it has not got them.
+fn attach_output(conn: &Connection, output: &Path, schema: bool) -> anyhow::Result<()> {
+    let shown = output.display();
+    let name = output
+        .to_str()
+        .with_context(|| format!("{shown} is not a UTF-8 path"))?;
+    conn.execute("ATTACH DATABASE ?1 AS output", [name])
+        .with_context(|| format!("attaching {shown}"))?;
+    if schema {
+        conn.execute_batch(migrate::OUTPUT_SCHEMA)
+            .with_context(|| format!("making the schema of {shown}"))?;
+        conn.pragma_update(Some("output"), "journal_mode", "WAL")?;
+    }
+    Ok(())
+}
+
+fn open_writer(path: &Path, output: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    attach_output(&conn, output, true)?;
+    for schema in ["main", "output"] {
+        conn.pragma_update(Some(schema), "journal_mode", "WAL")?;
+        conn.pragma_update(Some(schema), "synchronous", "NORMAL")?;
+    }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -163,9 +194,10 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
 }
 
 /// A second read-write connection, for checkpoints only.
-fn open_reader_writer(path: &Path) -> anyhow::Result<Connection> {
+fn open_reader_writer(path: &Path, output: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    attach_output(&conn, output, false)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
@@ -190,19 +222,29 @@ fn checkpoint_loop(conn: Connection, stop: std_mpsc::Receiver<()>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-fn open_reader(path: &Path) -> anyhow::Result<Connection> {
+fn open_reader(path: &Path, output: &Path) -> anyhow::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .with_context(|| format!("opening {} for reading", path.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
+    attach_output(&conn, output, false)?;
+    for schema in ["main", "output"] {
+        conn.pragma_update(Some(schema), "mmap_size", READER_MMAP_BYTES)?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
+/// Commits a batch: its output first, then everything else, each in one
+/// transaction (see the module documentation).
 fn commit_batch(conn: &mut Connection, changes: &[Change]) -> anyhow::Result<()> {
+    if changes.iter().any(write::is_output) {
+        let tx = conn.transaction()?;
+        write::apply(&tx, changes.iter().filter(|c| write::is_output(c)))?;
+        tx.commit().context("committing output")?;
+    }
     let tx = conn.transaction()?;
-    write::apply(&tx, changes)?;
+    write::apply(&tx, changes.iter().filter(|c| !write::is_output(c)))?;
     tx.commit().context("committing")?;
     Ok(())
 }
@@ -331,5 +373,61 @@ impl Store for SqliteStore {
     ) -> anyhow::Result<Vec<AuditEntry>> {
         self.read(move |conn| read::audit(conn, since_ms, after, limit))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use bytes::Bytes;
+    use muster_proto::OutputStream;
+    use muster_proto::types::{CommandSpec, RunRequest};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn output_lives_in_its_own_private_file_with_large_pages_and_must_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        let request = RunRequest::new(
+            AgentName::new("a").unwrap(),
+            CommandSpec::Argv(vec!["true".into()]),
+        );
+        let run = RunInfo::queued(request, 1);
+        let chunk = StoredChunk {
+            seq: 0,
+            stream: OutputStream::Stdout,
+            offset: 0,
+            data: Bytes::from(vec![7u8; 10 * 1024]),
+        };
+        let changes = vec![
+            Change::InsertRun(Box::new(run.clone())),
+            Change::AppendOutput(run.id, chunk.clone()),
+        ];
+        store.commit(Arc::new(changes)).await.unwrap();
+        assert_eq!(store.output_since(run.id, 0, 10).await.unwrap(), [chunk]);
+        drop(store);
+
+        let output = dir.path().join(files::OUTPUT_FILE);
+        let mode = std::fs::metadata(&output).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let conn = Connection::open(&output).unwrap();
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(page_size, 65536);
+        drop(conn);
+
+        // The same data dir opens again, with its output.
+        let store = SqliteStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.output_since(run.id, 0, 10).await.unwrap().len(), 1);
+        drop(store);
+        // Without its output file, it does not open at all.
+        for file in files::with_wal_files(&output) {
+            let _ = std::fs::remove_file(file);
+        }
+        let err = SqliteStore::open(dir.path()).await.unwrap_err();
+        assert!(format!("{err:#}").contains("missing or empty"), "{err:#}");
     }
 }

@@ -153,7 +153,7 @@ fn unfinished_run(conn: &Connection, mut run: RunInfo) -> anyhow::Result<Unfinis
     let (next_seq, bytes): (i64, i64) = conn
         .prepare_cached(
             "SELECT COALESCE(MAX(seq) + 1, 0), COALESCE(SUM(LENGTH(data)), 0)
-             FROM run_output WHERE run_id = ?1",
+             FROM output.run_output WHERE run_id = ?1",
         )?
         .query_row([run.id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))?;
     run.output_bytes = bytes as u64;
@@ -294,7 +294,7 @@ pub(super) fn output_since(
     limit: u32,
 ) -> anyhow::Result<Vec<StoredChunk>> {
     let mut query = conn.prepare_cached(
-        "SELECT seq, stream, offset, data FROM run_output
+        "SELECT seq, stream, offset, data FROM output.run_output
          WHERE run_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
     )?;
     let mut rows = query.query(params![run.to_string(), since as i64, i64::from(limit)])?;

@@ -17,11 +17,19 @@ use crate::store::{
 };
 
 /// Applies every change in order.
-pub(super) fn apply(tx: &Transaction<'_>, changes: &[Change]) -> anyhow::Result<()> {
+pub(super) fn apply<'a>(
+    tx: &Transaction<'_>,
+    changes: impl IntoIterator<Item = &'a Change>,
+) -> anyhow::Result<()> {
     for change in changes {
         apply_one(tx, change)?;
     }
     Ok(())
+}
+
+/// Whether `change` writes to `output.db` rather than `muster.db`.
+pub(super) fn is_output(change: &Change) -> bool {
+    matches!(change, Change::AppendOutput(..))
 }
 
 fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
@@ -262,7 +270,7 @@ fn update_run(tx: &Transaction<'_>, run: &RunUpdate) -> anyhow::Result<()> {
 
 fn append_output(tx: &Transaction<'_>, run: RunId, chunk: &StoredChunk) -> anyhow::Result<()> {
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO run_output (run_id, seq, stream, offset, data)
+        "INSERT OR IGNORE INTO output.run_output (run_id, seq, stream, offset, data)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![
