@@ -583,8 +583,9 @@ pub struct Principal {
     pub role: Option<String>,
     /// The label selector a scoped key is confined to: it sees, runs on and
     /// subscribes to only the agents this matches. Absent: every agent.
+    /// (Boxed: every connection keeps its principal, and few are scoped.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<Selector>,
+    pub scope: Option<Box<Selector>>,
 }
 
 /// `connection.ack`: the handshake succeeded.

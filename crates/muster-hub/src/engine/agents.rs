@@ -354,7 +354,7 @@ impl Engine {
             .after(after.as_ref())
             .filter_map(|record| self.info_of(record))
             .filter(|info| {
-                [selector.as_ref(), principal.scope.as_ref()]
+                [selector.as_ref(), principal.scope.as_deref()]
                     .into_iter()
                     .flatten()
                     .all(|s| s.matches(info.name.as_str(), &info.labels))

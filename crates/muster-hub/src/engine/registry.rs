@@ -103,7 +103,7 @@ impl Registry {
             kind: "client".into(),
             name: key.name.clone(),
             role: Some(key.role.clone()),
-            scope,
+            scope: scope.map(Box::new),
         };
         Ok((principal, key))
     }

@@ -63,7 +63,10 @@ impl Session {
     ) -> Self {
         let fleet = principal.scope.clone().map(|scope| {
             let shown = view.iter().flat_map(|v| v.iter().cloned()).collect();
-            Box::new(ScopedFleet { scope, shown })
+            Box::new(ScopedFleet {
+                scope: *scope,
+                shown,
+            })
         });
         Self {
             limit: limits.connection().map(Box::new),
@@ -531,10 +534,12 @@ impl Session {
 }
 
 impl Session {
-    /// The agents a scoped key sees now; `None` without a scope.
+    /// The agents a scoped key sees now; `None` without a scope. When the
+    /// engine cannot say (it is shutting down), a scoped key sees none.
     async fn view(&self) -> Option<View> {
         self.fleet.as_ref()?;
-        self.engine
+        let asked = self
+            .engine
             .ask(|reply| Input::Request {
                 principal: self.principal.clone(),
                 source: Some(self.source),
@@ -542,8 +547,8 @@ impl Session {
                 re: None,
                 request: Box::new(Request::View(reply)),
             })
-            .await
-            .flatten()
+            .await;
+        Some(asked.flatten().unwrap_or_default())
     }
 
     fn out_of_scope(&self, what: &str) -> ApiError {
