@@ -44,6 +44,9 @@ fn muster_audit_shows_who_ran_what_and_each_refusal() {
     let out = watcher.output(&["run", "web-1", "--", "true"]);
     assert_eq!(out.status.code(), Some(255), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("operator"));
+    // A refusal at the connection is stored a moment later: once the
+    // follower has it, so has the store.
+    follow.wait_for_text("FORBIDDEN");
     let out = admin.output(&["audit"]);
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
