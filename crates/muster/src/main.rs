@@ -142,6 +142,7 @@ fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("MUSTER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default));
+    let most = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     // A second filter, so the cap never raises what the first one lets through.
     let no_frames = FRAME_LOGGERS.iter().fold(
         Targets::new().with_default(LevelFilter::TRACE),
@@ -156,6 +157,23 @@ fn init_tracing(default: &str) {
                 .with_ansi(std::io::stderr().is_terminal()),
         )
         .init();
+    // Records of the `log` crate (the WebSocket library logs every frame at
+    // trace) are passed on to tracing only up to the most the filter lets
+    // through: past it, a `log` macro costs one atomic load instead of a
+    // filter check per frame.
+    log::set_max_level(log_level(most));
+}
+
+/// The `log` crate's level filter for a tracing one.
+fn log_level(level: LevelFilter) -> log::LevelFilter {
+    match level {
+        LevelFilter::OFF => log::LevelFilter::Off,
+        LevelFilter::ERROR => log::LevelFilter::Error,
+        LevelFilter::WARN => log::LevelFilter::Warn,
+        LevelFilter::INFO => log::LevelFilter::Info,
+        LevelFilter::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
