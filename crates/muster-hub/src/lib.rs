@@ -265,7 +265,7 @@ impl Hub {
     ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         let config = self.inner.config.clone();
-        let state = ws::AppState {
+        let state = ws::AppState::new(ws::Shared {
             engine: self.inner.running.handle.clone(),
             broker: self.inner.broker.clone(),
             history: delivery::History::new(self.inner.store.clone()),
@@ -278,9 +278,10 @@ impl Hub {
                 limits: rate::RateLimits::new(&config),
                 max_subscriptions: config.max_subscriptions_per_connection,
                 refusals: Default::default(),
+                page_bytes: config.max_message_bytes / 2,
             }),
             config,
-        };
+        });
         let timeout = state.config.handshake_timeout();
         let caps = ws::PreauthCaps {
             total: state.config.max_unauthenticated,

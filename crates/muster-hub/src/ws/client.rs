@@ -13,7 +13,6 @@ use muster_proto::{Channel, ClientToHub, CloseCode, Envelope, ErrorCode, HubToCl
 use super::AppState;
 use super::conn::{self, Liveness, MAX_FRAMES_PER_FLUSH, ReadEnd, Writer};
 use super::session::Session;
-use crate::broker::Subscriber;
 use crate::clients::Registration;
 use crate::delivery::{SinkClosed, Subscriptions};
 use crate::engine::{ClientWelcome, Engine, Input};
@@ -57,8 +56,6 @@ struct Connection {
     stream: SplitStream<Socket>,
     writer: Writer,
     session: Session,
-    /// Where the engine and the broker queue what goes to the client.
-    queue: Subscriber,
     rx: crate::queue::Receiver,
     liveness: Liveness,
     /// Its place among the connections of its key, which revoking ends.
@@ -106,7 +103,6 @@ async fn open(
         .ok()?;
     let agents = HubToClient::AgentList(welcome.agents);
     writer.send(&Envelope::plain(agents)).await.ok()?;
-    let page_bytes = state.config.max_message_bytes / 2;
     let session = Session::new(
         welcome.principal,
         welcome.view,
@@ -114,9 +110,8 @@ async fn open(
         &state.guards.limits,
         state.engine.clone(),
         state.history.clone(),
-        queue.clone(),
+        queue,
         subs,
-        page_bytes,
     );
     let liveness = Liveness::new(state.config.heartbeat_deadline());
     Some(Connection {
@@ -124,7 +119,6 @@ async fn open(
         stream,
         writer,
         session,
-        queue,
         rx,
         liveness,
         registration,
@@ -194,7 +188,7 @@ impl Connection {
                 // A client that stops reading blocks this write. Its queue
                 // overflowing, or the writer's stall deadline, is what gets
                 // the connection out of it.
-                let overflowed = self.queue.clone();
+                let overflowed = self.session.queue().clone();
                 tokio::select! {
                     sent = forward_batch(&mut self.session, &mut self.writer, item, &mut self.rx) => {
                         sent.map_err(|_| GONE)

@@ -43,9 +43,27 @@ const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// Where a browser gets a browser token for an API key.
 pub(crate) const BROWSER_TOKEN_PATH: &str = "/v1/browser-token";
 
-/// What every route handler shares.
+/// What every route handler shares, behind one pointer: every connection
+/// keeps a copy for as long as it lives.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub(crate) fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state itself.
+pub(crate) struct Shared {
     pub(crate) engine: EngineHandle,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) history: History,
@@ -56,8 +74,7 @@ pub(crate) struct AppState {
     pub(crate) next_conn_id: Arc<AtomicU64>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
-    /// Revocation and rate limits, behind one pointer: every connection
-    /// keeps a copy of this state.
+    /// Revocation and rate limits.
     pub(crate) guards: Arc<Guards>,
 }
 
@@ -71,6 +88,8 @@ pub(crate) struct Guards {
     pub(crate) max_subscriptions: usize,
     /// Refusals recorded in the audit log lately.
     pub(crate) refusals: refusals::RefusalLog,
+    /// Bytes one page of a listing read from the store may take.
+    pub(crate) page_bytes: usize,
 }
 
 impl Guards {

@@ -45,7 +45,6 @@ pub(crate) struct Session {
     /// This connection's queue, where answers come back.
     queue: Subscriber,
     subs: Subscriptions,
-    page_bytes: usize,
 }
 
 impl Session {
@@ -59,7 +58,6 @@ impl Session {
         history: History,
         queue: Subscriber,
         subs: Subscriptions,
-        page_bytes: usize,
     ) -> Self {
         let fleet = principal.scope.clone().map(|scope| {
             let shown = view.iter().flat_map(|v| v.iter().cloned()).collect();
@@ -77,7 +75,6 @@ impl Session {
             history,
             queue,
             subs,
-            page_bytes,
         }
     }
 
@@ -149,9 +146,11 @@ impl Session {
             ClientToHub::JobList(query) if self.fleet.is_some() => {
                 Request::Read(Read::JobList(query))
             }
-            ClientToHub::RunList(query) => return self.read(re, Read::RunList(query)),
-            ClientToHub::JobList(query) => return self.read(re, Read::JobList(query)),
-            ClientToHub::AuditList(query) => return self.read(re, Read::AuditList(query)),
+            ClientToHub::RunList(query) => return self.read(re, Read::RunList(query), guards),
+            ClientToHub::JobList(query) => return self.read(re, Read::JobList(query), guards),
+            ClientToHub::AuditList(query) => {
+                return self.read(re, Read::AuditList(query), guards);
+            }
             ClientToHub::KeyRotate(rotate) => Request::KeyRotate(rotate),
             ClientToHub::AgentList(query) => Request::AgentList(query),
             ClientToHub::AgentGet(r) => Request::AgentGet(r.name),
@@ -207,6 +206,11 @@ impl Session {
             }
         };
         self.hand_to_engine(writer, re, request).await
+    }
+
+    /// This connection's queue, where answers and published frames wait.
+    pub(crate) fn queue(&self) -> &Subscriber {
+        &self.queue
     }
 
     /// Records a refusal made here in the audit log.
@@ -265,11 +269,11 @@ impl Session {
     }
 
     /// Answers from the store on a task of its own.
-    fn read(&self, re: Option<RequestId>, read: Read) -> Result<(), SinkClosed> {
+    fn read(&self, re: Option<RequestId>, read: Read, guards: &Guards) -> Result<(), SinkClosed> {
         let (store, queue, page_bytes) = (
             self.history.store().clone(),
             self.queue.clone(),
-            self.page_bytes,
+            guards.page_bytes,
         );
         tokio::spawn(async move {
             let msg = reads::answer(&store, read, page_bytes).await;
