@@ -8,8 +8,6 @@
 //! Deleting the file goes back to the given token.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -94,23 +92,7 @@ impl Credential {
         let Some(path) = &self.file else {
             return Err("the agent has no state dir to keep a credential in".to_owned());
         };
-        let tmp = path.with_extension("tmp");
-        let written = (|| {
-            let _ = fs::remove_file(&tmp);
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(token.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                fs::File::open(dir)?.sync_all()?;
-            }
-            Ok::<_, std::io::Error>(())
-        })();
-        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        muster_tls::write_private(path, &token)?;
         self.token = token;
         self.enrolling = false;
         Ok(())

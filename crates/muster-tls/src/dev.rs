@@ -66,9 +66,13 @@ pub fn ensure_dev_certificate(dir: &Path, names: &[String]) -> Result<DevCertifi
     Ok(files)
 }
 
-/// Writes `text` to `path` through a temporary file, mode 0600.
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("pem.tmp");
+/// Writes `text` to `path`, mode 0600, whole or not at all: through a
+/// temporary file that is synced, then renamed over `path`, and the
+/// directory synced. Keys and credentials are written with it.
+pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let written = (|| {
         let _ = fs::remove_file(&tmp);
         let mut file = fs::OpenOptions::new()
@@ -78,7 +82,11 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
             .open(&tmp)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok::<_, std::io::Error>(())
     })();
     written.map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -18,7 +18,7 @@ mod dev;
 mod server;
 
 pub use client::{CA_FILE_ENV, DialError, Stream, TrustRoots, dial};
-pub use dev::{DevCertificate, ensure_dev_certificate};
+pub use dev::{DevCertificate, ensure_dev_certificate, write_private};
 pub use server::{ServerStream, ServerTls};
 
 /// The crypto provider of every TLS configuration Muster builds.

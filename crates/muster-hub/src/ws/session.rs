@@ -492,14 +492,7 @@ impl Session {
             Channel::Agent(name) | Channel::Metrics(name) => {
                 let name = name.clone();
                 let next = self
-                    .engine
-                    .ask(|reply| Input::Request {
-                        principal: self.principal.clone(),
-                        source: Some(self.source),
-                        to: self.queue.clone(),
-                        re: None,
-                        request: Box::new(Request::AgentChannel(name, reply)),
-                    })
+                    .ask_engine(|reply| Request::AgentChannel(name, reply))
                     .await
                     .ok_or_else(unknown)??;
                 Checked {
@@ -542,17 +535,25 @@ impl Session {
     /// engine cannot say (it is shutting down), a scoped key sees none.
     async fn view(&self) -> Option<View> {
         self.fleet.as_ref()?;
-        let asked = self
-            .engine
+        let asked = self.ask_engine(Request::View).await;
+        Some(asked.flatten().unwrap_or_default())
+    }
+
+    /// Asks the engine a question as this connection's principal; `None`
+    /// if the engine is gone.
+    async fn ask_engine<T>(
+        &self,
+        request: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Request,
+    ) -> Option<T> {
+        self.engine
             .ask(|reply| Input::Request {
                 principal: self.principal.clone(),
                 source: Some(self.source),
                 to: self.queue.clone(),
                 re: None,
-                request: Box::new(Request::View(reply)),
+                request: Box::new(request(reply)),
             })
-            .await;
-        Some(asked.flatten().unwrap_or_default())
+            .await
     }
 
     fn out_of_scope(&self, what: &str) -> ApiError {

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use muster_client::{Client, ClientError, Event};
+use muster_client::{Client, Event};
 use muster_proto::backoff::Backoff;
 use muster_proto::messages::{AuditEntry, AuditListQuery};
 use muster_proto::{ClientToHub, CloseCode, HubToClient};
@@ -41,17 +41,7 @@ pub(crate) async fn audit(args: AuditArgs, json: bool) -> anyhow::Result<ExitCod
     loop {
         let (client, mut stream) = match connection.take() {
             Some(connection) => connection,
-            None => {
-                tokio::time::sleep(backoff.next_delay()).await;
-                match args.conn.connect().await {
-                    Ok(connection) => connection,
-                    Err(ClientError::Auth(e)) => anyhow::bail!("authentication failed: {e}"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reconnecting to follow the audit log");
-                        continue;
-                    }
-                }
-            }
+            None => args.conn.reconnect(&mut backoff, "the audit log").await?,
         };
         if args.follow {
             client.subscribe("audit", None).await?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use muster_client::{ClientError, Event};
+use muster_client::Event;
 use muster_proto::backoff::Backoff;
 use muster_proto::messages::StoredEvent;
 use muster_proto::{AgentName, CloseCode, HubToClient, RunId};
@@ -55,17 +55,7 @@ pub(crate) async fn events(args: EventsArgs, json: bool) -> anyhow::Result<ExitC
     loop {
         let (client, mut stream) = match connection.take() {
             Some(connection) => connection,
-            None => {
-                tokio::time::sleep(backoff.next_delay()).await;
-                match args.conn.connect().await {
-                    Ok(connection) => connection,
-                    Err(ClientError::Auth(e)) => anyhow::bail!("authentication failed: {e}"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reconnecting to follow events");
-                        continue;
-                    }
-                }
-            }
+            None => args.conn.reconnect(&mut backoff, "events").await?,
         };
         client
             .subscribe(&channel, Some(next))

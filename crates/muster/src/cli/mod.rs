@@ -72,6 +72,25 @@ impl HubConn {
         Client::connect(&self.hub, &self.token.0).await
     }
 
+    /// Connects again after a dropped connection, waiting `backoff` before
+    /// each try, until it is back; a refused credential is an error, as
+    /// trying again cannot help. `following` names what is followed, for
+    /// the log.
+    pub(crate) async fn reconnect(
+        &self,
+        backoff: &mut muster_proto::backoff::Backoff,
+        following: &str,
+    ) -> anyhow::Result<(Client, mpsc::Receiver<Event>)> {
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            match self.connect().await {
+                Ok(connection) => return Ok(connection),
+                Err(ClientError::Auth(e)) => anyhow::bail!("authentication failed: {e}"),
+                Err(e) => tracing::warn!(error = %e, "reconnecting to follow {following}"),
+            }
+        }
+    }
+
     /// Connects and authenticates, unless Ctrl-C comes first (`None`).
     pub(crate) async fn connect_or_interrupt(
         &self,
