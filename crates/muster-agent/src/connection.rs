@@ -201,6 +201,12 @@ impl Connection<'_> {
                 self.runs.acked(&ack);
                 Ok(())
             }
+            HubToAgent::SessionInput(_)
+            | HubToAgent::SessionResize(_)
+            | HubToAgent::SessionSnapshot(_) => {
+                tracing::debug!("sessions are not supported by this agent yet");
+                Ok(())
+            }
             HubToAgent::RunCancel(run) => {
                 if !self.runs.cancel(run.run) {
                     tracing::debug!(run = %run.run, "run.cancel for a run not in flight");

@@ -170,7 +170,13 @@ impl Runs {
             (unknown, RunReportStatus::Unknown),
         ]
         .into_iter()
-        .flat_map(|(runs, status)| runs.into_iter().map(move |run| RunReport { run, status }))
+        .flat_map(|(runs, status)| {
+            runs.into_iter().map(move |run| RunReport {
+                run,
+                status,
+                input_applied: None,
+            })
+        })
         .collect()
     }
 

@@ -254,6 +254,7 @@ impl Batcher {
             stream,
             seq: self.next_seq,
             offset,
+            at: None,
         };
         self.next_seq += 1;
         self.deliver(Outgoing::Output(OutputFrame { header, payload }))
@@ -267,7 +268,8 @@ impl Batcher {
     fn buffer(&mut self, stream: OutputStream) -> &mut StreamBuffer {
         match stream {
             OutputStream::Stdout => &mut self.stdout,
-            OutputStream::Stderr => &mut self.stderr,
+            // Input records are sent whole, never buffered with output.
+            OutputStream::Stderr | OutputStream::Input => &mut self.stderr,
         }
     }
 }

@@ -167,6 +167,7 @@ impl Emission {
             stream: OutputStream::Stdout,
             seq: self.sent,
             offset: self.sent * self.payload.len() as u64,
+            at: None,
         };
         self.sent += 1;
         Message::Binary(OutputFrame::encode(&header, &self.payload))

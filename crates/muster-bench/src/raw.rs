@@ -239,6 +239,7 @@ async fn complete(
             stream: OutputStream::Stdout,
             seq: 0,
             offset: 0,
+            at: None,
         };
         socket
             .feed(Message::Binary(OutputFrame::encode(&header, payload)))

@@ -179,6 +179,7 @@ mod tests {
             timeout_ms: None,
             kill_grace_ms: 1_000,
             output_cap_bytes: u64::MAX,
+            session: None,
         }
     }
 

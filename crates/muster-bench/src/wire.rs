@@ -156,6 +156,7 @@ mod tests {
             stream: OutputStream::Stdout,
             seq: 123_456,
             offset: 99,
+            at: None,
         };
         let frame = OutputFrame::encode(&header, b"\0\0\0\0\0\0\0\x07rest");
         let head = frame_head(&frame).unwrap();

@@ -208,6 +208,8 @@ async fn collect(mut follower: RunFollower) -> Result<Output, FollowError> {
             FollowEvent::Output(frame) => match frame.header.stream {
                 OutputStream::Stdout => stdout.extend_from_slice(&frame.payload),
                 OutputStream::Stderr => stderr.extend_from_slice(&frame.payload),
+                // A session's input records are not the process's output.
+                OutputStream::Input => {}
             },
             FollowEvent::Finished(run) => return Ok(Output::new(*run, stdout, stderr)),
             FollowEvent::Queued { .. } | FollowEvent::Status(_) | FollowEvent::Synced { .. } => {}

@@ -89,7 +89,11 @@ impl History {
                 .into_iter()
                 .map(|(seq, text)| (seq, Frame::text(text)))
                 .collect(),
-            Channel::Fleet | Channel::Metrics(_) | Channel::Audit | Channel::All => Vec::new(),
+            Channel::Fleet
+            | Channel::Metrics(_)
+            | Channel::Session(_)
+            | Channel::Audit
+            | Channel::All => Vec::new(),
         })
     }
 
@@ -114,6 +118,7 @@ fn output_frame(run: RunId, chunk: &StoredChunk) -> Frame {
         stream: chunk.stream,
         seq: chunk.seq,
         offset: chunk.offset,
+        at: None,
     };
     Frame::Binary(OutputFrame::encode(&header, &chunk.data))
 }

@@ -23,6 +23,8 @@ pub enum Channel {
     Run(RunId),
     /// `job:<id>`: a job's progress and step events (numbered).
     Job(JobId),
+    /// `session:<id>`: who attaches to and detaches from a session (not numbered).
+    Session(RunId),
     /// `audit`: every entry appended to the audit log (admins only).
     Audit,
     /// `*`: every event of every channel (admins only, for debugging).
@@ -49,6 +51,7 @@ impl fmt::Display for Channel {
             Self::Metrics(name) => write!(f, "metrics:{name}"),
             Self::Run(id) => write!(f, "run:{id}"),
             Self::Job(id) => write!(f, "job:{id}"),
+            Self::Session(id) => write!(f, "session:{id}"),
             Self::Audit => f.write_str("audit"),
             Self::All => f.write_str("*"),
         }
@@ -72,6 +75,7 @@ impl FromStr for Channel {
             "metrics" => rest.parse().map(Self::Metrics).map_err(|_| unknown()),
             "run" => rest.parse().map(Self::Run).map_err(|_| unknown()),
             "job" => rest.parse().map(Self::Job).map_err(|_| unknown()),
+            "session" => rest.parse().map(Self::Session).map_err(|_| unknown()),
             _ => Err(unknown()),
         }
     }

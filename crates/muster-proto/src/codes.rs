@@ -67,6 +67,15 @@ pub enum ErrorCode {
     KeyNotFound,
     /// No enrollment token has that id.
     EnrollmentNotFound,
+    /// The agent already has as many open sessions as the hub allows.
+    SessionLimit,
+    /// A session ended because neither input nor output came for its idle timeout.
+    SessionIdle,
+    /// A session ended because it reached its maximum lifetime.
+    SessionLifetime,
+    /// A `session.input` skipped writer sequence numbers; the message names the
+    /// next one expected. Nothing was applied.
+    InputGap,
 }
 
 impl ErrorCode {
@@ -90,6 +99,9 @@ impl ErrorCode {
                 | Self::OutputGap
                 | Self::KeyNotFound
                 | Self::EnrollmentNotFound
+                | Self::SessionIdle
+                | Self::SessionLifetime
+                | Self::InputGap
         )
     }
 
@@ -122,6 +134,10 @@ impl ErrorCode {
             Self::OutputGap => "OUTPUT_GAP",
             Self::KeyNotFound => "KEY_NOT_FOUND",
             Self::EnrollmentNotFound => "ENROLLMENT_NOT_FOUND",
+            Self::SessionLimit => "SESSION_LIMIT",
+            Self::SessionIdle => "SESSION_IDLE",
+            Self::SessionLifetime => "SESSION_LIFETIME",
+            Self::InputGap => "INPUT_GAP",
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct OutputHeader {
     pub seq: u64,
     /// Byte offset of the payload's first byte within its stream.
     pub offset: u64,
+    /// Sessions only: when the agent read the chunk (for playback timing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<crate::UnixMillis>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,6 +126,7 @@ mod tests {
             stream: OutputStream::Stderr,
             seq: 42,
             offset: 1 << 33,
+            at: None,
         };
         let payload: Vec<u8> = (0..=255u8).rev().collect();
         let frame = OutputFrame::encode(&header, &payload);
@@ -148,6 +152,7 @@ mod tests {
             stream: OutputStream::Stdout,
             seq: 0,
             offset: 0,
+            at: None,
         };
         let frame = OutputFrame::encode(&header, &vec![0; MAX_OUTPUT_CHUNK_BYTES + 1]);
         assert!(matches!(

@@ -26,6 +26,7 @@ pub mod limits;
 pub mod messages;
 pub mod roles;
 pub mod selector;
+pub mod sessions;
 pub mod types;
 
 pub use channel::{Channel, UnknownChannel};

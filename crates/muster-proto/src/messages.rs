@@ -17,6 +17,10 @@ use crate::jobs::{JobInfo, JobProgress, JobSpec, JobState, TargetState};
 use crate::limits::Limits;
 use crate::roles::Role;
 use crate::selector::Selector;
+use crate::sessions::{
+    SessionApplied, SessionAttach, SessionAttached, SessionDeliver, SessionInput, SessionInputAck,
+    SessionPresence, SessionRef, SessionResize, SessionScreen, SessionSnapshot, SessionSpec,
+};
 use crate::types::{AgentInfo, CommandSpec, RunInfo, RunRequest, RunState};
 
 /// A message family that can travel in an [`Envelope`](crate::Envelope).
@@ -119,6 +123,21 @@ pub enum ClientToHub {
     /// Revoke an enrollment token; reply `enroll.revoked`.
     #[serde(rename = "enroll.revoke")]
     EnrollRevoke(EnrollRef),
+    /// Attach to a session as a viewer or a writer.
+    #[serde(rename = "session.attach")]
+    SessionAttach(SessionAttach),
+    /// Detach from a session.
+    #[serde(rename = "session.detach")]
+    SessionDetach(SessionRef),
+    /// Input for a session, numbered by the writer.
+    #[serde(rename = "session.input")]
+    SessionInput(SessionInput),
+    /// Resize a pty session's terminal.
+    #[serde(rename = "session.resize")]
+    SessionResize(SessionResize),
+    /// Ask for a pty session's current screen.
+    #[serde(rename = "session.snapshot")]
+    SessionSnapshot(SessionSnapshot),
 }
 
 impl ClientToHub {
@@ -154,6 +173,11 @@ impl ClientToHub {
             Self::EnrollCreate(_) => "enroll.create",
             Self::EnrollList(_) => "enroll.list",
             Self::EnrollRevoke(_) => "enroll.revoke",
+            Self::SessionAttach(_) => "session.attach",
+            Self::SessionDetach(_) => "session.detach",
+            Self::SessionInput(_) => "session.input",
+            Self::SessionResize(_) => "session.resize",
+            Self::SessionSnapshot(_) => "session.snapshot",
         }
     }
 }
@@ -189,6 +213,11 @@ impl Message for ClientToHub {
         "enroll.create",
         "enroll.list",
         "enroll.revoke",
+        "session.attach",
+        "session.detach",
+        "session.input",
+        "session.resize",
+        "session.snapshot",
     ];
 }
 
@@ -311,6 +340,21 @@ pub enum HubToClient {
     /// Reply to `enroll.revoke`.
     #[serde(rename = "enroll.revoked")]
     EnrollRevoked(EnrollRef),
+    /// Answer to `session.attach`.
+    #[serde(rename = "session.attached")]
+    SessionAttached(SessionAttached),
+    /// Answer to `session.input`: stored, and will be applied exactly once.
+    #[serde(rename = "session.input.ack")]
+    SessionInputAck(SessionInputAck),
+    /// Answer to `session.snapshot`.
+    #[serde(rename = "session.screen")]
+    SessionScreen(SessionScreen),
+    /// Someone attached to a session (on `session:<id>`).
+    #[serde(rename = "session.joined")]
+    SessionJoined(SessionPresence),
+    /// Someone detached from a session (on `session:<id>`).
+    #[serde(rename = "session.left")]
+    SessionLeft(SessionPresence),
     /// Generic success reply.
     #[serde(rename = "ok")]
     Ok(Empty),
@@ -357,6 +401,11 @@ impl Message for HubToClient {
         "enroll.created",
         "enroll.list",
         "enroll.revoked",
+        "session.attached",
+        "session.input.ack",
+        "session.screen",
+        "session.joined",
+        "session.left",
         "subscribed",
         "stream.synced",
         "ok",
@@ -392,6 +441,12 @@ pub enum AgentToHub {
     /// Answer to `credential.rotate`: whether the new credential is stored.
     #[serde(rename = "credential.stored")]
     CredentialStored(CredentialStored),
+    /// A session's inputs up to `seq` were applied.
+    #[serde(rename = "session.input.ack")]
+    SessionApplied(SessionApplied),
+    /// Answer to `session.snapshot`.
+    #[serde(rename = "session.screen")]
+    SessionScreen(SessionScreen),
     /// The agent could not handle a hub message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -407,6 +462,8 @@ impl Message for AgentToHub {
         "metrics",
         "event",
         "credential.stored",
+        "session.input.ack",
+        "session.screen",
         "error",
     ];
 }
@@ -442,6 +499,15 @@ pub enum HubToAgent {
     /// under `name` and `token` is its own; the hub then closes with 1000.
     #[serde(rename = "enrolled")]
     Enrolled(Enrolled),
+    /// Input for a session, numbered by the hub: apply each `seq` once, in order.
+    #[serde(rename = "session.input")]
+    SessionInput(SessionDeliver),
+    /// Resize a pty session's terminal.
+    #[serde(rename = "session.resize")]
+    SessionResize(SessionResize),
+    /// Answer with `session.screen` (same `token`).
+    #[serde(rename = "session.snapshot")]
+    SessionSnapshot(SessionSnapshot),
     /// The hub could not handle an agent message.
     #[serde(rename = "error")]
     Error(ErrorData),
@@ -457,6 +523,9 @@ impl Message for HubToAgent {
         "run.ack",
         "credential.rotate",
         "enrolled",
+        "session.input",
+        "session.resize",
+        "session.snapshot",
         "error",
     ];
 }
@@ -533,6 +602,9 @@ pub struct RunReport {
     pub run: RunId,
     /// Where the run is, as far as the agent knows.
     pub status: RunReportStatus,
+    /// A session: the last hub input `seq` applied (0 when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_applied: Option<u64>,
 }
 
 /// A run's status in a [`RunReport`].
@@ -832,6 +904,10 @@ pub struct RunStart {
     pub kill_grace_ms: u64,
     /// Stop sending output past this many bytes (both streams together).
     pub output_cap_bytes: u64,
+    /// Present for a session: its kind, window and idle timeout (always set
+    /// here). Its `timeout_ms` is the session's maximum lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSpec>,
 }
 
 /// `run.started`.

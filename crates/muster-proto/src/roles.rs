@@ -77,14 +77,20 @@ pub fn required_role(msg: &ClientToHub) -> Option<Role> {
         | M::JobGet(_)
         | M::JobList(_)
         | M::JobTargets(_)
-        | M::Unsubscribe(_) => Some(Role::Viewer),
+        | M::Unsubscribe(_)
+        | M::SessionAttach(_)
+        | M::SessionDetach(_)
+        | M::SessionSnapshot(_) => Some(Role::Viewer),
         M::Subscribe(subscribe) => Some(match subscribe.channel.parse::<Channel>() {
             Ok(Channel::All | Channel::Audit) => Role::Admin,
             _ => Role::Viewer,
         }),
-        M::RunCreate(_) | M::RunCancel(_) | M::JobCreate(_) | M::JobCancel(_) => {
-            Some(Role::Operator)
-        }
+        M::RunCreate(_)
+        | M::RunCancel(_)
+        | M::JobCreate(_)
+        | M::JobCancel(_)
+        | M::SessionInput(_)
+        | M::SessionResize(_) => Some(Role::Operator),
         M::AgentAdd(_)
         | M::AgentRemove(_)
         | M::AgentLabel(_)

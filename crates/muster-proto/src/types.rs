@@ -8,6 +8,7 @@ use crate::UnixMillis;
 use crate::actions::{ActionCall, ActionInfo, ExecMode};
 use crate::codes::ErrorCode;
 use crate::ids::{AgentName, JobId, RunId};
+use crate::sessions::SessionSpec;
 
 /// Whether an agent is connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -195,6 +196,9 @@ pub enum OutputStream {
     Stdout,
     /// Standard error.
     Stderr,
+    /// A session's applied input, echoed in its place among the output: each
+    /// chunk is one [`InputRecord`](crate::sessions::InputRecord) as JSON.
+    Input,
 }
 
 impl OutputStream {
@@ -203,6 +207,7 @@ impl OutputStream {
         match self {
             Self::Stdout => "stdout",
             Self::Stderr => "stderr",
+            Self::Input => "input",
         }
     }
 }
@@ -233,6 +238,9 @@ pub struct RunRequest {
     /// `expired`; the hub's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// Makes the run a session that takes input (pty or pipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSpec>,
 }
 
 impl RunRequest {
@@ -248,6 +256,7 @@ impl RunRequest {
             priority: 0,
             idempotency_key: None,
             ttl_ms: None,
+            session: None,
         }
     }
 }
@@ -324,6 +333,9 @@ pub struct RunInfo {
     /// When the run reached its terminal state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<crate::UnixMillis>,
+    /// Present when the run is a session; its window size is the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionSpec>,
 }
 
 impl RunInfo {
@@ -355,6 +367,7 @@ impl RunInfo {
             dispatched_ms: None,
             started_ms: None,
             finished_ms: None,
+            session: request.session,
         }
     }
 }

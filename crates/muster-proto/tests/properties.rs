@@ -105,6 +105,7 @@ proptest! {
             stream: if stderr { OutputStream::Stderr } else { OutputStream::Stdout },
             seq,
             offset,
+            at: None,
         };
         let frame = OutputFrame::encode(&header, &payload);
         let decoded = OutputFrame::decode(frame.clone()).unwrap();

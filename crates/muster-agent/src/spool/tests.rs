@@ -19,6 +19,7 @@ fn frame(run: RunId, seq: u64, len: usize) -> Outgoing {
         stream: OutputStream::Stdout,
         seq,
         offset: 0,
+        at: None,
     };
     let payload = Bytes::from(vec![b'x'; len]);
     Outgoing::Output(OutputFrame { header, payload })

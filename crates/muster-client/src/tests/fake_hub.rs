@@ -61,6 +61,7 @@ pub(super) async fn output_on(
         stream,
         seq,
         offset: 0,
+        at: None,
     };
     let frame = OutputFrame::encode(&header, payload);
     hub.send(Message::Binary(frame)).await.unwrap();

@@ -148,6 +148,7 @@ async fn requests_get_their_replies_and_events_flow() {
             stream: muster_proto::OutputStream::Stdout,
             seq: 0,
             offset: 0,
+            at: None,
         };
         hub.send(Message::Binary(OutputFrame::encode(&header, b"\xffhi")))
             .await

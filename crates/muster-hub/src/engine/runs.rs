@@ -241,6 +241,7 @@ impl Engine {
             timeout_ms: run.timeout_ms,
             kill_grace_ms: self.config.kill_grace_ms,
             output_cap_bytes: self.config.max_output_bytes_per_run,
+            session: run.session.clone(),
         }
     }
 

@@ -122,6 +122,14 @@ impl Session {
                 return writer.send(&ack).await.map_err(|_| SinkClosed);
             }
             ClientToHub::HeartbeatAck(_) => return Ok(()),
+            ClientToHub::SessionAttach(_)
+            | ClientToHub::SessionDetach(_)
+            | ClientToHub::SessionInput(_)
+            | ClientToHub::SessionResize(_)
+            | ClientToHub::SessionSnapshot(_) => {
+                let error = ErrorData::new(ErrorCode::InvalidState, "sessions are not served yet");
+                return send_error(writer, re, error).await;
+            }
             ClientToHub::Hello(_) => {
                 let error = ErrorData::new(ErrorCode::InvalidMessage, "already authenticated");
                 return send_error(writer, re, error).await;
@@ -488,7 +496,9 @@ impl Session {
         };
         let store = self.history.store();
         Ok(match channel {
-            Channel::Fleet | Channel::Audit | Channel::All => Checked::default(),
+            Channel::Fleet | Channel::Audit | Channel::All | Channel::Session(_) => {
+                Checked::default()
+            }
             Channel::Agent(name) | Channel::Metrics(name) => {
                 let name = name.clone();
                 let next = self

@@ -187,6 +187,7 @@ impl RawAgent {
             stream: OutputStream::Stdout,
             seq,
             offset,
+            at: None,
         };
         let frame = OutputFrame::encode(&header, payload);
         self.ws.send(Message::binary(frame)).await.unwrap();

@@ -167,6 +167,7 @@ impl Invocation<'_> {
                     .unwrap_or_else(new_idempotency_key),
             ),
             ttl_ms: self.queue.ttl.map(millis),
+            session: None,
         }
     }
 

@@ -74,6 +74,8 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Printer<O, E> {
                 match frame.header.stream {
                     OutputStream::Stdout => self.stdout.write(&frame.payload).await?,
                     OutputStream::Stderr => self.stderr.write(&frame.payload).await?,
+                    // A session's input records: `muster sessions` shows them.
+                    OutputStream::Input => {}
                 }
                 Ok(Step::Continue)
             }
@@ -158,6 +160,7 @@ mod tests {
             stream,
             seq,
             offset: 0,
+            at: None,
         };
         FollowEvent::Output(OutputFrame::decode(OutputFrame::encode(&header, payload)).unwrap())
     }

@@ -44,6 +44,7 @@ pub(super) fn output(link: &Arc<AgentLink>, run: RunId, seq: u64, len: usize) ->
         stream,
         seq,
         offset: seq.saturating_mul(8),
+        at: None,
     };
     let raw = OutputFrame::encode(&header, &vec![b'x'; len]);
     let frame = OutputFrame::decode(raw.clone()).expect("a frame encoded here decodes");

@@ -153,7 +153,15 @@ fn no_frame_follows_seq_u64_max_and_none_wraps_around() {
     let run = run_id(1);
     let mut fleet = Fleet::new(config(), &[recovered.stored(run)]);
     let status = RunReportStatus::Running;
-    fleet.connect(0, 1, vec![RunReport { run, status }]);
+    fleet.connect(
+        0,
+        1,
+        vec![RunReport {
+            run,
+            status,
+            input_applied: None,
+        }],
+    );
     heard(&mut fleet, Batch::default());
     let link = fleet.agents[0].link.clone().expect("connected");
     fleet.input(output(&link, run, u64::MAX, 3));

@@ -342,5 +342,9 @@ fn run_report(run: RunId, report: Report) -> Option<RunReport> {
         Report::Unknown => RunReportStatus::Unknown,
         Report::Absent => return None,
     };
-    Some(RunReport { run, status })
+    Some(RunReport {
+        run,
+        status,
+        input_applied: None,
+    })
 }

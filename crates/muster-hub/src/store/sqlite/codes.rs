@@ -4,20 +4,21 @@
 use anyhow::Context as _;
 use muster_proto::{ErrorCode, OutputStream, RunState};
 
-/// `run_output.stream`: 1 for stdout, 2 for stderr.
+/// `run_output.stream`: 1 for stdout, 2 for stderr, 3 for a session's input.
 pub(super) fn stream_code(stream: OutputStream) -> i64 {
     match stream {
         OutputStream::Stdout => 1,
         OutputStream::Stderr => 2,
+        OutputStream::Input => 3,
     }
 }
 
 /// The stream a `run_output.stream` value names.
 pub(super) fn stream_from_code(code: i64) -> OutputStream {
-    if code == 2 {
-        OutputStream::Stderr
-    } else {
-        OutputStream::Stdout
+    match code {
+        2 => OutputStream::Stderr,
+        3 => OutputStream::Input,
+        _ => OutputStream::Stdout,
     }
 }
 

@@ -130,6 +130,7 @@ impl<O: AsyncWrite + Unpin, E: AsyncWrite + Unpin> Screen<O, E> {
         match stream {
             OutputStream::Stdout => self.stdout.write(bytes).await,
             OutputStream::Stderr => self.stderr.write(bytes).await,
+            OutputStream::Input => Ok(()),
         }
     }
 }

@@ -50,7 +50,8 @@ impl RunTrack {
     fn buffer(&mut self, stream: OutputStream) -> &mut Vec<u8> {
         match stream {
             OutputStream::Stdout => &mut self.stdout,
-            OutputStream::Stderr => &mut self.stderr,
+            // Job runs are never sessions; nothing is written on `input`.
+            OutputStream::Stderr | OutputStream::Input => &mut self.stderr,
         }
     }
 }
