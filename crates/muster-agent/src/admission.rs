@@ -110,6 +110,7 @@ mod tests {
             timeout_ms,
             kill_grace_ms: 500,
             output_cap_bytes: 1024,
+            session: None,
         }
     }
 

@@ -48,7 +48,11 @@ fn frames(received: &[Outgoing]) -> Vec<&OutputFrame> {
 }
 
 fn report(run: RunId, status: RunReportStatus) -> RunReport {
-    RunReport { run, status }
+    RunReport {
+        run,
+        status,
+        input_applied: None,
+    }
 }
 
 /// Hangs up on the agent, as a hub going away would, once the agent has read

@@ -296,5 +296,6 @@ pub(crate) fn run_command(run: RunId, command: CommandSpec) -> HubToAgent {
         timeout_ms: None,
         kill_grace_ms: 500,
         output_cap_bytes: 1 << 20,
+        session: None,
     })
 }

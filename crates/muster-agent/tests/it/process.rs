@@ -22,6 +22,7 @@ fn start(command: CommandSpec) -> RunStart {
         timeout_ms: None,
         kill_grace_ms: 500,
         output_cap_bytes: u64::MAX,
+        session: None,
     }
 }
 

@@ -59,6 +59,7 @@ async fn run_create_is_resent_with_the_same_key_after_a_drop() {
         priority: 0,
         idempotency_key: None,
         ttl_ms: None,
+        session: None,
     };
     let give_up = Duration::from_secs(10);
     let (_client, _events, accepted) =
@@ -93,6 +94,7 @@ async fn run_create_errors_from_the_hub_are_not_retried() {
         priority: 0,
         idempotency_key: Some("k".into()),
         ttl_ms: Some(0),
+        session: None,
     };
     let err = crate::create_run_retrying(connection, &url, "tok", request, false, TEST_TIMEOUT)
         .await
