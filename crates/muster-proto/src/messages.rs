@@ -803,6 +803,9 @@ pub struct RunListQuery {
     /// Only runs in this state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<RunState>,
+    /// Only sessions (`true`), or only runs that are not sessions (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<bool>,
     /// At most this many (default 50, at most 1000; fewer when their records
     /// would not fit in one message).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -85,6 +85,7 @@ async fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     let query = RunListQuery {
         agent: args.agent.clone(),
         state: args.state,
+        session: None,
         limit: Some(args.limit),
         cursor: None,
     };
