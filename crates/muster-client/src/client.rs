@@ -134,7 +134,10 @@ impl Client {
     pub async fn request(&self, msg: ClientToHub) -> Result<HubToClient, ClientError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.command_tx
-            .send(Command::Request { msg, reply_tx })
+            .send(Command::Request {
+                msg: Box::new(msg),
+                reply_tx,
+            })
             .await
             .map_err(|_| self.closed_error())?;
         reply_rx.await.map_err(|_| self.closed_error())?

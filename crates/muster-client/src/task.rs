@@ -36,8 +36,9 @@ pub(crate) type ReplyTx = oneshot::Sender<Result<HubToClient, ClientError>>;
 pub(crate) enum Command {
     /// Send `msg` as a request and route its reply to `reply_tx`.
     Request {
-        /// The request.
-        msg: ClientToHub,
+        /// The request (boxed: a `run.create` is large, and the queue of
+        /// commands holds many).
+        msg: Box<ClientToHub>,
         /// Receives the reply.
         reply_tx: ReplyTx,
     },
@@ -232,7 +233,7 @@ impl Connection {
                 let id = RequestId(self.next_request_id.to_string());
                 self.next_request_id += 1;
                 self.pending.insert(id.clone(), reply_tx);
-                self.send(Envelope::request(id, msg)).await
+                self.send(Envelope::request(id, *msg)).await
             }
             Some(Command::Close { done_tx }) => {
                 Some(local_close("closed by the client", Some(done_tx)))

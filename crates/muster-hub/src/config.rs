@@ -84,6 +84,15 @@ pub struct HubConfig {
     /// How long a browser token works after it is issued (never past its
     /// API key's expiry).
     pub browser_token_ttl_ms: u64,
+    /// Sessions open at once on one agent, at most; past it `run.create`
+    /// of a session gets `SESSION_LIMIT`.
+    pub max_sessions_per_agent: usize,
+    /// A session with neither input nor output for this long ends
+    /// `timed_out` (`SESSION_IDLE`); also the most a session may ask for.
+    pub session_idle_timeout_ms: u64,
+    /// A session ends `timed_out` (`SESSION_LIFETIME`) this long after it
+    /// started; also the most a session may ask for as its `timeout_ms`.
+    pub session_max_lifetime_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -118,6 +127,9 @@ impl Default for HubConfig {
             rate_auth_failures_per_min: 30,
             max_subscriptions_per_connection: 4096,
             browser_token_ttl_ms: 15 * 60_000,
+            max_sessions_per_agent: 32,
+            session_idle_timeout_ms: 3_600_000,
+            session_max_lifetime_ms: 24 * 3_600_000,
         }
     }
 }
@@ -159,6 +171,9 @@ impl HubConfig {
         }
         if self.browser_token_ttl_ms == 0 {
             bail!("browser_token_ttl_ms must be positive");
+        }
+        if self.session_idle_timeout_ms == 0 || self.session_max_lifetime_ms == 0 {
+            bail!("session_idle_timeout_ms and session_max_lifetime_ms must be positive");
         }
         if self.handshake_timeout_ms == 0 {
             bail!("handshake_timeout_ms must be positive");

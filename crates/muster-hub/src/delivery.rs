@@ -118,7 +118,7 @@ fn output_frame(run: RunId, chunk: &StoredChunk) -> Frame {
         stream: chunk.stream,
         seq: chunk.seq,
         offset: chunk.offset,
-        at: None,
+        at: chunk.at,
     };
     Frame::Binary(OutputFrame::encode(&header, &chunk.data))
 }

@@ -224,6 +224,7 @@ async fn runs(
         agent: query.agent,
         state: query.state,
         agents: view.cloned(),
+        session: query.session,
     };
     let rows = store.runs(&filter, before, limit as u32 + 1).await?;
     let page = paging::fill(rows.into_iter(), limit, page_bytes);

@@ -1,6 +1,9 @@
 //! Per-agent run queues: priority order, FIFO within a priority, and a
 //! concurrency limit per agent.
 //!
+//! Sessions are never queued and take no slot: they are admitted at once,
+//! up to their own per-agent limit, and counted apart.
+//!
 //! Plain data driven by method calls; it knows nothing of sockets or storage.
 //! The engine owns it (one task, no lock) and acts on what [`Scheduler::take_ready`]
 //! returns.
@@ -18,6 +21,8 @@ struct AgentQueue {
     waiting: BTreeSet<QueueKey>,
     keys: HashMap<RunId, QueueKey>,
     active: HashSet<RunId>,
+    /// Sessions in flight: in flight like `active`, but without a slot.
+    sessions: HashSet<RunId>,
     /// Concurrency limit while online; `None` while offline (nothing is dispatched).
     limit: Option<u32>,
 }
@@ -85,12 +90,26 @@ impl Scheduler {
         }
     }
 
-    /// Runs in flight on an agent.
+    /// Runs in flight on an agent, sessions included.
     pub fn in_flight(&self, agent: &AgentName) -> Vec<RunId> {
         self.agents
             .get(agent)
-            .map(|q| q.active.iter().copied().collect())
+            .map(|q| q.active.iter().chain(&q.sessions).copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Counts a session as in flight on `agent`, without a slot.
+    pub fn admit_session(&mut self, agent: &AgentName, run: RunId) {
+        self.agents
+            .entry(agent.clone())
+            .or_default()
+            .sessions
+            .insert(run);
+    }
+
+    /// Sessions in flight on `agent`.
+    pub fn sessions(&self, agent: &AgentName) -> usize {
+        self.agents.get(agent).map_or(0, |q| q.sessions.len())
     }
 
     /// Runs waiting on an agent, in queue order.
@@ -134,6 +153,7 @@ impl Scheduler {
     pub fn finished(&mut self, agent: &AgentName, run: RunId) {
         if let Some(queue) = self.agents.get_mut(agent) {
             queue.active.remove(&run);
+            queue.sessions.remove(&run);
         }
     }
 

@@ -50,6 +50,12 @@ pub(crate) fn run_request(request: &RunRequest) -> Result<(), ApiError> {
     {
         return Err(invalid("command and cwd must not contain NUL bytes"));
     }
+    if let Some(session) = &request.session {
+        session.validate().map_err(invalid)?;
+        if matches!(request.command, muster_proto::CommandSpec::Action(_)) {
+            return Err(invalid("a session runs a command, not an action"));
+        }
+    }
     if request.ttl_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
         return Err(invalid("ttl_ms must be at most 30 days"));
     }

@@ -238,9 +238,10 @@ pub struct RunRequest {
     /// `expired`; the hub's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
-    /// Makes the run a session that takes input (pty or pipes).
+    /// Makes the run a session that takes input (pty or pipes). Boxed: few
+    /// runs are sessions, and every request carries the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<SessionSpec>,
+    pub session: Option<Box<SessionSpec>>,
 }
 
 impl RunRequest {
@@ -367,7 +368,7 @@ impl RunInfo {
             dispatched_ms: None,
             started_ms: None,
             finished_ms: None,
-            session: request.session,
+            session: request.session.map(|spec| *spec),
         }
     }
 }

@@ -53,6 +53,15 @@ pub(crate) struct HubTuning {
     /// How long a run may wait to be dispatched before it ends expired.
     #[arg(long, env = "MUSTER_RUN_TTL", value_parser = humantime::parse_duration)]
     pub(crate) run_ttl: Option<Duration>,
+    /// Sessions open at once on one agent [default: 32].
+    #[arg(long, env = "MUSTER_MAX_SESSIONS_PER_AGENT")]
+    pub(crate) max_sessions_per_agent: Option<usize>,
+    /// A session idle this long (no input, no output) ends [default: 1h].
+    #[arg(long, env = "MUSTER_SESSION_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub(crate) session_idle_timeout: Option<Duration>,
+    /// A session ends this long after it started [default: 24h].
+    #[arg(long, env = "MUSTER_SESSION_MAX_LIFETIME", value_parser = humantime::parse_duration)]
+    pub(crate) session_max_lifetime: Option<Duration>,
     /// A browser origin (https://ops.example.com) that may open WebSockets
     /// besides the hub's own; repeatable, or comma-separated in the variable.
     #[arg(
@@ -104,6 +113,15 @@ impl HubTuning {
         }
         if let Some(d) = self.run_ttl {
             config.default_run_ttl_ms = d.as_millis() as u64;
+        }
+        if let Some(n) = self.max_sessions_per_agent {
+            config.max_sessions_per_agent = n;
+        }
+        if let Some(d) = self.session_idle_timeout {
+            config.session_idle_timeout_ms = d.as_millis() as u64;
+        }
+        if let Some(d) = self.session_max_lifetime {
+            config.session_max_lifetime_ms = d.as_millis() as u64;
         }
         config
             .allowed_origins

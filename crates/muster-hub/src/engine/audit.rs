@@ -119,7 +119,18 @@ impl AuditDraft {
             | Request::EnrollList
             | Request::AgentChannel(..)
             | Request::Read(_)
-            | Request::View(_) => return None,
+            | Request::View(_)
+            | Request::SessionDetach(..)
+            | Request::SessionSnapshot(_) => return None,
+            // Attaching as a writer and resizing are recorded; each input is
+            // in the session's own transcript, with who sent it.
+            Request::SessionAttach(attach) if attach.write => draft("session.attach")
+                .target(attach.run.to_string())
+                .detail("writer"),
+            Request::SessionAttach(_) | Request::SessionInput(..) => return None,
+            Request::SessionResize(resize) => draft("session.resize")
+                .target(resize.run.to_string())
+                .detail(format!("{}x{}", resize.cols, resize.rows)),
         })
     }
 }

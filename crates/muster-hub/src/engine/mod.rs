@@ -34,6 +34,7 @@ mod requests;
 mod rotation;
 mod runs;
 pub(crate) mod scope;
+mod sessions;
 #[cfg(test)]
 mod tests;
 
@@ -139,6 +140,10 @@ pub enum Input {
     AgentEvent(Arc<AgentLink>, Box<AgentEvent>),
     /// From an agent: a metrics sample.
     Metrics(Arc<AgentLink>, Box<MetricsSample>),
+    /// From an agent: a session's inputs up to a seq were applied.
+    SessionApplied(Arc<AgentLink>, muster_proto::sessions::SessionApplied),
+    /// From an agent: a session's screen, answering `session.snapshot`.
+    SessionScreen(Arc<AgentLink>, Box<muster_proto::sessions::SessionScreen>),
     /// A client request.
     Request {
         /// Who asks.
@@ -261,6 +266,10 @@ pub struct Engine {
     refused: Option<muster_proto::ErrorCode>,
     /// Issues and checks browser tokens.
     browser: Signer,
+    /// `session.snapshot` requests waiting for their agent, by token.
+    snapshots: HashMap<u64, sessions::PendingSnapshot>,
+    /// The token the next snapshot request gets.
+    next_snapshot_token: u64,
 }
 
 impl Engine {
@@ -300,6 +309,8 @@ impl Engine {
             rotations: HashMap::new(),
             next_audit_seq: snapshot.next_audit_seq.max(1),
             refused: None,
+            snapshots: HashMap::new(),
+            next_snapshot_token: 1,
             config,
             hub_id,
         };
@@ -347,6 +358,8 @@ impl Engine {
             Input::RunExited(link, exited) => self.run_exited(&link, exited, now),
             Input::AgentEvent(link, event) => self.agent_event(&link, *event, now),
             Input::Metrics(link, sample) => self.agent_metrics(&link, *sample),
+            Input::SessionApplied(link, applied) => self.session_applied(&link, applied),
+            Input::SessionScreen(link, screen) => self.session_screen(&link, *screen),
             Input::Request {
                 principal,
                 source,
@@ -378,6 +391,7 @@ impl Engine {
     /// Ends runs and agents past their deadlines; called every sweep interval.
     pub fn tick(&mut self, now: UnixMillis) {
         self.sweep_runs(now);
+        self.expire_snapshots(now);
         self.expire_rotations(now);
         self.expire_keys(now);
         self.compact_metrics_if_due(now);

@@ -109,6 +109,7 @@ impl Engine {
                     seq: header.seq,
                     stream: header.stream,
                     offset: header.offset,
+                    at: header.at,
                     data: frame.payload,
                 };
                 self.batch
@@ -201,15 +202,18 @@ impl Engine {
         reports: &[RunReport],
         now: UnixMillis,
     ) {
-        let reported: HashMap<RunId, RunReportStatus> =
-            reports.iter().map(|r| (r.run, r.status)).collect();
+        let reported: HashMap<RunId, &RunReport> = reports.iter().map(|r| (r.run, r)).collect();
         for id in self.scheduler.in_flight(agent) {
             let state = self.runs.get(&id).map(|r| r.info.state);
-            match (reported.get(&id), state) {
-                (Some(RunReportStatus::Running | RunReportStatus::Finished), _) => {
+            match (
+                reported.get(&id).map(|r| (r.status, r.input_applied)),
+                state,
+            ) {
+                (Some((RunReportStatus::Running | RunReportStatus::Finished, applied)), _) => {
                     self.keep(id, tx);
+                    self.resend_inputs(id, applied.unwrap_or(0), tx);
                 }
-                (Some(RunReportStatus::Unknown), _) => {
+                (Some((RunReportStatus::Unknown, _)), _) => {
                     let why = "the agent restarted while the run was in flight";
                     self.end_run(id, RunEvent::Lost, why, now);
                 }
@@ -220,6 +224,7 @@ impl Engine {
                         let start = self.run_start(&run.info);
                         self.batch.send_agent(tx, HubToAgent::RunStart(start));
                     }
+                    self.resend_inputs(id, 0, tx);
                 }
                 (None, _) => {
                     self.end_run(id, RunEvent::Lost, "the agent no longer knows the run", now);
@@ -289,13 +294,24 @@ impl Engine {
             .config
             .heartbeat_deadline_ms
             .saturating_add(self.config.lost_grace_ms);
-        for UnfinishedRun { run, next_seq } in runs {
+        for UnfinishedRun {
+            run,
+            next_seq,
+            session,
+        } in runs
+        {
             let (id, agent) = (run.id, run.agent.clone());
             if let (Some(owner), Some(key)) = (&run.requested_by, &run.idempotency_key) {
                 self.keys.insert_run(owner, key, id);
             }
             let mut active = ActiveRun::new(run, next_seq);
-            if active.info.state == RunState::Queued {
+            if let Some(spec) = &active.info.session {
+                let recovery = session.unwrap_or_default();
+                let live = super::sessions::LiveSession::recovered(spec, recovery);
+                active.session = Some(Box::new(live));
+                self.scheduler.admit_session(&agent, id);
+                active.lost_at = Some(now.saturating_add(wait));
+            } else if active.info.state == RunState::Queued {
                 // Over the queue bound only if the bound was lowered; keep it anyway.
                 self.scheduler
                     .restore_queued(&agent, id, active.info.priority);

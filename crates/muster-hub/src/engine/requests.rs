@@ -8,6 +8,7 @@ use muster_proto::messages::{
     AgentAdd, AgentLabel, AgentListQuery, JobCreate, JobTargetsQuery, KeyCreate, KeyRotate,
     MetricsQuery, Principal, RunCreate,
 };
+use muster_proto::sessions::{SessionAttach, SessionInput, SessionResize};
 use muster_proto::{AgentName, Channel, ErrorCode, JobId, RequestId, RunId, UnixMillis};
 use tokio::sync::oneshot;
 
@@ -71,6 +72,17 @@ pub enum Request {
     /// For `subscribe` to `agent:<name>` or `metrics:<name>`: whether the
     /// agent is registered, and the offset its next event gets.
     AgentChannel(AgentName, oneshot::Sender<Result<u64, ApiError>>),
+    /// `session.attach`.
+    SessionAttach(SessionAttach),
+    /// `session.detach`, or the end of a connection that was attached
+    /// (`write`: it was attached as a writer).
+    SessionDetach(RunId, bool),
+    /// `session.input` from a connection attached as `writer`.
+    SessionInput(String, SessionInput),
+    /// `session.resize`.
+    SessionResize(SessionResize),
+    /// `session.snapshot`.
+    SessionSnapshot(RunId),
 }
 
 impl Engine {
@@ -171,6 +183,15 @@ impl Engine {
                     self.reply_error(to, re, error, None);
                 }
             }
+            Request::SessionAttach(attach) => self.attach_session(principal, to, re, attach, now),
+            Request::SessionDetach(id, write) => {
+                self.detach_session(principal, to, re, id, write, now);
+            }
+            Request::SessionInput(writer, input) => {
+                self.session_input(principal, to, re, writer, input, now);
+            }
+            Request::SessionResize(resize) => self.resize_session(to, re, resize),
+            Request::SessionSnapshot(id) => self.snapshot_session(to, re, id, now),
             Request::AgentChannel(name, reply) => {
                 let answer = if self.registry.contains(&name) {
                     Ok(self.next_event_seq(&name))

@@ -28,6 +28,8 @@ pub(crate) struct ActiveRun {
     pub(crate) lost_at: Option<UnixMillis>,
     /// A client asked to cancel it while its agent was away: ask again when it is back.
     pub(crate) cancel_pending: bool,
+    /// A session's input and viewers (boxed: most runs are not sessions).
+    pub(crate) session: Option<Box<super::sessions::LiveSession>>,
 }
 
 impl ActiveRun {
@@ -38,6 +40,7 @@ impl ActiveRun {
             last_position: None,
             lost_at: None,
             cancel_pending: false,
+            session: None,
         }
     }
 }
@@ -152,6 +155,29 @@ impl Engine {
                 format!("agent {:?} is not connected", request.agent.as_str()),
             ));
         }
+        let mut request = request;
+        if let Some(spec) = request.session.as_mut() {
+            if !self.is_online(&request.agent) {
+                return Err(ApiError::new(
+                    ErrorCode::AgentOffline,
+                    format!(
+                        "agent {:?} is not connected; a session is never queued",
+                        request.agent.as_str()
+                    ),
+                ));
+            }
+            let open = self.scheduler.sessions(&request.agent);
+            if open >= self.config.max_sessions_per_agent {
+                return Err(ApiError::new(
+                    ErrorCode::SessionLimit,
+                    format!(
+                        "agent {:?} already has {open} open sessions, the most allowed",
+                        request.agent.as_str()
+                    ),
+                ));
+            }
+            super::sessions::admit_spec(&self.config, spec, &mut request.timeout_ms);
+        }
         let ttl = request.ttl_ms.unwrap_or(self.config.default_run_ttl_ms);
         let mut run = RunInfo::queued(request, now);
         run.id = id;
@@ -159,6 +185,18 @@ impl Engine {
         run.expires_ms = Some(now.saturating_add(ttl));
         (run.job, run.step) = (link.map(|l| l.0), link.map(|l| l.1));
         let agent = run.agent.clone();
+        if let Some(spec) = &run.session {
+            let mut active = ActiveRun::new(run.clone(), 0);
+            active.session = Some(Box::new(super::sessions::LiveSession::new(spec)));
+            if let Some(key) = &run.idempotency_key {
+                self.keys.insert_run(&principal.name, key, id);
+            }
+            self.runs.insert(id, active);
+            self.batch.new_run(id);
+            self.scheduler.admit_session(&agent, id);
+            self.send_start(&agent, id, now);
+            return Ok(());
+        }
         self.scheduler
             .enqueue(&agent, id, run.priority)
             .map_err(|full| ApiError::new(ErrorCode::QueueFull, full.to_string()))?;
@@ -221,14 +259,26 @@ impl Engine {
             return;
         };
         for id in self.scheduler.take_ready(agent) {
-            let moved = self.transition(id, RunEvent::Dispatch, now, |run| {
-                run.queue_position = None;
-                run.dispatched_ms = Some(now);
-            });
-            if let Ok(run) = moved {
-                let start = self.run_start(&run);
-                self.batch.send_agent(&tx, HubToAgent::RunStart(start));
-            }
+            self.start_on(&tx, id, now);
+        }
+    }
+
+    /// Dispatches run `id` to `agent` now, without a slot (a session).
+    fn send_start(&mut self, agent: &AgentName, id: RunId, now: UnixMillis) {
+        if let Some(tx) = self.presence.get(agent).map(|a| a.tx.clone()) {
+            self.start_on(&tx, id, now);
+        }
+    }
+
+    /// Moves run `id` to `dispatched` and sends its `run.start` to `tx`.
+    fn start_on(&mut self, tx: &ReplyTo, id: RunId, now: UnixMillis) {
+        let moved = self.transition(id, RunEvent::Dispatch, now, |run| {
+            run.queue_position = None;
+            run.dispatched_ms = Some(now);
+        });
+        if let Ok(run) = moved {
+            let start = self.run_start(&run);
+            self.batch.send_agent(tx, HubToAgent::RunStart(start));
         }
     }
 

@@ -85,7 +85,13 @@ impl Engine {
             Request::AgentGet(name) | Request::AgentChannel(name, _) => agent_refused(name),
             Request::MetricsQuery(query) => agent_refused(&query.agent),
             Request::RunCreate(_, create) => agent_refused(&create.request.agent),
-            Request::RunGet(id) | Request::RunCancel(id) => self.run_refused(principal, scope, *id),
+            Request::RunGet(id)
+            | Request::RunCancel(id)
+            | Request::SessionDetach(id, _)
+            | Request::SessionSnapshot(id) => self.run_refused(principal, scope, *id),
+            Request::SessionAttach(attach) => self.run_refused(principal, scope, attach.run),
+            Request::SessionInput(_, input) => self.run_refused(principal, scope, input.run),
+            Request::SessionResize(resize) => self.run_refused(principal, scope, resize.run),
             Request::JobGet(id) | Request::JobCancel(id) => self.job_refused(principal, scope, *id),
             Request::JobTargets(query) => self.job_refused(principal, scope, query.job),
             Request::AgentList(_)

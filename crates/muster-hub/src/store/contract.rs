@@ -20,8 +20,9 @@ use muster_proto::{AgentName, ErrorCode, JobId, OutputStream, RunId, RunInfo, Ru
 
 use super::{
     AgentFacts, AgentRecord, ApiKeyRecord, Change, EnrollmentRecord, MetricsRetention, RunFilter,
-    RunUpdate, Store, StoredChunk,
+    RunUpdate, Store, StoredChunk, StoredInput,
 };
+use muster_proto::sessions::{SessionKind, SessionSpec};
 
 /// Runs every check, each on a store from `fresh`.
 pub(crate) async fn check_all<S, F, Fut>(fresh: F)
@@ -41,6 +42,91 @@ where
     metrics_roll_up(&fresh().await).await;
     the_audit_log_appends_once_and_pages_by_seq(&fresh().await).await;
     enrollments_round_trip_and_count_each_use_once(&fresh().await).await;
+    sessions_keep_their_inputs_writers_and_chunk_times(&fresh().await).await;
+}
+
+async fn sessions_keep_their_inputs_writers_and_chunk_times(store: &impl Store) {
+    let mut session = run("a");
+    session.state = RunState::Running;
+    session.session = Some(SessionSpec::new(SessionKind::Pty));
+    let plain = run("a");
+    let input = |seq: u64, writer: &str, writer_seq: u64| {
+        Change::AppendInput(Box::new(StoredInput {
+            run: session.id,
+            seq,
+            writer: writer.into(),
+            writer_seq,
+            from: "ops".into(),
+            at: 5_000 + seq,
+            data: format!("line {seq}"),
+        }))
+    };
+    let chunk = StoredChunk {
+        seq: 0,
+        stream: OutputStream::Input,
+        offset: 0,
+        at: Some(1_234),
+        data: Bytes::from_static(b"{}"),
+    };
+    commit(
+        store,
+        vec![
+            Change::InsertRun(Box::new(session.clone())),
+            Change::InsertRun(Box::new(plain.clone())),
+            input(1, "w1", 1),
+            input(2, "w2", 1),
+            input(3, "w1", 2),
+            Change::AppendOutput(session.id, chunk.clone()),
+            Change::InputApplied(session.id, 1),
+        ],
+    )
+    .await;
+    // Committed twice: nothing doubles, and applied never goes back.
+    commit(
+        store,
+        vec![input(3, "w1", 2), Change::InputApplied(session.id, 0)],
+    )
+    .await;
+    let snapshot = store.load().await.unwrap();
+    let recovered = snapshot
+        .runs
+        .iter()
+        .find(|u| u.run.id == session.id)
+        .and_then(|u| u.session.clone())
+        .expect("a session in flight recovers its inputs");
+    assert_eq!((recovered.applied, recovered.last_input), (1, 3));
+    let pending: Vec<_> = recovered
+        .pending
+        .iter()
+        .map(|i| (i.seq, i.writer_seq))
+        .collect();
+    assert_eq!(
+        pending,
+        [(2, 1), (3, 2)],
+        "the inputs after the applied one"
+    );
+    let mut writers = recovered.writers.clone();
+    writers.sort();
+    assert_eq!(writers, [("w1".to_owned(), 2), ("w2".to_owned(), 1)]);
+    assert_eq!(
+        store.output_since(session.id, 0, 10).await.unwrap(),
+        [chunk]
+    );
+    let only = |session: Option<bool>| RunFilter {
+        session,
+        ..RunFilter::default()
+    };
+    let ids = |runs: Vec<RunInfo>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.runs(&only(Some(true)), None, 10).await.unwrap()),
+        [session.id]
+    );
+    assert_eq!(
+        ids(store.runs(&only(Some(false)), None, 10).await.unwrap()),
+        [plain.id]
+    );
+    let stored = store.run(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.session, session.session, "the spec round-trips");
 }
 
 async fn the_audit_log_appends_once_and_pages_by_seq(store: &impl Store) {
@@ -284,6 +370,7 @@ async fn unfinished_runs_are_in_the_snapshot_with_their_next_seq(store: &impl St
         seq,
         stream: OutputStream::Stdout,
         offset: seq * 10,
+        at: None,
         data: Bytes::from_static(bytes),
     };
     commit(
@@ -326,6 +413,7 @@ async fn output_is_byte_exact_ordered_and_deduplicated(store: &impl Store) {
                         OutputStream::Stderr
                     },
                     offset: seq,
+                    at: None,
                     data: Bytes::from(bytes.clone()),
                 },
             )

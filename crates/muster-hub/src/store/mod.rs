@@ -27,7 +27,7 @@ use muster_proto::{AgentName, JobId, RunId, RunInfo, RunState, UnixMillis};
 
 pub use records::{
     AgentFacts, AgentRecord, ApiKeyRecord, Change, EnrollmentRecord, Labels, MetricsRetention,
-    RunUpdate, Snapshot, StoredChunk, UnfinishedJob, UnfinishedRun,
+    RunUpdate, SessionRecovery, Snapshot, StoredChunk, StoredInput, UnfinishedJob, UnfinishedRun,
 };
 pub use sqlite::SqliteStore;
 
@@ -40,6 +40,8 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     /// Only runs on these agents (a scoped key's view).
     pub agents: Option<Arc<Vec<AgentName>>>,
+    /// Only sessions (true), or only runs that are not sessions (false).
+    pub session: Option<bool>,
 }
 
 /// Everything the hub persists.

@@ -100,8 +100,42 @@ pub struct StoredChunk {
     pub stream: OutputStream,
     /// Byte offset within the stream.
     pub offset: u64,
+    /// Sessions: when the agent read it.
+    pub at: Option<UnixMillis>,
     /// Bytes.
     pub data: Bytes,
+}
+
+/// One input a session accepted, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredInput {
+    /// The session.
+    pub run: RunId,
+    /// The hub's number for it: 1, 2, … per session.
+    pub seq: u64,
+    /// The writer that sent it.
+    pub writer: String,
+    /// The writer's own number for it.
+    pub writer_seq: u64,
+    /// Who: the API key's name.
+    pub from: String,
+    /// When the hub accepted it.
+    pub at: UnixMillis,
+    /// What to write.
+    pub data: String,
+}
+
+/// What a restarted hub needs to go on with a session in flight.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionRecovery {
+    /// The last input the agent reported applied.
+    pub applied: u64,
+    /// The hub seq of the last input accepted (0 when none).
+    pub last_input: u64,
+    /// Inputs accepted and not reported applied, in order.
+    pub pending: Vec<StoredInput>,
+    /// Each writer's last accepted seq.
+    pub writers: Vec<(String, u64)>,
 }
 
 /// How long metrics are kept, and at which resolution.
@@ -155,6 +189,10 @@ pub enum Change {
     UpdateRun(Box<RunUpdate>),
     /// Stores an output chunk (ignored if its seq is stored).
     AppendOutput(RunId, StoredChunk),
+    /// Stores an input a session accepted (ignored if its seq is stored).
+    AppendInput(Box<StoredInput>),
+    /// Records the last input of a session the agent applied (never lowers it).
+    InputApplied(RunId, u64),
     /// Stores a raw metrics sample.
     InsertMetrics(AgentName, Box<MetricsSample>),
     /// Rolls old samples up and deletes expired averages.
@@ -254,6 +292,8 @@ pub struct UnfinishedRun {
     pub run: RunInfo,
     /// The seq after its highest stored chunk.
     pub next_seq: u64,
+    /// For a session: its inputs.
+    pub session: Option<SessionRecovery>,
 }
 
 /// A job still running, as stored.

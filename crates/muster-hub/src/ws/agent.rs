@@ -478,7 +478,8 @@ impl Connection {
             AgentToHub::Event(event) => Input::AgentEvent(link, Box::new(event)),
             AgentToHub::Metrics(sample) => Input::Metrics(link, Box::new(sample)),
             AgentToHub::CredentialStored(stored) => Input::CredentialStored(link, stored),
-            AgentToHub::SessionApplied(_) | AgentToHub::SessionScreen(_) => return Ok(()),
+            AgentToHub::SessionApplied(applied) => Input::SessionApplied(link, applied),
+            AgentToHub::SessionScreen(screen) => Input::SessionScreen(link, Box::new(screen)),
             AgentToHub::Error(error) => {
                 tracing::warn!(agent = %self.link.name, code = %error.code, message = %error.message, "agent reported an error");
                 return Ok(());

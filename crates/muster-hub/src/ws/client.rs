@@ -40,7 +40,9 @@ pub(crate) fn serve(
         let Some(mut conn) = opening.await else {
             return;
         };
-        let Some((code, reason)) = conn.run().await else {
+        let end = conn.run().await;
+        Box::pin(conn.session.detach_all()).await;
+        let Some((code, reason)) = end else {
             return;
         };
         if code != CloseCode::GOING_AWAY {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use muster_proto::messages::{
     ErrorData, JobCreate, Principal, RunCreate, StreamSynced, Subscribe, Subscribed,
 };
+use muster_proto::sessions::{MAX_SESSION_INPUT_BYTES, SessionAttach};
 use muster_proto::{
     AgentName, Channel, ClientToHub, Envelope, ErrorCode, HubToClient, JobId, RequestId, Role,
     RunId, Selector,
@@ -40,11 +41,28 @@ pub(crate) struct Session {
     /// This connection's message rate, if limited; boxed, as every idle
     /// client carries this field.
     limit: Option<Box<ConnectionLimit>>,
+    /// The sessions this connection attached to, boxed, as every idle
+    /// client carries this field and few attach.
+    attached: Option<Box<Attachments>>,
     engine: EngineHandle,
     history: History,
     /// This connection's queue, where answers come back.
     queue: Subscriber,
     subs: Subscriptions,
+}
+
+/// Sessions one connection may be attached to at once.
+const MAX_ATTACHED: usize = 64;
+
+/// The sessions one connection attached to.
+#[derive(Default)]
+struct Attachments(Vec<Attachment>);
+
+/// A session this connection attached to.
+struct Attachment {
+    run: RunId,
+    /// Its writer id, when it attached as a writer.
+    writer: Option<String>,
 }
 
 impl Session {
@@ -71,10 +89,75 @@ impl Session {
             principal: Arc::new(principal),
             source,
             fleet,
+            attached: None,
             engine,
             history,
             queue,
             subs,
+        }
+    }
+
+    /// The writer id this connection attached to session `run` with.
+    fn writer_of(&self, run: RunId) -> Option<&str> {
+        self.attached
+            .as_deref()?
+            .0
+            .iter()
+            .find(|a| a.run == run)?
+            .writer
+            .as_deref()
+    }
+
+    /// Records an attachment (replacing one to the same session); refused
+    /// past [`MAX_ATTACHED`].
+    fn attach(&mut self, attach: &SessionAttach) -> Result<(), ErrorData> {
+        let attached = &mut self.attached.get_or_insert_with(Box::default).0;
+        attached.retain(|a| a.run != attach.run);
+        if attached.len() >= MAX_ATTACHED {
+            return Err(ErrorData::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "this connection is attached to {MAX_ATTACHED} sessions, the most it may; detach from one first"
+                ),
+            ));
+        }
+        attached.push(Attachment {
+            run: attach.run,
+            writer: attach.write.then(|| attach.writer.clone()).flatten(),
+        });
+        Ok(())
+    }
+
+    /// Forgets the attachment to `run`; whether it was a writer's.
+    fn detach(&mut self, run: RunId) -> bool {
+        let Some(Attachments(attached)) = self.attached.as_deref_mut() else {
+            return false;
+        };
+        let was_writer = attached.iter().any(|a| a.run == run && a.writer.is_some());
+        attached.retain(|a| a.run != run);
+        if attached.is_empty() {
+            self.attached = None;
+        }
+        was_writer
+    }
+
+    /// The connection ended: every session it was attached to hears it left.
+    pub(crate) async fn detach_all(&mut self) {
+        let Some(attached) = self.attached.take() else {
+            return;
+        };
+        for attachment in attached.0 {
+            let request = Request::SessionDetach(attachment.run, attachment.writer.is_some());
+            let input = Input::Request {
+                principal: self.principal.clone(),
+                source: Some(self.source),
+                to: self.queue.clone(),
+                re: None,
+                request: Box::new(request),
+            };
+            if !self.engine.send(input).await {
+                return;
+            }
         }
     }
 
@@ -122,14 +205,38 @@ impl Session {
                 return writer.send(&ack).await.map_err(|_| SinkClosed);
             }
             ClientToHub::HeartbeatAck(_) => return Ok(()),
-            ClientToHub::SessionAttach(_)
-            | ClientToHub::SessionDetach(_)
-            | ClientToHub::SessionInput(_)
-            | ClientToHub::SessionResize(_)
-            | ClientToHub::SessionSnapshot(_) => {
-                let error = ErrorData::new(ErrorCode::InvalidState, "sessions are not served yet");
-                return send_error(writer, re, error).await;
+            ClientToHub::SessionAttach(attach) => {
+                if let Err(error) = self.attach(&attach) {
+                    return send_error(writer, re, error).await;
+                }
+                Request::SessionAttach(attach)
             }
+            ClientToHub::SessionDetach(r) => {
+                let was_writer = self.detach(r.run);
+                Request::SessionDetach(r.run, was_writer)
+            }
+            ClientToHub::SessionInput(input) => {
+                if input.data.len() > MAX_SESSION_INPUT_BYTES {
+                    let error = ErrorData::new(
+                        ErrorCode::InvalidMessage,
+                        format!(
+                            "session.input data is at most {MAX_SESSION_INPUT_BYTES} bytes; split it"
+                        ),
+                    );
+                    return send_error(writer, re, error).await;
+                }
+                let Some(writer_id) = self.writer_of(input.run) else {
+                    return send_error(writer, re, not_a_writer(input.run)).await;
+                };
+                Request::SessionInput(writer_id.to_owned(), input)
+            }
+            ClientToHub::SessionResize(resize) => {
+                if self.writer_of(resize.run).is_none() {
+                    return send_error(writer, re, not_a_writer(resize.run)).await;
+                }
+                Request::SessionResize(resize)
+            }
+            ClientToHub::SessionSnapshot(r) => Request::SessionSnapshot(r.run),
             ClientToHub::Hello(_) => {
                 let error = ErrorData::new(ErrorCode::InvalidMessage, "already authenticated");
                 return send_error(writer, re, error).await;
@@ -496,7 +603,18 @@ impl Session {
         };
         let store = self.history.store();
         Ok(match channel {
-            Channel::Fleet | Channel::Audit | Channel::All | Channel::Session(_) => {
+            Channel::Fleet | Channel::Audit | Channel::All => Checked::default(),
+            Channel::Session(id) => {
+                let run = store
+                    .run(*id)
+                    .await?
+                    .filter(|run| run.session.is_some())
+                    .ok_or_else(unknown)?;
+                if let Some(view) = self.view().await
+                    && view.binary_search(&run.agent).is_err()
+                {
+                    return Err(self.out_of_scope(&format!("session {id}")));
+                }
                 Checked::default()
             }
             Channel::Agent(name) | Channel::Metrics(name) => {
@@ -632,6 +750,20 @@ fn needs_store(request: &Request) -> bool {
             | Request::AgentChannel(..)
             | Request::KeyList
             | Request::EnrollList
+            | Request::SessionAttach(_)
+            | Request::SessionDetach(..)
+            | Request::SessionResize(_)
+            | Request::SessionSnapshot(_)
+    )
+}
+
+/// Input or a resize from a connection not attached to `run` as a writer.
+fn not_a_writer(run: RunId) -> ErrorData {
+    ErrorData::new(
+        ErrorCode::Forbidden,
+        format!(
+            "this connection is not attached to session {run} as a writer; send session.attach with write: true first"
+        ),
     )
 }
 

@@ -85,6 +85,7 @@ impl Recovered {
         UnfinishedRun {
             run,
             next_seq: self.next_seq,
+            session: None,
         }
     }
 }

@@ -399,6 +399,7 @@ mod tests {
             seq: 0,
             stream: OutputStream::Stdout,
             offset: 0,
+            at: None,
             data: Bytes::from(vec![7u8; 10 * 1024]),
         };
         let changes = vec![

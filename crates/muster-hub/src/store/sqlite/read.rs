@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::codes::{error_code, opt_u64, run_state, stream_from_code};
 use crate::store::{
-    AgentFacts, AgentRecord, ApiKeyRecord, EnrollmentRecord, RunFilter, RunUpdate, Snapshot,
-    StoredChunk, UnfinishedJob, UnfinishedRun,
+    AgentFacts, AgentRecord, ApiKeyRecord, EnrollmentRecord, RunFilter, RunUpdate, SessionRecovery,
+    Snapshot, StoredChunk, StoredInput, UnfinishedJob, UnfinishedRun,
 };
 
 /// The columns [`run_from_row`] reads, in order.
@@ -157,10 +157,56 @@ fn unfinished_run(conn: &Connection, mut run: RunInfo) -> anyhow::Result<Unfinis
         )?
         .query_row([run.id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))?;
     run.output_bytes = bytes as u64;
+    let session = match run.session {
+        Some(_) => Some(session_recovery(conn, run.id)?),
+        None => None,
+    };
     Ok(UnfinishedRun {
         run,
         next_seq: next_seq as u64,
+        session,
     })
+}
+
+/// A session in flight: its inputs not yet applied, and where each writer is.
+fn session_recovery(conn: &Connection, run: RunId) -> anyhow::Result<SessionRecovery> {
+    let id = run.to_string();
+    let applied: i64 = conn
+        .prepare_cached("SELECT input_applied FROM runs WHERE id = ?1")?
+        .query_row([&id], |row| row.get(0))?;
+    let mut recovery = SessionRecovery {
+        applied: applied.max(0) as u64,
+        ..SessionRecovery::default()
+    };
+    let mut query = conn.prepare_cached(
+        "SELECT writer, MAX(writer_seq), MAX(seq) FROM session_inputs WHERE run_id = ?1
+         GROUP BY writer",
+    )?;
+    let mut rows = query.query([&id])?;
+    while let Some(row) = rows.next()? {
+        let last: i64 = row.get(2)?;
+        recovery.last_input = recovery.last_input.max(last.max(0) as u64);
+        recovery
+            .writers
+            .push((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64));
+    }
+    let mut query = conn.prepare_cached(
+        "SELECT seq, writer, writer_seq, sender, at_ms, data FROM session_inputs
+         WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+    )?;
+    let mut rows = query.query(params![&id, applied])?;
+    while let Some(row) = rows.next()? {
+        recovery.pending.push(StoredInput {
+            run,
+            seq: row.get::<_, i64>(0)?.max(0) as u64,
+            writer: row.get(1)?,
+            writer_seq: row.get::<_, i64>(2)?.max(0) as u64,
+            from: row.get(3)?,
+            at: row.get::<_, i64>(4)?.max(0) as u64,
+            data: row.get(5)?,
+        });
+    }
+    Ok(recovery)
 }
 
 fn unfinished_jobs(conn: &Connection) -> anyhow::Result<Vec<UnfinishedJob>> {
@@ -224,10 +270,17 @@ pub(super) fn runs(
     before: Option<RunId>,
     limit: u32,
 ) -> anyhow::Result<Vec<RunInfo>> {
+    // Spelled as the partial index `runs_sessions` (migration 11) wants it.
+    let sessions = match filter.session {
+        None => "1",
+        Some(true) => "session IS NOT NULL",
+        Some(false) => "session IS NULL",
+    };
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs
          WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR id < ?3)
            AND (?5 IS NULL OR agent IN (SELECT value FROM json_each(?5)))
+           AND {sessions}
          ORDER BY id DESC LIMIT ?4"
     );
     let agents = filter
@@ -294,7 +347,7 @@ pub(super) fn output_since(
     limit: u32,
 ) -> anyhow::Result<Vec<StoredChunk>> {
     let mut query = conn.prepare_cached(
-        "SELECT seq, stream, offset, data FROM output.run_output
+        "SELECT seq, stream, offset, data, at_ms FROM output.run_output
          WHERE run_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
     )?;
     let mut rows = query.query(params![run.to_string(), since as i64, i64::from(limit)])?;
@@ -305,6 +358,7 @@ pub(super) fn output_since(
             seq: row.get::<_, i64>(0)? as u64,
             stream: stream_from_code(row.get(1)?),
             offset: row.get::<_, i64>(2)? as u64,
+            at: opt_u64(row.get(4)?),
             data: Bytes::copy_from_slice(data),
         });
     }

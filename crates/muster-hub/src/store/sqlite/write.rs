@@ -14,6 +14,7 @@ use super::codes::{bool_int, opt_i64, stream_code};
 use crate::metrics;
 use crate::store::{
     AgentRecord, ApiKeyRecord, Change, EnrollmentRecord, MetricsRetention, RunUpdate, StoredChunk,
+    StoredInput,
 };
 
 /// Applies every change in order.
@@ -51,6 +52,14 @@ fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
             Ok(())
         }
         Change::AppendAudit(entry) => append_audit(tx, entry),
+        Change::AppendInput(input) => append_input(tx, input),
+        Change::InputApplied(run, seq) => {
+            tx.prepare_cached(
+                "UPDATE runs SET input_applied = MAX(input_applied, ?1) WHERE id = ?2",
+            )?
+            .execute(params![*seq as i64, run.to_string()])?;
+            Ok(())
+        }
         Change::SetSetting(name, value) => {
             tx.prepare_cached("INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)")?
                 .execute(params![name, value])?;
@@ -217,8 +226,8 @@ fn insert_run(tx: &Transaction<'_>, run: &RunInfo) -> anyhow::Result<()> {
     tx.prepare_cached(
         "INSERT INTO runs (id, agent, state, created_ms, requested_by, idempotency_key, doc,
              exit_code, signal, error, error_code, pid, output_bytes, output_truncated,
-             dispatched_ms, started_ms, finished_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+             dispatched_ms, started_ms, finished_ms, session)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
          ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
@@ -239,6 +248,7 @@ fn insert_run(tx: &Transaction<'_>, run: &RunInfo) -> anyhow::Result<()> {
         opt_i64(run.dispatched_ms),
         opt_i64(run.started_ms),
         opt_i64(run.finished_ms),
+        run.session.as_ref().map(|s| s.kind.as_str()),
     ])
     .with_context(|| format!("inserting run {id}"))?;
     Ok(())
@@ -270,15 +280,34 @@ fn update_run(tx: &Transaction<'_>, run: &RunUpdate) -> anyhow::Result<()> {
 
 fn append_output(tx: &Transaction<'_>, run: RunId, chunk: &StoredChunk) -> anyhow::Result<()> {
     tx.prepare_cached(
-        "INSERT OR IGNORE INTO output.run_output (run_id, seq, stream, offset, data)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR IGNORE INTO output.run_output (run_id, seq, stream, offset, data, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         run.to_string(),
         chunk.seq as i64,
         stream_code(chunk.stream),
         chunk.offset as i64,
-        &chunk.data[..]
+        &chunk.data[..],
+        opt_i64(chunk.at),
+    ])?;
+    Ok(())
+}
+
+fn append_input(tx: &Transaction<'_>, input: &StoredInput) -> anyhow::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO session_inputs
+             (run_id, seq, writer, writer_seq, sender, at_ms, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        input.run.to_string(),
+        input.seq as i64,
+        input.writer,
+        input.writer_seq as i64,
+        input.from,
+        input.at as i64,
+        input.data,
     ])?;
     Ok(())
 }
