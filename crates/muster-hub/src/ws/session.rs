@@ -97,15 +97,30 @@ impl Session {
         }
     }
 
-    /// The writer id this connection attached to session `run` with.
-    fn writer_of(&self, run: RunId) -> Option<&str> {
-        self.attached
-            .as_deref()?
-            .0
-            .iter()
-            .find(|a| a.run == run)?
-            .writer
+    /// The writer id this connection attached to session `run` with: an
+    /// `error` if it did not attach (`INVALID_STATE`) or attached
+    /// read-only (`FORBIDDEN`).
+    fn writer_of(&self, run: RunId) -> Result<&str, ErrorData> {
+        let attachment = self
+            .attached
             .as_deref()
+            .and_then(|a| a.0.iter().find(|a| a.run == run));
+        match attachment {
+            Some(Attachment {
+                writer: Some(writer),
+                ..
+            }) => Ok(writer),
+            Some(_) => Err(ErrorData::new(
+                ErrorCode::Forbidden,
+                format!("this connection attached to session {run} read-only; it cannot type"),
+            )),
+            None => Err(ErrorData::new(
+                ErrorCode::InvalidState,
+                format!(
+                    "this connection is not attached to session {run}; send session.attach with write: true first"
+                ),
+            )),
+        }
     }
 
     /// Records an attachment (replacing one to the same session); refused
@@ -225,14 +240,14 @@ impl Session {
                     );
                     return send_error(writer, re, error).await;
                 }
-                let Some(writer_id) = self.writer_of(input.run) else {
-                    return send_error(writer, re, not_a_writer(input.run)).await;
-                };
-                Request::SessionInput(writer_id.to_owned(), input)
+                match self.writer_of(input.run) {
+                    Ok(writer_id) => Request::SessionInput(writer_id.to_owned(), input),
+                    Err(error) => return send_error(writer, re, error).await,
+                }
             }
             ClientToHub::SessionResize(resize) => {
-                if self.writer_of(resize.run).is_none() {
-                    return send_error(writer, re, not_a_writer(resize.run)).await;
+                if let Err(error) = self.writer_of(resize.run) {
+                    return send_error(writer, re, error).await;
                 }
                 Request::SessionResize(resize)
             }
@@ -754,16 +769,6 @@ fn needs_store(request: &Request) -> bool {
             | Request::SessionDetach(..)
             | Request::SessionResize(_)
             | Request::SessionSnapshot(_)
-    )
-}
-
-/// Input or a resize from a connection not attached to `run` as a writer.
-fn not_a_writer(run: RunId) -> ErrorData {
-    ErrorData::new(
-        ErrorCode::Forbidden,
-        format!(
-            "this connection is not attached to session {run} as a writer; send session.attach with write: true first"
-        ),
     )
 }
 

@@ -54,6 +54,14 @@ fn samples() -> Vec<(&'static str, ClientToHub)> {
         ),
         ("enroll.list", json!({})),
         ("enroll.revoke", json!({"id": "nobody"})),
+        ("session.attach", json!({"run": RUN})),
+        ("session.detach", json!({"run": RUN})),
+        ("session.input", json!({"run": RUN, "seq": 1, "data": "x"})),
+        (
+            "session.resize",
+            json!({"run": RUN, "cols": 80, "rows": 24}),
+        ),
+        ("session.snapshot", json!({"run": RUN})),
     ];
     data.into_iter()
         .map(|(kind, data)| {
