@@ -93,6 +93,9 @@ pub struct HubConfig {
     /// A session ends `timed_out` (`SESSION_LIFETIME`) this long after it
     /// started; also the most a session may ask for as its `timeout_ms`.
     pub session_max_lifetime_ms: u64,
+    /// Output a session keeps: past it the oldest chunks are dropped (down
+    /// to half of it), and the session goes on.
+    pub session_scrollback_bytes: u64,
 }
 
 impl Default for HubConfig {
@@ -130,6 +133,7 @@ impl Default for HubConfig {
             max_sessions_per_agent: 32,
             session_idle_timeout_ms: 3_600_000,
             session_max_lifetime_ms: 24 * 3_600_000,
+            session_scrollback_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -174,6 +178,9 @@ impl HubConfig {
         }
         if self.session_idle_timeout_ms == 0 || self.session_max_lifetime_ms == 0 {
             bail!("session_idle_timeout_ms and session_max_lifetime_ms must be positive");
+        }
+        if self.session_scrollback_bytes < 2 * limits::MAX_OUTPUT_CHUNK_BYTES as u64 {
+            bail!("session_scrollback_bytes must hold two output chunks (at least 20480)");
         }
         if self.handshake_timeout_ms == 0 {
             bail!("handshake_timeout_ms must be positive");

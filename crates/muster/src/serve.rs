@@ -59,6 +59,10 @@ pub(crate) struct HubTuning {
     /// A session idle this long (no input, no output) ends [default: 1h].
     #[arg(long, env = "MUSTER_SESSION_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub(crate) session_idle_timeout: Option<Duration>,
+    /// Output a session keeps, in bytes; past it the oldest is dropped
+    /// [default: 64 MiB].
+    #[arg(long, env = "MUSTER_SESSION_SCROLLBACK")]
+    pub(crate) session_scrollback: Option<u64>,
     /// A session ends this long after it started [default: 24h].
     #[arg(long, env = "MUSTER_SESSION_MAX_LIFETIME", value_parser = humantime::parse_duration)]
     pub(crate) session_max_lifetime: Option<Duration>,
@@ -119,6 +123,9 @@ impl HubTuning {
         }
         if let Some(d) = self.session_idle_timeout {
             config.session_idle_timeout_ms = d.as_millis() as u64;
+        }
+        if let Some(n) = self.session_scrollback {
+            config.session_scrollback_bytes = n;
         }
         if let Some(d) = self.session_max_lifetime {
             config.session_max_lifetime_ms = d.as_millis() as u64;

@@ -95,6 +95,38 @@ impl Engine {
         };
         run.next_seq = next;
         let len = frame.payload.len() as u64;
+        if let Some(session) = run.session.as_deref_mut() {
+            // A session is never cut: its oldest output goes instead.
+            run.info.output_bytes = run.info.output_bytes.saturating_add(len);
+            session.stored_bytes = session.stored_bytes.saturating_add(len);
+            let scrollback = self.config.session_scrollback_bytes;
+            let trim = session.stored_bytes > scrollback;
+            if trim {
+                session.stored_bytes = scrollback / 2;
+            }
+            let chunk = StoredChunk {
+                seq: header.seq,
+                stream: header.stream,
+                offset: header.offset,
+                at: header.at,
+                data: frame.payload,
+            };
+            self.batch
+                .change(crate::store::Change::AppendOutput(id, chunk));
+            if trim {
+                let keep = crate::store::Change::TrimOutput(id, scrollback / 2);
+                self.batch.change(keep);
+            }
+            self.batch.effect(super::Effect::Raw(Delivery {
+                channel: Channel::Run(id).into(),
+                seq: Some(header.seq),
+                frame: Frame::Binary(raw),
+                last: false,
+                key: None,
+            }));
+            self.batch.run_changed(id);
+            return self.ack_output(link, id);
+        }
         // Once one frame is over the cap, none after it is kept either, so
         // the stored stream never has a hole.
         let fits = run

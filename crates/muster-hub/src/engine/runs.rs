@@ -290,7 +290,12 @@ impl Engine {
             cwd: run.cwd.clone(),
             timeout_ms: run.timeout_ms,
             kill_grace_ms: self.config.kill_grace_ms,
-            output_cap_bytes: self.config.max_output_bytes_per_run,
+            // A session keeps the newest of its output instead (its
+            // scrollback): the agent never stops sending it.
+            output_cap_bytes: match run.session {
+                Some(_) => u64::MAX,
+                None => self.config.max_output_bytes_per_run,
+            },
             session: run.session.clone(),
         }
     }

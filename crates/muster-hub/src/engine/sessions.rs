@@ -63,6 +63,8 @@ pub(crate) struct LiveSession {
     pending: VecDeque<SessionDeliver>,
     /// Each writer's last taken seq.
     writers: HashMap<String, u64>,
+    /// Output bytes the store holds for it, about (exact until a trim).
+    pub(crate) stored_bytes: u64,
 }
 
 impl LiveSession {
@@ -76,12 +78,14 @@ impl LiveSession {
             applied: 0,
             pending: VecDeque::new(),
             writers: HashMap::new(),
+            stored_bytes: 0,
         }
     }
 
     /// A session in flight after a restart, from what the store holds.
     pub(crate) fn recovered(spec: &SessionSpec, recovery: SessionRecovery) -> Self {
         let mut session = Self::new(spec);
+        session.stored_bytes = recovery.stored_bytes;
         session.applied = recovery.applied;
         session.last_input = recovery.last_input.max(recovery.applied);
         session.writers = recovery.writers.into_iter().collect();

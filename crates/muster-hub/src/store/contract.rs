@@ -127,6 +127,31 @@ async fn sessions_keep_their_inputs_writers_and_chunk_times(store: &impl Store) 
     );
     let stored = store.run(session.id).await.unwrap().unwrap();
     assert_eq!(stored.session, session.session, "the spec round-trips");
+
+    // The scrollback: the oldest chunks go, the newest that fit stay.
+    let ten = |seq: u64| {
+        Change::AppendOutput(
+            session.id,
+            StoredChunk {
+                seq,
+                stream: OutputStream::Stdout,
+                offset: (seq - 1) * 10,
+                at: Some(2_000 + seq),
+                data: Bytes::from_static(b"0123456789"),
+            },
+        )
+    };
+    commit(store, (1..=5).map(ten).collect()).await;
+    commit(store, vec![Change::TrimOutput(session.id, 25)]).await;
+    commit(store, vec![Change::TrimOutput(session.id, 25)]).await;
+    let kept: Vec<u64> = store
+        .output_since(session.id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(kept, [4, 5], "the newest 20 of the 25 bytes allowed");
 }
 
 async fn the_audit_log_appends_once_and_pages_by_seq(store: &impl Store) {

@@ -136,6 +136,8 @@ pub struct SessionRecovery {
     pub pending: Vec<StoredInput>,
     /// Each writer's last accepted seq.
     pub writers: Vec<(String, u64)>,
+    /// Output bytes stored.
+    pub stored_bytes: u64,
 }
 
 /// How long metrics are kept, and at which resolution.
@@ -193,6 +195,9 @@ pub enum Change {
     AppendInput(Box<StoredInput>),
     /// Records the last input of a session the agent applied (never lowers it).
     InputApplied(RunId, u64),
+    /// Drops a session's oldest output chunks until at most this many bytes
+    /// of it are left (its scrollback).
+    TrimOutput(RunId, u64),
     /// Stores a raw metrics sample.
     InsertMetrics(AgentName, Box<MetricsSample>),
     /// Rolls old samples up and deletes expired averages.

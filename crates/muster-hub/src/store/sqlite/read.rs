@@ -158,7 +158,10 @@ fn unfinished_run(conn: &Connection, mut run: RunInfo) -> anyhow::Result<Unfinis
         .query_row([run.id.to_string()], |row| Ok((row.get(0)?, row.get(1)?)))?;
     run.output_bytes = bytes as u64;
     let session = match run.session {
-        Some(_) => Some(session_recovery(conn, run.id)?),
+        Some(_) => Some(SessionRecovery {
+            stored_bytes: bytes as u64,
+            ..session_recovery(conn, run.id)?
+        }),
         None => None,
     };
     Ok(UnfinishedRun {

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use muster_proto::jobs::{JobInfo, JobTarget};
 use muster_proto::messages::{AuditEntry, MetricsSample};
 use muster_proto::{AgentName, JobId, RunId, RunInfo};
-use rusqlite::{Transaction, params};
+use rusqlite::{OptionalExtension as _, Transaction, params};
 
 use super::codes::{bool_int, opt_i64, stream_code};
 use crate::metrics;
@@ -30,7 +30,7 @@ pub(super) fn apply<'a>(
 
 /// Whether `change` writes to `output.db` rather than `muster.db`.
 pub(super) fn is_output(change: &Change) -> bool {
-    matches!(change, Change::AppendOutput(..))
+    matches!(change, Change::AppendOutput(..) | Change::TrimOutput(..))
 }
 
 fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
@@ -53,6 +53,7 @@ fn apply_one(tx: &Transaction<'_>, change: &Change) -> anyhow::Result<()> {
         }
         Change::AppendAudit(entry) => append_audit(tx, entry),
         Change::AppendInput(input) => append_input(tx, input),
+        Change::TrimOutput(run, keep) => trim_output(tx, *run, *keep),
         Change::InputApplied(run, seq) => {
             tx.prepare_cached(
                 "UPDATE runs SET input_applied = MAX(input_applied, ?1) WHERE id = ?2",
@@ -291,6 +292,25 @@ fn append_output(tx: &Transaction<'_>, run: RunId, chunk: &StoredChunk) -> anyho
         &chunk.data[..],
         opt_i64(chunk.at),
     ])?;
+    Ok(())
+}
+
+/// Deletes `run`'s oldest chunks, keeping the newest that fit in `keep` bytes.
+fn trim_output(tx: &Transaction<'_>, run: RunId, keep: u64) -> anyhow::Result<()> {
+    let id = run.to_string();
+    let cut: Option<i64> = tx
+        .prepare_cached(
+            "SELECT seq FROM (
+                 SELECT seq, SUM(LENGTH(data)) OVER (ORDER BY seq DESC) AS tail
+                 FROM output.run_output WHERE run_id = ?1)
+             WHERE tail > ?2 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![&id, keep as i64], |row| row.get(0))
+        .optional()?;
+    if let Some(cut) = cut {
+        tx.prepare_cached("DELETE FROM output.run_output WHERE run_id = ?1 AND seq <= ?2")?
+            .execute(params![&id, cut])?;
+    }
     Ok(())
 }
 
