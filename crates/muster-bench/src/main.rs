@@ -29,6 +29,7 @@
 mod cli;
 mod control;
 mod ctx;
+mod echo;
 mod emitter;
 mod fanout;
 mod fleet;
@@ -184,6 +185,11 @@ async fn execute(cli: &Cli, plan: &Plan) -> anyhow::Result<BenchReport> {
         Plan::Job(job) => {
             report.agent = fleet_name("job", job.agents);
             report.job = Some(job::run(&ctx, job).await?);
+        }
+        Plan::Echo(echo) => {
+            report.agent = echo.agent.to_string();
+            let run = echo::run(&cli.hub, cli.token.expose(), echo, cli.hub_pid);
+            report.echo = Some(run.await?);
         }
     }
     Ok(report)

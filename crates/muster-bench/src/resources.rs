@@ -39,6 +39,8 @@ pub(crate) enum OpUnit {
     Delivery,
     /// One target of a job.
     Target,
+    /// One keystroke echoed through a session.
+    Key,
 }
 
 impl OpUnit {
@@ -50,6 +52,7 @@ impl OpUnit {
             Self::Handshake => "handshake",
             Self::Delivery => "delivery",
             Self::Target => "target",
+            Self::Key => "key",
         }
     }
 }

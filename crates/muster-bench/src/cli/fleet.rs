@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
+use muster_proto::AgentName;
 use muster_proto::jobs::BatchSize;
 use muster_proto::limits::MAX_OUTPUT_CHUNK_BYTES;
 
+use crate::echo::EchoPlan;
 use crate::emitter::STAMP_BYTES;
 use crate::fanout::FanoutPlan;
 use crate::idle::{IdlePlan, Kind};
@@ -121,6 +123,44 @@ pub(crate) struct JobArgs {
     /// Bound on the whole scenario, setup included; past it the bench fails.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+}
+
+/// Most keys one phase of the echo scenario types.
+const MAX_ECHO_KEYS: u32 = 100_000;
+
+/// Most bytes the echo scenario's flood writes (1 GB).
+const MAX_FLOOD_BYTES: u64 = 1_000_000_000;
+
+/// Flags of the echo scenario.
+#[derive(Debug, Args)]
+pub(crate) struct EchoArgs {
+    /// The real agent the sessions run on (`muster dev` runs one named local);
+    /// it must be on this machine, as it reads the flood file this writes.
+    #[arg(long, default_value = "local")]
+    agent: AgentName,
+    /// Keys typed one at a time in each phase.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=MAX_ECHO_KEYS as i64))]
+    keys: u32,
+    /// Bytes another pty session `cat`s while the keys are typed again; 0: no flood.
+    #[arg(long, default_value_t = 0)]
+    flood_bytes: u64,
+    /// Bound on the whole scenario.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+impl EchoArgs {
+    pub(super) fn plan(&self) -> anyhow::Result<EchoPlan> {
+        if self.flood_bytes > MAX_FLOOD_BYTES {
+            bail!("--flood-bytes must be at most {MAX_FLOOD_BYTES}");
+        }
+        Ok(EchoPlan {
+            agent: self.agent.clone(),
+            keys: self.keys,
+            flood_bytes: self.flood_bytes,
+            timeout: check_timeout(self.timeout)?,
+        })
+    }
 }
 
 fn parse_batch(s: &str) -> Result<BatchSize, String> {

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use muster_proto::AgentName;
 
 pub(crate) use self::runs::RunsPlan;
+use crate::echo::EchoPlan;
 use crate::fanout::FanoutPlan;
 use crate::idle::IdlePlan;
 use crate::job::JobPlan;
@@ -108,6 +109,14 @@ pub(crate) enum Scenario {
     /// step that exited 0, and every run must be acknowledged; otherwise the
     /// bench exits 2. The whole scenario fails after --timeout.
     Job(fleet::JobArgs),
+    /// Keystroke echo latency through a pty session on a real agent.
+    ///
+    /// Opens a pty session on --agent running `cat` on a raw terminal, attaches
+    /// as a writer and types --keys keys one at a time, timing each from its
+    /// session.input to the output frame that echoes it. With --flood-bytes,
+    /// another pty session on the same agent `cat`s a file of that size,
+    /// checked byte for byte, while the keys are typed again.
+    Echo(fleet::EchoArgs),
 }
 
 /// An API token; `Debug` never shows it.
@@ -148,6 +157,8 @@ pub(crate) enum Plan {
     Storm(StormPlan),
     /// Job fan-out.
     Job(JobPlan),
+    /// Keystroke echo through a pty session.
+    Echo(EchoPlan),
 }
 
 impl Cli {
@@ -167,6 +178,7 @@ impl Cli {
             Some(Scenario::Fanout(args)) => Plan::Fanout(args.plan()?),
             Some(Scenario::Storm(args)) => Plan::Storm(args.plan()?),
             Some(Scenario::Job(args)) => Plan::Job(args.plan()?),
+            Some(Scenario::Echo(args)) => Plan::Echo(args.plan()?),
         })
     }
 }
@@ -180,6 +192,7 @@ impl Plan {
             Self::Fanout(fanout) => fanout.budget(),
             Self::Storm(storm) => storm.timeout,
             Self::Job(job) => job.timeout,
+            Self::Echo(echo) => echo.timeout,
         }
     }
 }

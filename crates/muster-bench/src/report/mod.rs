@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::echo::EchoReport;
 use crate::fanout::FanoutReport;
 use crate::idle::IdleReport;
 use crate::job::JobReport;
@@ -38,6 +39,8 @@ pub(crate) struct BenchReport {
     pub(crate) storm: Option<StormReport>,
     /// The job scenario, when it ran.
     pub(crate) job: Option<JobReport>,
+    /// The echo scenario, when it ran.
+    pub(crate) echo: Option<EchoReport>,
 }
 
 /// How a round-trip mode paced its requests.
@@ -139,6 +142,7 @@ impl BenchReport {
                 .is_some_and(|fanout| fanout.rounds.iter().any(|round| round.errors() > 0))
             || self.storm.as_ref().is_some_and(|storm| storm.errors() > 0)
             || self.job.as_ref().is_some_and(|job| !job.verified)
+            || self.echo.as_ref().is_some_and(EchoReport::failed)
     }
 
     /// The human-readable rendering.
@@ -164,6 +168,9 @@ impl BenchReport {
         }
         if let Some(job) = &self.job {
             out.push_str(&tables::job(job));
+        }
+        if let Some(echo) = &self.echo {
+            out.push_str(&crate::echo::table(echo));
         }
         out
     }
