@@ -326,11 +326,18 @@ impl Session {
         Ok(seq)
     }
 
-    /// Waits until the hub has acknowledged every input up to `seq`.
-    pub async fn acked(&self, seq: u64) -> Result<(), SessionError> {
+    /// Waits until the hub has acknowledged every input up to `seq`. The
+    /// future does not borrow the session, so [`next`](Self::next) can be
+    /// awaited beside it (for the error that would stop it).
+    pub fn acked(
+        &self,
+        seq: u64,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send + 'static {
         let mut acked_rx = self.acked_rx.clone();
-        let acked = acked_rx.wait_for(|acked| *acked >= seq).await;
-        acked.map(drop).map_err(|_| SessionError::Stopped)
+        async move {
+            let acked = acked_rx.wait_for(|acked| *acked >= seq).await;
+            acked.map(drop).map_err(|_| SessionError::Stopped)
+        }
     }
 
     /// Resizes the terminal (pty writers); the latest size is sent again
