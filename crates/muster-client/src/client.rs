@@ -143,6 +143,22 @@ impl Client {
         reply_rx.await.map_err(|_| self.closed_error())?
     }
 
+    /// Hands `msg` to the connection as a request and returns where its
+    /// reply will arrive, without waiting for it. Requests handed over one
+    /// after another go out in that order, so a caller can keep several in
+    /// flight (a writer's numbered inputs) and still await each reply.
+    pub(crate) async fn enqueue(&self, msg: ClientToHub) -> Result<PendingReply, ClientError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.command_tx
+            .send(Command::Request { msg, reply_tx })
+            .await
+            .map_err(|_| self.closed_error())?;
+        Ok(PendingReply {
+            reply_rx,
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
     /// Closes the connection with code 1000 and waits (briefly) for the hub to
     /// answer the close. Other clones of this client stop working too.
     pub async fn close(self) {
@@ -158,7 +174,29 @@ impl Client {
     }
 
     fn closed_error(&self) -> ClientError {
-        let reason = self.shared.closed.get().map(String::as_str);
-        ClientError::Closed(reason.unwrap_or("the connection is closed").to_owned())
+        closed_error(&self.shared)
     }
+}
+
+/// The reply to a request handed over with [`Client::enqueue`]. It does not
+/// keep the connection open: only [`Client`] handles do.
+pub(crate) struct PendingReply {
+    reply_rx: oneshot::Receiver<Result<HubToClient, ClientError>>,
+    shared: Arc<Shared>,
+}
+
+impl PendingReply {
+    /// Waits for the reply; an `error` reply is [`ClientError::Hub`].
+    pub(crate) async fn reply(self) -> Result<HubToClient, ClientError> {
+        match self.reply_rx.await {
+            Ok(reply) => reply,
+            Err(_) => Err(closed_error(&self.shared)),
+        }
+    }
+}
+
+/// Why requests on a closed connection fail.
+fn closed_error(shared: &Shared) -> ClientError {
+    let reason = shared.closed.get().map(String::as_str);
+    ClientError::Closed(reason.unwrap_or("the connection is closed").to_owned())
 }

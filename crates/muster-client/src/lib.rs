@@ -45,7 +45,10 @@
 //!   step's output, labelled with agent and step, then its final record;
 //! - [`Client::execute`] runs a command and waits for its [`Output`] —
 //!   stdout, stderr, exit code or signal, final state — in one call, seed
-//!   004's `executeOnAgent(host, cmd, timeout)`.
+//!   004's `executeOnAgent(host, cmd, timeout)`;
+//! - [`Session`] attaches to a pty or pipe session, follows its output from
+//!   an offset or a snapshot of its screen, and, as a writer, sends input
+//!   that the hub applies exactly once however often the connection drops.
 //!
 //! Hubs are reached over `http://` (`ws://`) or `https://` (`wss://`). Over
 //! TLS the hub's certificate is verified against the system's root
@@ -61,6 +64,7 @@ mod handshake;
 mod lists;
 mod pages;
 mod reconnect;
+mod session;
 mod submit;
 mod task;
 mod url;
@@ -81,6 +85,10 @@ pub use muster_proto::{AgentName, CommandSpec};
 pub use muster_tls::TrustRoots;
 pub use pages::{MAX_PAGES, Page};
 pub use reconnect::DEFAULT_GIVE_UP_AFTER;
+pub use session::{
+    Attached, Follow, InputLogError, MAX_UNACKED_INPUTS, Session, SessionError, SessionEvent,
+    SessionOptions, new_writer_id,
+};
 pub use submit::{create_job_retrying, create_run_retrying, new_idempotency_key};
 pub use url::ws_url;
 

@@ -94,6 +94,19 @@ enum Command {
     /// List, inspect and cancel jobs.
     #[command(subcommand)]
     Jobs(cli::jobs::JobsCommand),
+    /// An ssh-like terminal on an agent: AGENT [-- CMD...], by default the
+    /// login shell.
+    ///
+    /// Opens a pty session sized like this terminal and types into it.
+    /// `~.` after Enter detaches (the session goes on; exit 254), `~~` sends
+    /// one `~`, `~?` lists them. Exits with the remote exit code (128+N for
+    /// signal N; 124 when the session timed out idle; 130 when it was
+    /// closed; 255 when the hub is lost or refuses). Without a terminal on
+    /// stdin, what stdin holds is typed in, then Ctrl-D.
+    Shell(cli::shell::ShellArgs),
+    /// List, open, attach to, send to, close, export and transcribe sessions.
+    #[command(subcommand)]
+    Sessions(cli::sessions::SessionsCommand),
     /// Show every agent's status, CPU, memory, disk and load, live until Ctrl-C.
     Top(cli::top::TopArgs),
     /// Print an agent's events from an offset; with --follow, keep printing new ones.
@@ -191,6 +204,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Runs(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Job(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Jobs(command) => (command.run(json).await, cli::EXIT_ERROR),
+        Command::Shell(args) => (cli::shell::shell(args).await, cli::EXIT_ERROR),
+        Command::Sessions(command) => (command.run(json).await, cli::EXIT_ERROR),
         Command::Top(args) => (cli::top::top(args, json).await, cli::EXIT_ERROR),
         Command::Events(args) => (cli::events::events(args, json).await, cli::EXIT_ERROR),
         Command::Emit(args) => (cli::events::emit(args).await, cli::EXIT_ERROR),

@@ -11,6 +11,7 @@ mod fake_hub;
 mod follow;
 mod job_follow;
 mod paging;
+mod session;
 mod submit;
 
 use futures_util::{SinkExt, StreamExt};

@@ -1,5 +1,5 @@
 //! The client subcommands: `agents`, `keys`, `enroll`, `run`, `action`,
-//! `runs`, `job`, `jobs` and `top`.
+//! `runs`, `job`, `jobs`, `top`, `sessions` and `shell`.
 //!
 //! Each talks to a hub through `muster-client`. This module owns what they
 //! share: the `--hub`/`--token` arguments, connecting, and turning hub errors
@@ -25,6 +25,8 @@ pub(crate) mod parse;
 pub(crate) mod run;
 pub(crate) mod run_events;
 pub(crate) mod runs;
+pub(crate) mod sessions;
+pub(crate) mod shell;
 pub(crate) mod stream;
 pub(crate) mod target;
 pub(crate) mod top;

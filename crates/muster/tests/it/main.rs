@@ -17,6 +17,7 @@ mod lockout;
 mod rotation;
 mod run_env;
 mod secrets;
+mod sessions;
 mod slow_client;
 mod tls;
 
