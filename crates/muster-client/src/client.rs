@@ -150,7 +150,10 @@ impl Client {
     pub(crate) async fn enqueue(&self, msg: ClientToHub) -> Result<PendingReply, ClientError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.command_tx
-            .send(Command::Request { msg, reply_tx })
+            .send(Command::Request {
+                msg: Box::new(msg),
+                reply_tx,
+            })
             .await
             .map_err(|_| self.closed_error())?;
         Ok(PendingReply {

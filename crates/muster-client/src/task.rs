@@ -33,10 +33,6 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) type ReplyTx = oneshot::Sender<Result<HubToClient, ClientError>>;
 
 /// What a [`Client`](crate::Client) handle asks of the task.
-#[allow(
-    clippy::large_enum_variant,
-    reason = "requests are the common command; boxing them would only add an allocation"
-)]
 pub(crate) enum Command {
     /// Send `msg` as a request and route its reply to `reply_tx`.
     Request {

@@ -207,7 +207,7 @@ pub(crate) async fn create(
         anyhow::bail!("{why}");
     }
     let mut request = RunRequest::new(agent.clone(), command);
-    request.session = Some(spec);
+    request.session = Some(Box::new(spec));
     let connection = conn.connect().await?;
     let (hub, token) = (&conn.hub, &conn.token.0);
     let created = create_run_retrying(
