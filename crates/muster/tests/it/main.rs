@@ -7,6 +7,7 @@ mod enroll;
 mod execute;
 mod fault_agents;
 mod fault_jobs;
+mod fault_sessions;
 mod fault_streams;
 mod files;
 mod fixture;
