@@ -334,3 +334,107 @@ fn tilde_dot_detaches_and_the_session_goes_on() {
     let open = sessions.as_array().unwrap();
     assert!(open.iter().any(|s| s["state"] == "running"), "{open:?}");
 }
+
+impl Tmux {
+    /// The text of pane `target`, line by line, without trailing blanks.
+    fn capture(&self, target: &str) -> String {
+        let pane = self.run(&["capture-pane", "-p", "-t", target]);
+        String::from_utf8_lossy(&pane.stdout)
+            .lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim_end()
+            .to_owned()
+    }
+}
+
+#[test]
+fn reattaching_to_a_full_screen_program_paints_its_current_screen() {
+    let dir = tempdir();
+    let Some(tmux) = Tmux::start(dir.path()) else {
+        return;
+    };
+    let dev = Server::dev(&path_in(&dir, "data"));
+    let cli = dev.cli(dev.token.as_deref().unwrap());
+    let status = path_in(&dir, "status");
+    let file = path_in(&dir, "notes.txt");
+    std::fs::write(
+        &file,
+        (1..=200).map(|i| format!("note {i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    tmux.shell(&cli, &status, "env PS1=mst$ sh");
+    tmux.wait_for("mst$", 1);
+    // History the screen no longer shows: a replay would scroll through it.
+    tmux.keys(&["seq 1 500", "Enter"]);
+    tmux.wait_for("500", 1);
+    tmux.keys(&[&format!("vi -u NONE '{}'", file.display()), "Enter"]);
+    tmux.wait_for("note 29", 1);
+    tmux.keys(&["50G"]);
+    tmux.wait_for("note 50", 1);
+    let before = tmux.capture("t");
+    assert!(
+        before.contains("note 1\n") || before.contains("note 50"),
+        "{before}"
+    );
+
+    // The terminal goes away; the session, and vi in it, go on.
+    assert!(tmux.run(&["kill-session", "-t", "t"]).status.success());
+    let sessions = cli.json(&["sessions", "list", "--json"]);
+    let id = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["state"] == "running")
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_else(|| panic!("no open session: {sessions}"))
+        .to_owned();
+    let line = format!(
+        "MUSTER_HUB='{}' MUSTER_TOKEN='{}' '{}' sessions attach {id}",
+        cli.hub,
+        cli.token,
+        muster_bin(),
+    );
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "u",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &line,
+    ]);
+    assert!(out.status.success(), "tmux new-session: {out:?}");
+    let deadline = Instant::now() + PATIENCE;
+    let mut after = tmux.capture("u");
+    while after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = tmux.capture("u");
+    }
+    assert_eq!(
+        after, before,
+        "the reattached terminal shows vi's screen as it was"
+    );
+    assert!(
+        !after.contains("mst$ seq 1 500"),
+        "no history was replayed:\n{after}"
+    );
+    // And it is vi, live: quitting it gives the shell back.
+    assert!(
+        tmux.run(&["send-keys", "-t", "u", ":q", "Enter"])
+            .status
+            .success()
+    );
+    let deadline = Instant::now() + PATIENCE;
+    while !tmux.capture("u").contains("mst$") {
+        assert!(
+            Instant::now() < deadline,
+            "vi did not quit:\n{}",
+            tmux.capture("u")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
