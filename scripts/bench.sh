@@ -40,6 +40,7 @@ if [ "$QUICK" = 1 ]; then
         "job-200|150|job --agents 200 --timeout 60s"
         "job-500|150|job --agents 500 --timeout 60s"
         "storm|150|storm --count 500 --timeout 60s"
+        "echo|120|echo --keys 200 --flood-bytes 8388608 --timeout 60s"
     )
 else
     SCENARIOS=(
@@ -53,8 +54,12 @@ else
         "job-3000|330|job --agents 3000 --timeout 240s"
         "job-10000|480|job --agents 10000 --timeout 390s"
         "storm|480|storm --count 15000 --timeout 390s"
+        "echo|240|echo --keys 2000 --flood-bytes 104857600 --timeout 180s"
     )
 fi
+
+# Scenarios the Node baseline cannot run (it has no sessions): Muster only.
+MUSTER_ONLY=" echo "
 
 # Seconds to wait for a hub to print its address, and for it to stop.
 HUB_START_TIMEOUT=30
@@ -162,6 +167,7 @@ for round in $(seq "$ROUNDS"); do
         if [ -n "${BENCH_ONLY:-}" ] && [[ " $BENCH_ONLY " != *" $name "* ]]; then continue; fi
         # Alternate which hub goes first, so neither always runs on a warmer machine.
         if [ $((round % 2)) = 1 ]; then hubs="muster node"; else hubs="node muster"; fi
+        if [[ "$MUSTER_ONLY" == *" $name "* ]]; then hubs="muster"; fi
         for hub in $hubs; do
             prefix="$OUT/r$round-$name-$hub"
             if [ $(( $(date +%s) - START )) -ge $((MAX_MINUTES * 60)) ]; then

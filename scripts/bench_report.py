@@ -143,6 +143,30 @@ def storm_rows(report):
     ] + resources_rows(s.get("resources"), "reconnect")
 
 
+def echo_rows(report):
+    e = report.get("echo")
+    if not e:
+        return []
+
+    def keys(what, k):
+        return [
+            (f"{what}: p50 ms", lat(k.get("latency_ms"), "p50_ms"), DOWN),
+            (f"{what}: p99 ms", lat(k.get("latency_ms"), "p99_ms"), DOWN),
+            (f"{what}: keys not echoed", k["keys"] - k["echoed"], "count"),
+        ]
+
+    rows = keys("quiet", e["quiet"]) + resources_rows(e["quiet"].get("resources"), "key")
+    if e.get("flooded"):
+        k, flood = e["flooded"]
+        size = f"{flood['requested_bytes'] / 1e6:,.0f} MB"
+        rows += keys(f"during a {size} flood", k)
+        rows += [
+            (f"{size} flood: MB/s", flood["mb_per_s"], UP),
+            (f"{size} flood: checks failed", 0 if flood["verified"] else 1, "count"),
+        ]
+    return rows
+
+
 def rows_of(scenario, report):
     if scenario == "roundtrip":
         return roundtrip_rows(report)
@@ -156,6 +180,8 @@ def rows_of(scenario, report):
         return job_rows(report)
     if scenario == "storm":
         return storm_rows(report)
+    if scenario == "echo":
+        return echo_rows(report)
     return []
 
 
@@ -166,6 +192,7 @@ TITLES = {
     "idle-agents": "Idle agent connections (S1)",
     "fanout": "Fan-out of one run's output to many subscribers (S4)",
     "storm": "Reconnect storm (S6)",
+    "echo": "Keystroke echo through a pty session (Muster only: the Node baseline has no sessions)",
 }
 
 
@@ -291,6 +318,9 @@ def summary_lines(tables):
     for scenario in sorted((s for s in tables if s.startswith("job-")), key=lambda s: int(s[4:])):
         picks.append((scenario, "last result, s"))
     picks.append(("storm", "all back online (hub's view), s"))
+    picks += [("echo", "quiet: p50 ms"), ("echo", "quiet: p99 ms")]
+    if "echo" in tables:
+        picks += [(("echo", label)) for label in tables["echo"][2] if label.startswith("during a") and "p99" in label]
     lines = ["| scenario | figure | Muster | Node | Muster vs Node |", "|---|---|---|---|---|"]
     for scenario, label in picks:
         if scenario not in tables:
