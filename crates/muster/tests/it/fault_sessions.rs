@@ -216,3 +216,53 @@ fn hub_killed_mid_session_leaves_the_process_running_and_the_transcript_whole() 
         control.cancel_run(run).await.unwrap();
     });
 }
+
+#[test]
+fn a_read_only_viewer_sees_the_same_output_and_its_input_is_forbidden() {
+    let dir = tempdir();
+    let dev = Server::dev(dir.path());
+    let admin = dev.token.clone().expect("dev prints a token");
+    let created = dev
+        .cli(&admin)
+        .json(&["keys", "create", "watcher", "--role", "viewer", "--json"]);
+    let viewer_token = created["token"].as_str().expect("a token").to_owned();
+    runtime().block_on(async {
+        let (control, _events) = Client::connect(&dev.hub, &admin).await.unwrap();
+        let run = open(&control, "local", SessionKind::Pty, "exec cat").await;
+        let writer = Client::connect(&dev.hub, &admin).await.unwrap();
+        let options = SessionOptions::writer(new_writer_id(), Follow::From(0));
+        let mut writer = Session::attach(writer, &dev.hub, &admin, run, options)
+            .await
+            .unwrap()
+            .session;
+        let viewer = Client::connect(&dev.hub, &viewer_token).await.unwrap();
+        let viewer_client = viewer.0.clone();
+        let options = SessionOptions::viewer(Follow::From(0));
+        let mut viewer = Session::attach(viewer, &dev.hub, &viewer_token, run, options)
+            .await
+            .unwrap()
+            .session;
+        // The viewer's key cannot type, whatever it sends.
+        let typed = viewer_client
+            .session_input(muster_proto::sessions::SessionInput {
+                run,
+                seq: 1,
+                data: "whoami\r".into(),
+            })
+            .await;
+        let code = typed
+            .as_ref()
+            .err()
+            .and_then(muster_client::ClientError::code);
+        assert_eq!(code, Some(muster_proto::ErrorCode::Forbidden), "{typed:?}");
+        for word in ["alpha", "beta", "gamma"] {
+            writer.input(format!("{word}\r")).await.unwrap();
+        }
+        let (mut at_writer, mut at_viewer) = (0, 0);
+        let (seen_by_writer, _) = read_until(&mut writer, "gamma\r\n", &mut at_writer).await;
+        let (seen_by_viewer, _) = read_until(&mut viewer, "gamma\r\n", &mut at_viewer).await;
+        assert_eq!(seen_by_viewer, seen_by_writer, "both see the same output");
+        assert!(!seen_by_viewer.contains("whoami"), "{seen_by_viewer:?}");
+        control.cancel_run(run).await.unwrap();
+    });
+}
