@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{Executor, SessionInbox};
 use crate::sink::RunSink;
 
+mod idle;
 mod session;
+mod terminal;
 
 /// Size of one pipe read; a Linux pipe holds 64 KiB, so this empties it in a few reads.
 const READ_BUFFER_BYTES: usize = 32 * 1024;

@@ -27,9 +27,9 @@
 //! their own, and would hold the terminal open).
 
 use std::convert::Infallible;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster_proto::ErrorCode;
@@ -37,14 +37,15 @@ use muster_proto::OutputStream;
 use muster_proto::messages::{RunExited, RunOutcome, RunStart};
 use muster_proto::sessions::{SessionKind, SessionSpec};
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::{Pid, tcgetpgrp};
+use nix::sys::signal::Signal;
 use pty_process::{OwnedReadPty, OwnedWritePty, Size};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use super::idle::{Activity, idle_for};
+use super::terminal::{Terminal, kill_session};
 use super::{
     ProcessGroup, READ_BUFFER_BYTES, cannot_start, command, drain, exited, failed, own_binary,
     run_environment, sleep_or_forever,
@@ -259,94 +260,6 @@ impl Stopper<'_> {
     }
 }
 
-/// A pty session's terminal, seen from its master.
-struct Terminal {
-    master: OwnedFd,
-}
-
-impl Terminal {
-    /// Signals the terminal's foreground process group, when it is not the
-    /// session's own group (which the caller signals).
-    fn signal_foreground(&self, group: &ProcessGroup, signal: Signal) {
-        let Ok(foreground) = tcgetpgrp(&self.master) else {
-            return;
-        };
-        if foreground != group.pgid && foreground.as_raw() > 1 {
-            match killpg(foreground, signal) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => tracing::debug!(
-                    "cannot send {signal} to the terminal's group {foreground}: {e}"
-                ),
-            }
-        }
-    }
-}
-
-/// Kills every process of the session `sid` (Linux: found in `/proc`).
-fn kill_session(sid: u32) {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let pid = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse().ok());
-        let Some(pid) = pid else { continue };
-        let stat = std::fs::read_to_string(entry.path().join("stat"));
-        if stat.ok().as_deref().and_then(session_of) == Some(sid) {
-            match kill(Pid::from_raw(pid), Signal::SIGKILL) {
-                Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => tracing::debug!("cannot kill process {pid} of a session: {e}"),
-            }
-        }
-    }
-}
-
-/// The session id in a `/proc/<pid>/stat` line: "pid (comm) state ppid pgrp
-/// session …", where comm may hold anything but ends at the last ')'.
-fn session_of(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// When the session last had input or output.
-#[derive(Debug)]
-struct Activity {
-    /// A std `Mutex`: held only to read or replace an instant, never across an `.await`.
-    last: Mutex<Instant>,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            last: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn touch(&self) {
-        *self.last.lock().expect("activity lock poisoned") = Instant::now();
-    }
-
-    fn last(&self) -> Instant {
-        *self.last.lock().expect("activity lock poisoned")
-    }
-}
-
-/// Resolves with `limit` once no activity came for that long; never without one.
-async fn idle_for(activity: &Activity, limit: Option<Duration>) -> Duration {
-    let Some(limit) = limit else {
-        return std::future::pending().await;
-    };
-    loop {
-        let due = activity.last() + limit;
-        if Instant::now() >= due {
-            return limit;
-        }
-        sleep_until(due).await;
-    }
-}
-
 /// Where a session's input is written.
 enum Input {
     Pty(OwnedWritePty),
@@ -476,32 +389,5 @@ fn report(
             }
         }
         Err(e) => failed(start, format!("cannot wait for the process: {e}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_session_is_read_past_an_odd_command_name() {
-        let stat = "4242 (a) b (c) S 1 4240 4239 34817 4240 4194560 0 0";
-        assert_eq!(session_of(stat), Some(4239));
-        assert_eq!(session_of("garbage"), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn activity_puts_the_idle_timeout_off() {
-        let activity = Activity::new();
-        let limit = Duration::from_millis(300);
-        let begin = Instant::now();
-        let idle = idle_for(&activity, Some(limit));
-        tokio::pin!(idle);
-        tokio::select! {
-            _ = &mut idle => panic!("idle too early"),
-            () = tokio::time::sleep(Duration::from_millis(200)) => activity.touch(),
-        }
-        assert_eq!(idle.await, limit);
-        assert_eq!(begin.elapsed(), Duration::from_millis(500));
     }
 }
