@@ -12,17 +12,19 @@
 //! metrics, unlike runs, live only while connected: each connection starts a
 //! feed of samples after its `connection.ack` and drops it when it ends.
 //! Published events wait in their own bounded queue for the next
-//! `connection.ack`; the event socket lives as long as the agent.
+//! `connection.ack`; the event socket lives as long as the agent. Sessions'
+//! answers to the hub are for the connection that asked: those still queued
+//! when a connection starts are dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use muster_proto::CloseCode;
 use muster_proto::actions::ExecMode;
 use muster_proto::backoff::Backoff;
 use muster_proto::enroll::Enrolled;
 use muster_proto::messages::{AgentEvent, AgentHello};
+use muster_proto::{AgentToHub, CloseCode};
 use muster_tls::TrustRoots;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,7 @@ use crate::handshake::{self, Greeting};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::runs::Runs;
+use crate::session::Replies;
 use crate::spool::Spool;
 
 /// Added to the kill grace when waiting for runs to stop at shutdown.
@@ -79,6 +82,7 @@ pub(crate) async fn run(
         .context("opening the run ledger panicked")??;
     let spool = Arc::new(Spool::new(options.spool_max_bytes));
     let (event_queue, event_rx) = events::queue();
+    let (replies, replies_rx) = Replies::channel();
     let event_socket = EventSocket::bind(options.state_dir.as_deref(), event_queue.clone())?;
     let metrics = match options.metrics_interval {
         Some(interval) => Metrics::start(interval).await,
@@ -100,6 +104,7 @@ pub(crate) async fn run(
             ledger,
             event_socket.path().to_owned(),
             Admission::new(options.exec, options.actions.clone()),
+            replies,
         ),
         stop: Stop {
             shutdown,
@@ -109,6 +114,7 @@ pub(crate) async fn run(
         metrics,
         event_queue,
         event_rx,
+        replies_rx,
         _event_socket: event_socket,
     };
     agent.run().await
@@ -131,6 +137,8 @@ struct Agent {
     event_queue: EventQueue,
     /// Published events; the connection in service sends from it.
     event_rx: mpsc::Receiver<AgentEvent>,
+    /// Sessions' answers to the hub; the connection in service sends from it.
+    replies_rx: mpsc::Receiver<AgentToHub>,
     /// Serves programs until the agent is dropped, then removes the socket.
     _event_socket: EventSocket,
 }
@@ -195,6 +203,7 @@ impl Agent {
         };
         self.backoff.reset();
         self.runs.settle_orphans();
+        while self.replies_rx.try_recv().is_ok() {}
         tracing::info!("connected to hub as {}", ack.principal.name);
         let metrics_feed = self.metrics.as_ref().map(Metrics::feed);
         let _online = self.event_queue.online();
@@ -203,6 +212,7 @@ impl Agent {
             runs: &mut self.runs,
             metrics_feed,
             event_rx: &mut self.event_rx,
+            replies_rx: &mut self.replies_rx,
         };
         let ended = connection::serve(&mut ws, &ack, queues, &self.stop).await;
         if let Ended::Shutdown = ended {

@@ -1,8 +1,8 @@
 //! One live connection to the hub, after its handshake.
 //!
 //! A single task runs one `select!` over inbound frames, the spool, the
-//! heartbeat tick, the metrics feed, the event queue, the heartbeat deadline
-//! and shutdown, and
+//! heartbeat tick, the metrics feed, the event queue, the sessions' answers,
+//! the heartbeat deadline and shutdown, and
 //! hands each message kind to a small method. The connection reads the spool
 //! through its own cursor from the start, so everything unacknowledged is sent
 //! again, in order, before anything new. On shutdown it keeps serving while the
@@ -78,6 +78,8 @@ pub(crate) struct Queues<'a> {
     pub(crate) metrics_feed: Option<Feed>,
     /// Events programs published, sent as they come.
     pub(crate) event_rx: &'a mut mpsc::Receiver<AgentEvent>,
+    /// Sessions' answers (`session.input.ack`, `session.screen`), sent as they come.
+    pub(crate) replies_rx: &'a mut mpsc::Receiver<AgentToHub>,
 }
 
 /// Serves a connection whose handshake `ack` completed, until it ends.
@@ -92,6 +94,7 @@ pub(crate) async fn serve(
         runs,
         mut metrics_feed,
         event_rx,
+        replies_rx,
     } = queues;
     let interval = Duration::from_millis(ack.heartbeat_interval_ms).max(MIN_HEARTBEAT_INTERVAL);
     let deadline = Duration::from_millis(ack.heartbeat_deadline_ms).max(interval);
@@ -122,6 +125,7 @@ pub(crate) async fn serve(
             _ = ticker.tick() => conn.send_heartbeat().await,
             sample = Feed::next(metrics_feed.as_mut()) => conn.send_metrics(sample).await,
             Some(event) = event_rx.recv() => conn.send_text(Envelope::plain(AgentToHub::Event(event))).await,
+            Some(reply) = replies_rx.recv() => conn.send_text(Envelope::plain(reply)).await,
             () = sleep_until(conn.last_heard + deadline) => conn.on_silence().await,
         };
         if let Err(ended) = step {
@@ -201,10 +205,16 @@ impl Connection<'_> {
                 self.runs.acked(&ack);
                 Ok(())
             }
-            HubToAgent::SessionInput(_)
-            | HubToAgent::SessionResize(_)
-            | HubToAgent::SessionSnapshot(_) => {
-                tracing::debug!("sessions are not supported by this agent yet");
+            HubToAgent::SessionInput(deliver) => {
+                self.runs.session_input(deliver);
+                Ok(())
+            }
+            HubToAgent::SessionResize(resize) => {
+                self.runs.session_resize(&resize);
+                Ok(())
+            }
+            HubToAgent::SessionSnapshot(snapshot) => {
+                self.runs.session_snapshot(&snapshot);
                 Ok(())
             }
             HubToAgent::RunCancel(run) => {

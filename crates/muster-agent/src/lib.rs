@@ -4,7 +4,8 @@
 //! says `hello` (with a report of the runs it knows), waits for
 //! `connection.ack`, then serves heartbeats, `run.start`, `run.cancel` and
 //! `run.ack`, and sends a `metrics` sample of the host every
-//! [`AgentOptions::metrics_interval`], until the connection drops, when it
+//! [`AgentOptions::metrics_interval`], and serves sessions (`session.input`,
+//! `session.resize`, `session.snapshot`), until the connection drops, when it
 //! reconnects on the [`Backoff`] schedule. It returns `Ok` when its shutdown token is cancelled and an error
 //! when the hub rejects the agent's token. An agent given an enrollment
 //! token ([`AgentOptions::enroll`]) and no stored credential first registers
@@ -21,13 +22,16 @@
 //! - `connection` — one served connection (a single `select!`) and close codes;
 //! - `runs` — the runs in flight, their tasks, and what `run.start`/`run.ack`
 //!   do; `admission` — which `run.start` may execute (actions, exec mode);
+//! - `session` — sessions: input applied exactly once and echoed, resizes,
+//!   snapshots, and the queues between them; `screen` — a pty's screen;
 //! - `spool` — every per-run message, in order, until the hub acknowledges it;
 //! - `ledger` — the run ids this agent started, durable in the state dir;
 //!   [`state_dir`] — that directory, private to the agent's user;
 //! - `metrics` — host sampling, and the per-connection feed of samples;
 //! - `events` — the local event socket programs publish to, and the bounded
 //!   queue of events waiting for the hub; [`mod@emit`] — its client;
-//! - [`executor`] — the [`Executor`] seam; [`process`] — the real one;
+//! - [`executor`] — the [`Executor`] seam; [`process`] — the real one, on
+//!   pipes or, for a session, on a pseudo-terminal;
 //! - [`sink`] — output batching into numbered frames; [`Backoff`] (from
 //!   `muster-proto`) — the reconnect schedule.
 //!
@@ -71,6 +75,8 @@ mod ledger;
 mod metrics;
 pub mod process;
 mod runs;
+mod screen;
+mod session;
 pub mod sink;
 mod spool;
 pub mod state_dir;
@@ -80,7 +86,7 @@ pub use config::AgentConfig;
 pub use credential::CREDENTIAL_FILE;
 pub use emit::{RUN_ID_ENV, SOCKET_ENV, emit};
 pub use events::{CLIENT_IDLE_TIMEOUT, EVENT_BUFFER, MAX_EVENT_LINE_BYTES, SOCKET_FILE_NAME};
-pub use executor::Executor;
+pub use executor::{Executor, SESSIONS_UNSUPPORTED, SessionCommand, SessionInbox};
 pub use muster_proto::backoff::Backoff;
 pub use process::{BIN_ENV, ProcessExecutor};
 pub use sink::{Outgoing, RunSink};

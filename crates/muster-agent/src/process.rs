@@ -7,7 +7,8 @@
 //! main process exits, the group gets a SIGKILL so no orphan keeps running or
 //! holds the pipes open; then the pipes are drained to EOF and the run is
 //! reported. If the execution is dropped half-way (agent shutdown), a guard
-//! kills the group as well.
+//! kills the group as well. Sessions, on a pty or on pipes, are executed by
+//! the `session` module on the same footing.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -28,8 +29,12 @@ use tokio::process::{Child, Command};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::Executor;
+use crate::executor::{Executor, SessionInbox};
 use crate::sink::RunSink;
+
+mod idle;
+mod session;
+mod terminal;
 
 /// Size of one pipe read; a Linux pipe holds 64 KiB, so this empties it in a few reads.
 const READ_BUFFER_BYTES: usize = 32 * 1024;
@@ -83,6 +88,16 @@ impl Executor for ProcessExecutor {
         drain(pumps).await;
         report(&start, status, killed_for)
     }
+
+    async fn execute_session(
+        &self,
+        start: RunStart,
+        sink: RunSink,
+        inbox: SessionInbox,
+        cancel: CancellationToken,
+    ) -> RunExited {
+        session::execute(start, sink, inbox, cancel).await
+    }
 }
 
 /// Why the agent killed a run.
@@ -94,23 +109,7 @@ enum KillReason {
 
 /// Builds and spawns the run's command.
 fn spawn(start: &RunStart) -> Result<Child, String> {
-    start.command.validate()?;
-    let mut command = match &start.command {
-        CommandSpec::Argv(argv) => {
-            let mut command = Command::new(&argv[0]);
-            command.args(&argv[1..]);
-            command
-        }
-        CommandSpec::Shell(script) => {
-            let mut command = Command::new("/bin/sh");
-            command.arg("-c").arg(script);
-            command
-        }
-        // The run table resolves actions to an argument vector before execution.
-        CommandSpec::Action(call) => {
-            return Err(format!("action {:?} was not resolved", call.name));
-        }
-    };
+    let mut command = command(start)?;
     command
         .env_clear()
         .envs(run_environment(
@@ -126,9 +125,34 @@ fn spawn(start: &RunStart) -> Result<Child, String> {
     if let Some(cwd) = &start.cwd {
         command.current_dir(cwd);
     }
-    command
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program(&start.command)))
+    command.spawn().map_err(|e| cannot_start(start, &e))
+}
+
+/// The program and arguments of the run's command.
+fn command(start: &RunStart) -> Result<Command, String> {
+    start.command.validate()?;
+    let command = match &start.command {
+        CommandSpec::Argv(argv) => {
+            let mut command = Command::new(&argv[0]);
+            command.args(&argv[1..]);
+            command
+        }
+        CommandSpec::Shell(script) => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(script);
+            command
+        }
+        // The run table resolves actions to an argument vector before execution.
+        CommandSpec::Action(call) => {
+            return Err(format!("action {:?} was not resolved", call.name));
+        }
+    };
+    Ok(command)
+}
+
+/// Why the run's command could not be started.
+fn cannot_start(start: &RunStart, error: &dyn std::fmt::Display) -> String {
+    format!("cannot start {}: {error}", program(&start.command))
 }
 
 /// A run's environment, built on purpose rather than inherited whole:

@@ -11,12 +11,18 @@
 //! its task lives, so `run.cancel` can find it; the table entry is a guard the
 //! task drops on its way out, whether it finished or was aborted. Every run's
 //! environment gets the event socket's path and the run's id.
+//!
+//! A session also gets a [`SessionHandle`] when it starts, where the
+//! connection routes its input, resizes and snapshot requests; the handle
+//! stays until the hub acknowledges the session's exit report, so `hello`
+//! reports how much input was applied for every session the agent holds.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use muster_proto::messages::{RunAck, RunExited, RunOutcome, RunReport, RunReportStatus, RunStart};
+use muster_proto::sessions::{SessionDeliver, SessionResize, SessionSnapshot};
 use muster_proto::{CommandSpec, RunId};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +32,7 @@ use crate::admission::Admission;
 use crate::emit::{RUN_ID_ENV, SOCKET_ENV};
 use crate::executor::{Executor, drive};
 use crate::ledger::Ledger;
+use crate::session::{self, Replies, SessionHandle, SessionParts};
 use crate::sink::Outgoing;
 use crate::spool::Spool;
 
@@ -50,6 +57,11 @@ pub(crate) struct Runs {
     event_socket: PathBuf,
     /// Which runs may execute, and what an action executes.
     admission: Admission,
+    /// The sessions started and not yet acknowledged as ended; only the
+    /// connection's task touches them.
+    sessions: HashMap<RunId, SessionHandle>,
+    /// Where sessions send their answers to the hub.
+    replies: Replies,
 }
 
 impl Runs {
@@ -59,6 +71,7 @@ impl Runs {
         ledger: Ledger,
         event_socket: PathBuf,
         admission: Admission,
+        replies: Replies,
     ) -> Self {
         Self {
             executor,
@@ -68,6 +81,8 @@ impl Runs {
             tasks: JoinSet::new(),
             event_socket,
             admission,
+            sessions: HashMap::new(),
+            replies,
         }
     }
 
@@ -99,9 +114,15 @@ impl Runs {
             self.refuse(run);
             return;
         }
+        let session = start.session.as_ref().map(|spec| {
+            let (handle, parts) = session::open(spec, self.replies.clone());
+            self.sessions.insert(run, handle);
+            parts
+        });
         let execution = execute(
             self.executor.clone(),
             start,
+            session,
             cancel,
             self.spool.clone(),
             self.ledger.clone(),
@@ -147,9 +168,36 @@ impl Runs {
 
     /// Applies a `run.ack`: drops what it covers from the spool, and settles
     /// the run in the ledger once its exit report is stored.
-    pub(crate) fn acked(&self, ack: &RunAck) {
+    pub(crate) fn acked(&mut self, ack: &RunAck) {
         if self.spool.ack(ack) {
             self.ledger.settle(ack.run);
+            self.sessions.remove(&ack.run);
+        }
+    }
+
+    /// Hands a session its input; ignored for a run that is not a session here.
+    pub(crate) fn session_input(&self, deliver: SessionDeliver) {
+        match self.sessions.get(&deliver.run) {
+            Some(session) => session.input(deliver),
+            None => tracing::debug!(run = %deliver.run, "session.input for no session here"),
+        }
+    }
+
+    /// Resizes a pty session's terminal; ignored for anything else.
+    pub(crate) fn session_resize(&self, resize: &SessionResize) {
+        match self.sessions.get(&resize.run) {
+            Some(session) => session.resize(resize),
+            None => tracing::debug!(run = %resize.run, "session.resize for no session here"),
+        }
+    }
+
+    /// Asks a pty session for its screen; nothing is answered for anything else.
+    pub(crate) fn session_snapshot(&self, snapshot: &SessionSnapshot) {
+        let run = snapshot.run;
+        match (self.sessions.get(&run), snapshot.token) {
+            (Some(session), Some(token)) => session.snapshot(run, token),
+            (Some(_), None) => tracing::warn!(%run, "ignoring session.snapshot without a token"),
+            (None, _) => tracing::debug!(%run, "session.snapshot for no session here"),
         }
     }
 
@@ -170,12 +218,11 @@ impl Runs {
             (unknown, RunReportStatus::Unknown),
         ]
         .into_iter()
-        .flat_map(|(runs, status)| {
-            runs.into_iter().map(move |run| RunReport {
-                run,
-                status,
-                input_applied: None,
-            })
+        .flat_map(|(runs, status)| runs.into_iter().map(move |run| (run, status)))
+        .map(|(run, status)| RunReport {
+            run,
+            status,
+            input_applied: self.sessions.get(&run).map(SessionHandle::applied),
         })
         .collect()
     }
@@ -236,13 +283,14 @@ impl Runs {
 async fn execute(
     executor: Arc<dyn Executor>,
     start: RunStart,
+    session: Option<SessionParts>,
     cancel: CancellationToken,
     spool: Arc<Spool>,
     ledger: Ledger,
 ) {
     let run = start.run;
     match ledger.record_started(run).await {
-        Ok(()) => drive(executor, start, cancel, spool).await,
+        Ok(()) => drive(executor, start, session, cancel, spool).await,
         Err(e) => {
             tracing::error!(%run, "cannot record the run in the ledger: {e:#}");
             let error = format!("the agent cannot record the run in its ledger: {e:#}");

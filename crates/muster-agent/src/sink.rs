@@ -5,6 +5,12 @@
 //!
 //! - a chunk holds at most [`MAX_OUTPUT_CHUNK_BYTES`]; a full chunk is sent at
 //!   once, a partial one [`OUTPUT_BATCH_MS`] after its first unsent byte;
+//! - a session's output is not batched: each read is sent at once, in chunks,
+//!   each frame stamped with `at`, the Unix milliseconds it was numbered at
+//!   (keystroke echo must not wait for a batch window). A session's applied
+//!   input is numbered here too, as echo frames on the `input` stream, and a
+//!   pty session's [`Screen`] is fed each stdout chunk as it gets its `seq`
+//!   and resized in order with them, so a snapshot matches one `next_seq`;
 //! - `seq` counts chunks of the run over both streams, from 0, without gaps;
 //!   `offset` is the byte offset of the chunk within its own stream;
 //! - output past the run's `output_cap_bytes` (both streams together) is
@@ -20,10 +26,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use muster_proto::limits::{MAX_OUTPUT_CHUNK_BYTES, OUTPUT_BATCH_MS};
 use muster_proto::messages::{RunExited, RunStarted};
-use muster_proto::{OutputFrame, OutputHeader, OutputStream, RunId};
+use muster_proto::sessions::{InputRecord, SessionScreen};
+use muster_proto::{AgentToHub, OutputFrame, OutputHeader, OutputStream, RunId};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::metrics::now_ms;
+use crate::screen::Screen;
+use crate::session::{Replies, echo_payloads};
 use crate::spool::Spool;
 
 /// Events queued between a run's sink and its batcher. Each holds at most one
@@ -69,6 +79,21 @@ impl Outlet {
 enum SinkEvent {
     Started(u32),
     Output(OutputStream, Bytes),
+    /// A session's input, applied: echo it in its place among the output.
+    Input(InputRecord),
+    /// A pty session's new window size, as `(cols, rows)`.
+    Resize(u16, u16),
+}
+
+/// What a session's batcher has beyond a run's.
+#[derive(Debug)]
+pub(crate) struct SessionFraming {
+    /// A pty session's screen; a pipe session has none.
+    pub(crate) screen: Option<Screen>,
+    /// Tokens of `session.snapshot` requests, answered with the screen.
+    pub(crate) snapshot_rx: mpsc::Receiver<u64>,
+    /// Where `session.screen` answers go.
+    pub(crate) replies: Replies,
 }
 
 /// An executor's handle for reporting one run; cheap to clone.
@@ -91,13 +116,20 @@ impl RunSink {
         capacity: usize,
     ) -> (Self, mpsc::Receiver<Outgoing>) {
         let (outgoing_tx, outgoing_rx) = mpsc::channel(capacity);
-        let (sink, batcher) = Self::new(run, output_cap_bytes, Outlet::Channel(outgoing_tx));
+        let outlet = Outlet::Channel(outgoing_tx);
+        let (sink, batcher) = Self::new(run, output_cap_bytes, outlet, None);
         tokio::spawn(batcher.run());
         (sink, outgoing_rx)
     }
 
-    /// A sink for `run` and the batcher that must be driven for it to make progress.
-    pub(crate) fn new(run: RunId, output_cap_bytes: u64, outlet: Outlet) -> (Self, Batcher) {
+    /// A sink for `run` and the batcher that must be driven for it to make
+    /// progress; a session's when `session` is given.
+    pub(crate) fn new(
+        run: RunId,
+        output_cap_bytes: u64,
+        outlet: Outlet,
+        session: Option<SessionFraming>,
+    ) -> (Self, Batcher) {
         let (events_tx, events_rx) = mpsc::channel(SINK_EVENTS_CAPACITY);
         let batcher = Batcher {
             run,
@@ -105,9 +137,11 @@ impl RunSink {
             outlet,
             stdout: StreamBuffer::default(),
             stderr: StreamBuffer::default(),
+            input_offset: 0,
             next_seq: 0,
             remaining_cap: output_cap_bytes,
             truncated: false,
+            session,
         };
         (Self { events_tx }, batcher)
     }
@@ -123,6 +157,17 @@ impl RunSink {
             let bytes = Bytes::copy_from_slice(bytes);
             self.send(SinkEvent::Output(stream, bytes)).await;
         }
+    }
+
+    /// Echoes a session's applied input into the output, numbered before
+    /// anything reported after this call.
+    pub(crate) async fn input(&self, record: InputRecord) {
+        self.send(SinkEvent::Input(record)).await;
+    }
+
+    /// Resizes a pty session's screen, in order with the output.
+    pub(crate) async fn resize(&self, cols: u16, rows: u16) {
+        self.send(SinkEvent::Resize(cols, rows)).await;
     }
 
     async fn send(&self, event: SinkEvent) {
@@ -160,11 +205,15 @@ pub(crate) struct Batcher {
     outlet: Outlet,
     stdout: StreamBuffer,
     stderr: StreamBuffer,
+    /// Offset of the next echo frame within the `input` stream.
+    input_offset: u64,
     next_seq: u64,
     /// Output bytes still allowed before the cap; the rest is discarded.
     remaining_cap: u64,
     /// Whether anything was discarded at the cap.
     truncated: bool,
+    /// Set for a session: no batching, `at` stamps, echo, screen.
+    session: Option<SessionFraming>,
 }
 
 impl Batcher {
@@ -181,6 +230,7 @@ impl Batcher {
                 () = sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     self.flush_due().await;
                 }
+                Some(token) = snapshot_request(self.session.as_mut()) => self.answer_snapshot(token),
             }
         }
         self.flush_all(OutputStream::Stdout).await;
@@ -195,7 +245,53 @@ impl Batcher {
                 self.deliver(Outgoing::Started(started)).await;
             }
             SinkEvent::Output(stream, bytes) => self.append(stream, bytes).await,
+            SinkEvent::Input(record) => self.echo(&record).await,
+            SinkEvent::Resize(cols, rows) => {
+                if let Some(screen) = self.screen() {
+                    screen.resize(cols, rows);
+                }
+            }
         }
+    }
+
+    /// Sends the echo frames of an applied input. They count against the
+    /// cap, and one that does not fit whole is not sent: a cut record
+    /// would not decode.
+    async fn echo(&mut self, record: &InputRecord) {
+        for payload in echo_payloads(record, MAX_OUTPUT_CHUNK_BYTES) {
+            let len = payload.len() as u64;
+            if len > self.remaining_cap {
+                self.truncated = true;
+                self.remaining_cap = 0;
+                return;
+            }
+            self.remaining_cap -= len;
+            let offset = self.input_offset;
+            self.input_offset += len;
+            self.send_frame(OutputStream::Input, offset, payload).await;
+        }
+    }
+
+    /// Answers a snapshot request with the screen as of `next_seq`.
+    fn answer_snapshot(&mut self, token: u64) {
+        let Some(session) = &self.session else { return };
+        let Some(screen) = &session.screen else {
+            return;
+        };
+        let (cols, rows) = screen.size();
+        let answer = SessionScreen {
+            run: self.run,
+            token: Some(token),
+            next_seq: self.next_seq,
+            cols,
+            rows,
+            data: screen.paint(),
+        };
+        session.replies.send(AgentToHub::SessionScreen(answer));
+    }
+
+    fn screen(&mut self) -> Option<&mut Screen> {
+        self.session.as_mut()?.screen.as_mut()
     }
 
     /// Buffers what the cap allows and sends every full chunk.
@@ -210,6 +306,9 @@ impl Batcher {
             return;
         }
         self.buffer(stream).pending.extend_from_slice(&bytes);
+        if self.session.is_some() {
+            return self.flush_all(stream).await;
+        }
         let mut sent_full = false;
         while self.buffer(stream).pending.len() >= MAX_OUTPUT_CHUNK_BYTES {
             self.send_chunk(stream).await;
@@ -249,12 +348,22 @@ impl Batcher {
 
     async fn send_chunk(&mut self, stream: OutputStream) {
         let (offset, payload) = self.buffer(stream).take_chunk();
+        if stream == OutputStream::Stdout
+            && let Some(screen) = self.screen()
+        {
+            screen.feed(&payload);
+        }
+        self.send_frame(stream, offset, payload).await;
+    }
+
+    /// Numbers and delivers one frame; a session's is stamped with the time.
+    async fn send_frame(&mut self, stream: OutputStream, offset: u64, payload: Bytes) {
         let header = OutputHeader {
             run: self.run,
             stream,
             seq: self.next_seq,
             offset,
-            at: None,
+            at: self.session.is_some().then(now_ms),
         };
         self.next_seq += 1;
         self.deliver(Outgoing::Output(OutputFrame { header, payload }))
@@ -268,94 +377,19 @@ impl Batcher {
     fn buffer(&mut self, stream: OutputStream) -> &mut StreamBuffer {
         match stream {
             OutputStream::Stdout => &mut self.stdout,
-            // Input records are sent whole, never buffered with output.
+            // Input records are sent whole by `echo`, never buffered.
             OutputStream::Stderr | OutputStream::Input => &mut self.stderr,
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frames(received: Vec<Outgoing>) -> Vec<OutputFrame> {
-        received
-            .into_iter()
-            .filter_map(|out| match out {
-                Outgoing::Output(frame) => Some(frame),
-                _ => None,
-            })
-            .collect()
-    }
-
-    async fn collect(mut rx: mpsc::Receiver<Outgoing>) -> Vec<Outgoing> {
-        let mut received = Vec::new();
-        while let Some(out) = rx.recv().await {
-            received.push(out);
-        }
-        received
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn partial_chunk_waits_for_the_batch_window() {
-        let (sink, mut rx) = RunSink::channel(RunId::generate(), u64::MAX, 16);
-        let begin = Instant::now();
-        sink.output(OutputStream::Stdout, b"hello").await;
-        let Some(Outgoing::Output(frame)) = rx.recv().await else {
-            panic!("expected an output frame");
-        };
-        assert_eq!(begin.elapsed(), Duration::from_millis(OUTPUT_BATCH_MS));
-        assert_eq!(&frame.payload[..], b"hello");
-        assert_eq!((frame.header.seq, frame.header.offset), (0, 0));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn full_chunks_go_at_once_and_seq_spans_both_streams() {
-        let (sink, rx) = RunSink::channel(RunId::generate(), u64::MAX, 16);
-        sink.started(7).await;
-        sink.output(OutputStream::Stdout, &[1; MAX_OUTPUT_CHUNK_BYTES + 5])
-            .await;
-        sink.output(OutputStream::Stderr, b"err").await;
-        sink.output(OutputStream::Stdout, b"more").await;
-        drop(sink);
-        let received = collect(rx).await;
-        assert!(matches!(
-            received[0],
-            Outgoing::Started(RunStarted { pid: 7, .. })
-        ));
-        let frames = frames(received);
-        let seen: Vec<_> = frames
-            .iter()
-            .map(|f| {
-                (
-                    f.header.stream,
-                    f.header.seq,
-                    f.header.offset,
-                    f.payload.len(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            seen,
-            [
-                (OutputStream::Stdout, 0, 0, MAX_OUTPUT_CHUNK_BYTES),
-                (OutputStream::Stdout, 1, MAX_OUTPUT_CHUNK_BYTES as u64, 9),
-                (OutputStream::Stderr, 2, 0, 3),
-            ]
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn output_past_the_cap_is_discarded() {
-        let (sink, rx) = RunSink::channel(RunId::generate(), 15_000, 16);
-        sink.output(OutputStream::Stdout, &[1; 10_000]).await;
-        sink.output(OutputStream::Stderr, &[2; 10_000]).await;
-        sink.output(OutputStream::Stdout, &[3; 10]).await;
-        drop(sink);
-        let total: usize = frames(collect(rx).await)
-            .iter()
-            .map(|f| f.payload.len())
-            .sum();
-        assert_eq!(total, 15_000);
+/// The next snapshot request of a session; never, for a run.
+async fn snapshot_request(session: Option<&mut SessionFraming>) -> Option<u64> {
+    match session {
+        Some(session) => session.snapshot_rx.recv().await,
+        None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;

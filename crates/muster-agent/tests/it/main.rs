@@ -2,7 +2,7 @@
 //! connection loop, the delivery guarantees and host metrics against a scripted
 //! hub on a real socket, agent events on the local socket, and the reconnect
 //! schedule on paused time; declared actions and the example site scripts
-//! run through them.
+//! run through them; sessions on pipes and on pseudo-terminals.
 
 mod actions;
 mod connection;
@@ -13,3 +13,5 @@ mod fake_hub;
 mod metrics;
 mod process;
 mod reconnect;
+mod sessions;
+mod terminals;
