@@ -17,6 +17,7 @@ mod replay;
 mod roles;
 mod rotation;
 mod scopes;
+mod sessions;
 mod slow;
 mod storage;
 mod upgrade;

@@ -128,7 +128,9 @@ async fn a_read_only_viewer_sees_what_the_writer_sees_and_cannot_type() {
     let session = open(&writer, "tty-host", SessionKind::Pty, "exec cat").await;
     let (viewer, mut viewer_events) = connect_as(&hub, "watcher", Role::Viewer).await;
     let (operator, _operator_events) = connect_as(&hub, "bystander", Role::Operator).await;
-    viewer
+    // Someone who only watches who comes and goes.
+    let (observer, mut presence_events) = hub.client().await;
+    observer
         .subscribe(&format!("session:{}", session.id), None)
         .await
         .unwrap();
@@ -138,7 +140,10 @@ async fn a_read_only_viewer_sees_what_the_writer_sees_and_cannot_type() {
         .unwrap();
 
     let attached = attach(&writer, session.id, Some("w-1")).await;
-    assert_eq!((attached.kind, attached.write, attached.last_seq), (SessionKind::Pty, true, 0));
+    assert_eq!(
+        (attached.kind, attached.write, attached.last_seq),
+        (SessionKind::Pty, true, 0)
+    );
     assert_eq!((attached.cols, attached.rows), (80, 24));
     // A viewer key may not attach as a writer, and cannot type read-only.
     let as_writer = SessionAttach {
@@ -158,8 +163,13 @@ async fn a_read_only_viewer_sees_what_the_writer_sees_and_cannot_type() {
     let typed = type_in(&operator, session.id, 1, "x").await;
     assert_eq!(code(&typed), Some(ErrorCode::Forbidden), "{typed:?}");
 
-    let acked = type_in(&writer, session.id, 1, "hello from w-1\r").await.unwrap();
-    assert!(matches!(acked, HubToClient::SessionInputAck(a) if a.seq == 1), "{acked:?}");
+    let acked = type_in(&writer, session.id, 1, "hello from w-1\r")
+        .await
+        .unwrap();
+    assert!(
+        matches!(acked, HubToClient::SessionInputAck(a) if a.seq == 1),
+        "{acked:?}"
+    );
     let mine = frames_until(&mut writer_events, session.id, "hello from w-1\r\n").await;
     let theirs = frames_until(&mut viewer_events, session.id, "hello from w-1\r\n").await;
     assert_eq!(mine, theirs, "both see the same frames in the same order");
@@ -169,7 +179,7 @@ async fn a_read_only_viewer_sees_what_the_writer_sees_and_cannot_type() {
         .find(|(_, stream, _)| *stream == OutputStream::Input)
         .expect("an input record");
     let record: InputRecord = serde_json::from_slice(record).unwrap();
-    assert_eq!((record.seq, record.from.as_str()), (1, "test"));
+    assert_eq!((record.seq, record.from.as_str()), (1, "admin"));
     assert_eq!(record.data, "hello from w-1\r");
     assert!(
         !String::from_utf8_lossy(&mine.iter().flat_map(|f| f.2.clone()).collect::<Vec<_>>())
@@ -177,7 +187,7 @@ async fn a_read_only_viewer_sees_what_the_writer_sees_and_cannot_type() {
         "the refused input never reached the terminal"
     );
 
-    // The viewer heard the others come and go on session:<id>.
+    // The observer heard them come and go on session:<id>.
     writer
         .request(ClientToHub::SessionDetach(SessionRef { run: session.id }))
         .await
@@ -185,7 +195,7 @@ async fn a_read_only_viewer_sees_what_the_writer_sees_and_cannot_type() {
     let mut presence = Vec::new();
     tokio::time::timeout(WAIT, async {
         while presence.len() < 4 {
-            if let Event::Message(env) = viewer_events.recv().await.unwrap() {
+            if let Event::Message(env) = presence_events.recv().await.unwrap() {
                 match env.msg {
                     HubToClient::SessionJoined(p) => presence.push(("joined", p.who, p.write)),
                     HubToClient::SessionLeft(p) => presence.push(("left", p.who, p.write)),
@@ -195,14 +205,14 @@ async fn a_read_only_viewer_sees_what_the_writer_sees_and_cannot_type() {
         }
     })
     .await
-    .expect("joins and leaves on session:<id>");
+    .unwrap_or_else(|_| panic!("joins and leaves on session:<id>: {presence:?}"));
     assert_eq!(
         presence,
         [
-            ("joined", "test".into(), true),
+            ("joined", "admin".into(), true),
             ("joined", "watcher".into(), false),
             ("joined", "bystander".into(), false),
-            ("left", "test".into(), true),
+            ("left", "admin".into(), true),
         ]
     );
 }
@@ -239,7 +249,11 @@ async fn input_resent_in_any_order_is_applied_once_and_a_gap_is_refused() {
         .filter(|f| f.1 == OutputStream::Input)
         .map(|f| serde_json::from_slice::<InputRecord>(&f.2).unwrap().seq)
         .collect();
-    assert_eq!(inputs, [1, 2, 3, 4], "each input applied once, numbered by the hub");
+    assert_eq!(
+        inputs,
+        [1, 2, 3, 4],
+        "each input applied once, numbered by the hub"
+    );
     // Re-attaching tells each writer where it stands.
     assert_eq!(attach(&client, session.id, Some("w-1")).await.last_seq, 3);
     assert_eq!(attach(&other, session.id, Some("w-2")).await.last_seq, 1);
@@ -339,10 +353,30 @@ async fn limits_refuse_or_end_sessions_with_their_codes() {
         until_ended(&mut events, busy.id).await,
     ];
     ended.sort_by_key(|r| r.id == busy.id);
-    assert_eq!(ended[0].state, muster_proto::RunState::TimedOut, "{:?}", ended[0]);
-    assert_eq!(ended[0].error_code, Some(ErrorCode::SessionIdle), "{:?}", ended[0]);
-    assert_eq!(ended[1].state, muster_proto::RunState::TimedOut, "{:?}", ended[1]);
-    assert_eq!(ended[1].error_code, Some(ErrorCode::SessionLifetime), "{:?}", ended[1]);
+    assert_eq!(
+        ended[0].state,
+        muster_proto::RunState::TimedOut,
+        "{:?}",
+        ended[0]
+    );
+    assert_eq!(
+        ended[0].error_code,
+        Some(ErrorCode::SessionIdle),
+        "{:?}",
+        ended[0]
+    );
+    assert_eq!(
+        ended[1].state,
+        muster_proto::RunState::TimedOut,
+        "{:?}",
+        ended[1]
+    );
+    assert_eq!(
+        ended[1].error_code,
+        Some(ErrorCode::SessionLifetime),
+        "{:?}",
+        ended[1]
+    );
     // An idle timeout above the hub's is capped to it.
     assert_eq!(
         idle.session.as_ref().and_then(|s| s.idle_timeout_ms),
