@@ -7,7 +7,13 @@
 //! acknowledgements are awaited together. When the attachment drops,
 //! whatever was in flight is forgotten (the log still holds it), the link
 //! reconnects and attaches again, and sending starts over after the new
-//! `last_seq`.
+//! `last_seq`. An input the hub refuses for now (`RATE_LIMIT`, `QUEUE_FULL`,
+//! `STORAGE_UNAVAILABLE`: any recoverable refusal) was not taken, nor was
+//! anything sent after it: sending starts over from it after the wait the
+//! hub asks for.
+
+use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -22,6 +28,11 @@ use crate::client::{Client, Event, PendingReply};
 use crate::error::ClientError;
 use crate::follow::{FollowError, FollowEvent, RunFollower};
 use crate::reconnect::{ReconnectError, Reconnector, is_retryable};
+
+/// How long to wait before sending again after a recoverable refusal that
+/// names no wait, and the most any wait is.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// What the handle asks of the task.
 pub(super) enum Command {
@@ -94,6 +105,8 @@ enum Step {
     Output(Option<Result<FollowEvent, FollowError>>),
     FollowerLost,
     Unheard,
+    /// The pause after a recoverable refusal is over.
+    Resume,
 }
 
 /// The task's state.
@@ -114,6 +127,8 @@ pub(super) struct SessionTask {
     size: Option<(u16, u16)>,
     /// Why the attachment is gone, for the inputs that come after.
     link_error: Option<SessionError>,
+    /// While set, nothing is sent: the hub refused an input for now.
+    paused: Option<Pin<Box<tokio::time::Sleep>>>,
     output: Option<Output>,
     events_tx: mpsc::Sender<Result<SessionEvent, SessionError>>,
     commands_rx: mpsc::Receiver<Command>,
@@ -158,6 +173,7 @@ impl SessionTask {
             acks: FuturesOrdered::new(),
             size: None,
             link_error: None,
+            paused: None,
             output,
             events_tx: parts.events_tx,
             commands_rx: parts.commands_rx,
@@ -193,6 +209,7 @@ impl SessionTask {
                 (seq, handed) = handing(&mut self.handing) => Step::Handed(seq, handed),
                 Some((seq, ack)) = self.acks.next() => Step::Ack(seq, ack),
                 step = next_output(&mut self.output) => step,
+                () = pause(&mut self.paused) => Step::Resume,
                 () = self.events_tx.closed() => Step::Unheard,
             };
             if !self.on_step(step).await? {
@@ -209,6 +226,11 @@ impl SessionTask {
             Step::Handed(seq, handed) => self.on_handed(seq, handed),
             Step::Ack(seq, ack) => self.on_ack(seq, ack),
             Step::Output(item) => self.on_output(item).await,
+            Step::Resume => {
+                self.paused = None;
+                self.hand_next();
+                Ok(true)
+            }
             Step::FollowerLost => {
                 if let Some(output) = &mut self.output {
                     output.replaying = true;
@@ -285,7 +307,8 @@ impl SessionTask {
     /// Hands the next unsent input to the attached connection, unless one is
     /// being handed over or the link is down.
     fn hand_next(&mut self) {
-        let (Some(log), Link::Up { client, .. }, None) = (&self.log, &self.link, &self.handing)
+        let (Some(log), Link::Up { client, .. }, None, None) =
+            (&self.log, &self.link, &self.handing, &self.paused)
         else {
             return;
         };
@@ -328,6 +351,20 @@ impl SessionTask {
             }
             // The link reports the drop, and the input is sent again.
             Err(ClientError::Closed(_)) => return Ok(true),
+            Err(ClientError::Hub(error)) if error.recoverable => {
+                // Not taken, nor anything sent after it (those are refused
+                // as gaps): forget them, and send again from this one.
+                self.acks = FuturesOrdered::new();
+                self.handing = None;
+                self.sent_through = seq.saturating_sub(1);
+                let wait = error
+                    .retry_after_ms
+                    .map_or(RETRY_PAUSE, Duration::from_millis)
+                    .min(MAX_RETRY_PAUSE);
+                tracing::debug!(seq, code = %error.code, ?wait, "input refused for now; sending again");
+                self.paused = Some(Box::pin(tokio::time::sleep(wait)));
+                return Ok(true);
+            }
             Err(error) => return Err(SessionError::InputRefused { seq, error }),
         };
         if let Some(log) = &mut self.log {
@@ -425,6 +462,14 @@ async fn next_output(output: &mut Option<Output>) -> Step {
 }
 
 /// The input being handed over, or pending when there is none.
+/// Ends when the pause after a refusal is over; never without one.
+async fn pause(paused: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match paused {
+        Some(sleep) => sleep.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn handing(
     handing: &mut Option<BoxFuture<'static, (u64, Result<PendingReply, ClientError>)>>,
 ) -> (u64, Result<PendingReply, ClientError>) {

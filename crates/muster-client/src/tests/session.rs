@@ -221,3 +221,46 @@ async fn viewers_and_oversized_inputs_are_refused_locally() {
     let err = SessionError::TooLarge(9000);
     assert!(err.to_string().contains("8192"), "{err}");
 }
+
+#[tokio::test]
+async fn an_input_refused_for_now_is_sent_again_after_the_wait_with_those_after_it() {
+    let (listener, url) = listen().await;
+    let run = RunId::generate();
+    let hub = tokio::spawn(async move {
+        let mut applied = Vec::new();
+        let mut hub = accept(&listener).await;
+        answer_attach(&mut hub, run, "w-1", 0).await;
+        // 1 is taken; 2 hits the rate limit, so 3 finds a gap: neither is taken.
+        let (id, seq, data) = next_input(&mut hub).await;
+        assert_eq!(seq, 1);
+        applied.push(data);
+        ack(&mut hub, id, run, 1).await;
+        let (id, seq, _) = next_input(&mut hub).await;
+        assert_eq!(seq, 2);
+        let limited = ErrorData::rate_limited("slow down", Duration::from_millis(20));
+        send(&mut hub, Envelope::reply(id, HubToClient::Error(limited))).await;
+        let (id, seq, _) = next_input(&mut hub).await;
+        assert_eq!(seq, 3);
+        let gap = ErrorData::new(ErrorCode::InputGap, "the next is 2");
+        send(&mut hub, Envelope::reply(id, HubToClient::Error(gap))).await;
+        // After the wait, the writer starts over from 2, on the same connection.
+        for expected in 2..=3 {
+            let (id, seq, data) = next_input(&mut hub).await;
+            assert_eq!(seq, expected, "sent again from the refused input");
+            applied.push(data);
+            ack(&mut hub, id, run, seq).await;
+        }
+        close_code(&mut hub).await;
+        applied
+    });
+    let test = async {
+        let mut session = attach_writer(&url, run, "w-1").await;
+        for data in ["a", "b", "c"] {
+            session.input(data.into()).await.unwrap();
+        }
+        session.acked(3).await.unwrap();
+        session.close().await;
+    };
+    tokio::time::timeout(TEST_TIMEOUT, test).await.unwrap();
+    assert_eq!(hub.await.unwrap(), ["a", "b", "c"]);
+}

@@ -131,7 +131,10 @@ fn typing_through_a_link_cut_every_300ms_reaches_cat_once_in_order() {
         let cutter = proxy.cut_every(CUT_PERIOD);
         let mut last = 0;
         for i in 1..=LINES {
-            last = typist.input(format!("line-{i:04}\r")).await.unwrap();
+            match typist.input(format!("line-{i:04}\r")).await {
+                Ok(seq) => last = seq,
+                Err(error) => panic!("input {i}: {error}; why: {:?}", typist.next().await),
+            }
         }
         let acked = typist.acked(last);
         tokio::select! {
