@@ -23,7 +23,7 @@ const LINES: u32 = 2_000;
 const CUT_PERIOD: Duration = Duration::from_millis(300);
 
 /// The socket address of a hub's `MUSTER_HUB=http://ADDR`.
-fn addr_of(hub: &Server) -> SocketAddr {
+pub(crate) fn addr_of(hub: &Server) -> SocketAddr {
     hub.hub
         .strip_prefix("http://")
         .and_then(|a| a.parse().ok())
@@ -91,6 +91,24 @@ async fn read_until(session: &mut Session, until: &str, next_seq: &mut u64) -> (
     (String::from_utf8_lossy(&stdout).into_owned(), inputs)
 }
 
+/// Panics with the first line that differs, unless `got` is `expected`:
+/// every line once, in order.
+fn assert_lines(got: &str, expected: &str) {
+    if got == expected {
+        return;
+    }
+    let (got, expected): (Vec<_>, Vec<_>) = (got.lines().collect(), expected.lines().collect());
+    let at = got.iter().zip(&expected).take_while(|(g, e)| g == e).count();
+    panic!(
+        "{} lines, expected {}; line {} is {:?}, expected {:?}",
+        got.len(),
+        expected.len(),
+        at + 1,
+        got.get(at),
+        expected.get(at)
+    );
+}
+
 /// What `cat -n` prints for lines `from..=to` typed as `line-NNNN`.
 fn numbered(from: u32, to: u32, newline: &str) -> String {
     (from..=to)
@@ -144,11 +162,7 @@ fn typing_through_a_link_cut_every_300ms_reaches_cat_once_in_order() {
         let (stdout, inputs) =
             read_until(&mut viewer, &numbered(LINES, LINES, "\r\n"), &mut next_seq).await;
         drop(cutter);
-        assert_eq!(
-            stdout,
-            format!("READY\r\n{}", numbered(1, LINES, "\r\n")),
-            "every line once, in order"
-        );
+        assert_lines(&stdout, &numbered(1, LINES, "\r\n"));
         assert_eq!(inputs, (1..=u64::from(LINES)).collect::<Vec<_>>());
         control.cancel_run(run).await.unwrap();
     });
@@ -210,7 +224,7 @@ fn hub_killed_mid_session_leaves_the_process_running_and_the_transcript_whole() 
         let mut next_seq = 0;
         let (stdout, inputs) =
             read_until(&mut session, &numbered(20, 20, "\n"), &mut next_seq).await;
-        assert_eq!(stdout, numbered(1, 20, "\n"), "one continuous transcript");
+        assert_lines(&stdout, &numbered(1, 20, "\n"));
         assert_eq!(inputs, (1..=20).collect::<Vec<_>>());
         let (control, _events) = Client::connect(&proxy.url(), &admin).await.unwrap();
         let info = control.run_info(run).await.unwrap();

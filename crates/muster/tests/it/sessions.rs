@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::fault_sessions::addr_of;
 use crate::fixture::{Cli, PATIENCE, Server, muster_bin, path_in, tempdir};
 
 /// A pipe-session "AI agent": answers each line with a JSON object.
@@ -78,8 +79,10 @@ fn a_pipe_session_keeps_its_conversation_across_a_hub_restart() {
     let cli = hub.cli(&token);
     let added = cli.json(&["agents", "add", "web-1", "--json"]);
     let agent_token = added["token"].as_str().unwrap().to_owned();
+    // The agent dials a proxy that follows the hub to its new port.
+    let proxy = muster_testkit::Proxy::start(addr_of(&hub));
     let _agent = Server::agent(
-        &hub.hub,
+        &proxy.url(),
         &agent_token,
         "web-1",
         &path_in(&dir, "agent"),
@@ -117,6 +120,7 @@ fn a_pipe_session_keeps_its_conversation_across_a_hub_restart() {
 
     hub.stop();
     let hub = Server::hub(&data, false);
+    proxy.set_upstream(addr_of(&hub));
     let cli = hub.cli(&token);
     check_conversation(&transcript(&cli, &id));
 
