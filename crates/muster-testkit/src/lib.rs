@@ -91,6 +91,11 @@ impl Proxy {
         self.control.generation.send_modify(|g| *g += 1);
     }
 
+    /// How many times every connection has been cut so far.
+    pub fn cuts(&self) -> u64 {
+        *self.control.generation.borrow()
+    }
+
     /// Stops (true) or resumes (false) forwarding bytes on every connection.
     pub fn stall(&self, stalled: bool) {
         self.control.stalled.send_replace(stalled);

@@ -98,7 +98,11 @@ fn assert_lines(got: &str, expected: &str) {
         return;
     }
     let (got, expected): (Vec<_>, Vec<_>) = (got.lines().collect(), expected.lines().collect());
-    let at = got.iter().zip(&expected).take_while(|(g, e)| g == e).count();
+    let at = got
+        .iter()
+        .zip(&expected)
+        .take_while(|(g, e)| g == e)
+        .count();
     panic!(
         "{} lines, expected {}; line {} is {:?}, expected {:?}",
         got.len(),
@@ -149,6 +153,9 @@ fn typing_through_a_link_cut_every_300ms_reaches_cat_once_in_order() {
         let cutter = proxy.cut_every(CUT_PERIOD);
         let mut last = 0;
         for i in 1..=LINES {
+            // Typed as a script would, a line a millisecond: the typing
+            // spans several cuts.
+            tokio::time::sleep(Duration::from_millis(1)).await;
             match typist.input(format!("line-{i:04}\r")).await {
                 Ok(seq) => last = seq,
                 Err(error) => panic!("input {i}: {error}; why: {:?}", typist.next().await),
@@ -162,6 +169,7 @@ fn typing_through_a_link_cut_every_300ms_reaches_cat_once_in_order() {
         let (stdout, inputs) =
             read_until(&mut viewer, &numbered(LINES, LINES, "\r\n"), &mut next_seq).await;
         drop(cutter);
+        assert!(proxy.cuts() >= 3, "only {} cuts while typing", proxy.cuts());
         assert_lines(&stdout, &numbered(1, LINES, "\r\n"));
         assert_eq!(inputs, (1..=u64::from(LINES)).collect::<Vec<_>>());
         control.cancel_run(run).await.unwrap();
