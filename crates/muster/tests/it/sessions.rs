@@ -304,10 +304,22 @@ fn shell_in_a_terminal_is_a_real_terminal() {
     tmux.keys(&["clear; stty size", "Enter"]);
     tmux.wait_for("40 120", 1);
 
-    tmux.keys(&["sleep 100", "Enter"]);
+    // Ctrl-C once the command runs: a person sees it start; the test
+    // sees its process (an odd duration no other test uses).
+    tmux.keys(&["sleep 137", "Enter"]);
+    let deadline = Instant::now() + PATIENCE;
+    while !Command::new("pgrep")
+        .args(["-f", "^sleep 137$"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "sleep 137 never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     tmux.keys(&["C-c"]);
     tmux.keys(&["echo after-$((1+1))", "Enter"]);
-    tmux.wait_for("after-2", 2);
+    // The typed line shows `$((1+1))`; only the answer shows `after-2`.
+    tmux.wait_for("after-2", 1);
 
     tmux.keys(&["exit 7", "Enter"]);
     assert_eq!(wait_status(&status), 7);
