@@ -19,9 +19,11 @@
 //!   before the pty, and a snapshot is answered by the batcher, which owns
 //!   the numbering and the [`Screen`](crate::screen::Screen).
 //!
-//! Queues, and what happens when one is full (habit 7): inputs wait in a
-//! queue of [`INPUT_QUEUE`] per session; one that finds it full is dropped
-//! unapplied and unacknowledged, so the hub sends it again. Only the latest
+//! Queues, and what happens when one is full: inputs wait in a queue of
+//! [`INPUT_QUEUE`] per session, as many as the hub ever sends unapplied
+//! ([`MAX_UNAPPLIED_INPUTS`]), so a hub that keeps the rule never finds it
+//! full; one that does not has the extra input dropped, unapplied and
+//! unacknowledged, and sent again after the next `hello`. Only the latest
 //! size matters, so a resize replaces the one not yet applied. Snapshot
 //! requests wait in a queue of [`SNAPSHOT_QUEUE`]; one that finds it full is
 //! not answered, and the hub times it out. The answers (`session.input.ack`,
@@ -34,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use muster_proto::sessions::{
-    InputRecord, SessionApplied, SessionDeliver, SessionKind, SessionResize, SessionSpec,
+    InputRecord, MAX_UNAPPLIED_INPUTS, SessionApplied, SessionDeliver, SessionKind, SessionResize, SessionSpec,
     check_size,
 };
 use muster_proto::{AgentToHub, RunId};
@@ -44,9 +46,9 @@ use crate::executor::{SessionCommand, SessionInbox};
 use crate::screen::Screen;
 use crate::sink::{Batcher, Outlet, RunSink, SessionFraming};
 
-/// Inputs that may wait per session while the process takes earlier ones;
-/// the hub keeps every unapplied input and sends it again.
-pub(crate) const INPUT_QUEUE: usize = 256;
+/// Inputs that may wait per session while the process takes earlier ones:
+/// as many as the hub sends without their being applied.
+pub(crate) const INPUT_QUEUE: usize = MAX_UNAPPLIED_INPUTS;
 
 /// Snapshot requests that may wait per session; the hub asks rarely.
 pub(crate) const SNAPSHOT_QUEUE: usize = 4;

@@ -25,6 +25,11 @@ use crate::ids::RunId;
 /// Most bytes of one `session.input`'s `data` (UTF-8).
 pub const MAX_SESSION_INPUT_BYTES: usize = 8 * 1024;
 
+/// Most inputs of one session the hub has sent and the agent has not
+/// reported applied. The hub takes no more (`QUEUE_FULL`), so an agent that
+/// can hold this many waiting inputs per session never has to drop one.
+pub const MAX_UNAPPLIED_INPUTS: usize = 1024;
+
 /// Most bytes of a writer id.
 pub const MAX_WRITER_ID_BYTES: usize = 64;
 

@@ -41,7 +41,7 @@ use crate::store::{Change, SessionRecovery, StoredInput};
 
 /// Inputs a session holds that its agent has not applied yet; past it,
 /// `session.input` gets `QUEUE_FULL` until the agent catches up.
-pub(crate) const MAX_PENDING_INPUTS: usize = 1024;
+pub(crate) const MAX_PENDING_INPUTS: usize = muster_proto::sessions::MAX_UNAPPLIED_INPUTS;
 
 /// Writers one session remembers; a new writer past it is refused.
 pub(crate) const MAX_WRITERS: usize = 256;
