@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use muster_proto::sessions::{
-    InputRecord, MAX_UNAPPLIED_INPUTS, SessionApplied, SessionDeliver, SessionKind, SessionResize, SessionSpec,
-    check_size,
+    InputRecord, MAX_UNAPPLIED_INPUTS, SessionApplied, SessionDeliver, SessionKind, SessionResize,
+    SessionSpec, check_size,
 };
 use muster_proto::{AgentToHub, RunId};
 use tokio::sync::{mpsc, watch};

@@ -454,3 +454,57 @@ fn reattaching_to_a_full_screen_program_paints_its_current_screen() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn the_hubs_session_limits_refuse_or_end_sessions_with_their_codes() {
+    let dir = tempdir();
+    let limits = [
+        "--max-sessions-per-agent",
+        "2",
+        "--session-idle-timeout",
+        "700ms",
+        "--session-max-lifetime",
+        "1500ms",
+    ];
+    let hub = Server::hub_with(&path_in(&dir, "hub"), true, &limits);
+    let cli = hub.cli(hub.token.as_deref().unwrap());
+    let added = cli.json(&["agents", "add", "web-1", "--json"]);
+    let token = added["token"].as_str().unwrap().to_owned();
+    let _agent = Server::agent(&hub.hub, &token, "web-1", &path_in(&dir, "agent"), &[]);
+    cli.wait_agent("web-1", "online");
+    let open = |args: &[&str]| {
+        let mut all = vec!["sessions", "open", "web-1"];
+        all.extend_from_slice(args);
+        cli.output(&all)
+    };
+    // Quiet: nothing typed, nothing printed.
+    let quiet = open(&["--pipe", "--", "cat"]);
+    assert!(quiet.status.success(), "{quiet:?}");
+    let quiet = String::from_utf8_lossy(&quiet.stdout).trim().to_owned();
+    // Busy: never idle, so its lifetime ends it.
+    let busy = open(&["--", "sh", "-c", "while :; do echo tick; sleep 0.2; done"]);
+    assert!(busy.status.success(), "{busy:?}");
+    let busy = String::from_utf8_lossy(&busy.stdout).trim().to_owned();
+    let third = open(&["--pipe", "--", "cat"]);
+    assert!(
+        !third.status.success(),
+        "a third session was let in: {third:?}"
+    );
+    let said = String::from_utf8_lossy(&third.stderr);
+    assert!(said.contains("already has 2 open sessions"), "{said}");
+
+    let ended = |id: &str| {
+        cli.wait_shown("runs", id, "the session to end", |r| {
+            r["state"] != "running" && r["state"] != "dispatched"
+        })
+    };
+    let quiet = ended(&quiet);
+    assert_eq!(quiet["state"], "timed_out", "{quiet}");
+    assert_eq!(quiet["error_code"], "SESSION_IDLE", "{quiet}");
+    let busy = ended(&busy);
+    assert_eq!(busy["state"], "timed_out", "{busy}");
+    assert_eq!(busy["error_code"], "SESSION_LIFETIME", "{busy}");
+    // With both ended, there is room again.
+    let again = open(&["--pipe", "--", "cat"]);
+    assert!(again.status.success(), "{again:?}");
+}
