@@ -13,6 +13,7 @@
 use muster_client::{Event, RunRequest};
 use muster_proto::jobs::JobState;
 use muster_proto::messages::{JobListQuery, RunListQuery};
+use muster_proto::sessions::{SessionInput, SessionKind, SessionSpec};
 use muster_proto::types::CommandSpec;
 use muster_proto::{AgentName, HubToClient, JobId, RunId, RunState};
 
@@ -161,4 +162,51 @@ async fn upgraded_output_events_and_keys_replay_and_behave() {
     };
     assert_eq!(audit.entries.first().map(|e| e.seq), Some(1));
     assert!(audit.entries.iter().any(|e| e.action == "run.create"));
+
+    // Its runs are not sessions; a session opens on it and takes input.
+    let only = |session: bool| RunListQuery {
+        session: Some(session),
+        limit: Some(100),
+        ..RunListQuery::default()
+    };
+    assert!(as_admin.runs(only(true)).await.unwrap().is_empty());
+    assert_eq!(as_admin.runs(only(false)).await.unwrap().len(), 8);
+    let _agent = hub.agent("web-1", 1).await;
+    let mut request = RunRequest::new(
+        AgentName::new("web-1").unwrap(),
+        CommandSpec::Argv(vec!["cat".into()]),
+    );
+    request.session = Some(Box::new(SessionSpec::new(SessionKind::Pipe)));
+    let session = as_admin.create_run(request, false).await.unwrap().run.id;
+    as_admin
+        .attach_session(session, Some("upgrade"))
+        .await
+        .unwrap();
+    let input = SessionInput {
+        run: session,
+        seq: 1,
+        data: "after the upgrade".into(),
+    };
+    as_admin.session_input(input).await.unwrap();
+    let (watcher, mut watched) = hub.client().await;
+    watcher
+        .subscribe(&session.channel().to_string(), Some(0))
+        .await
+        .unwrap();
+    let mut stdout = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while !stdout.ends_with(b"after the upgrade\n") {
+            if let Event::Output(frame) = watched.recv().await.unwrap()
+                && frame.header.stream == muster_proto::OutputStream::Stdout
+            {
+                assert!(
+                    frame.header.at.is_some(),
+                    "a session's chunks carry when they were read"
+                );
+                stdout.extend_from_slice(&frame.payload);
+            }
+        }
+    })
+    .await
+    .expect("the session answers");
 }
