@@ -32,7 +32,7 @@ pub(crate) enum Greeting {
 }
 
 /// Features every agent announces in `hello`.
-const CAPABILITIES: &[&str] = &["exec"];
+const CAPABILITIES: &[&str] = &["exec", muster_proto::sessions::SESSIONS_CAPABILITY];
 
 /// The feature an agent that declares actions adds to [`CAPABILITIES`].
 const ACTIONS_CAPABILITY: &str = "actions";

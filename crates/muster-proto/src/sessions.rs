@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::UnixMillis;
 use crate::ids::RunId;
 
+/// The capability an agent announces in `hello` when it runs sessions; the
+/// hub opens sessions only on agents that announce it.
+pub const SESSIONS_CAPABILITY: &str = "sessions";
+
 /// Most bytes of one `session.input`'s `data` (UTF-8).
 pub const MAX_SESSION_INPUT_BYTES: usize = 8 * 1024;
 

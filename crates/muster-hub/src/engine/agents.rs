@@ -122,6 +122,10 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<AgentName, ApiError> {
         let name = self.registry.authenticate_agent(&hello)?.name.clone();
+        let sessions = hello
+            .capabilities
+            .iter()
+            .any(|c| c == muster_proto::sessions::SESSIONS_CAPABILITY);
         let facts = AgentFacts {
             hostname: hello.hostname,
             os: hello.os,
@@ -139,6 +143,7 @@ impl Engine {
             since_ms: now,
             last_seen: conn.last_seen,
             stale: false,
+            sessions,
             control: conn.control,
         };
         if let Some(old) = self.presence.connect(name.clone(), online) {

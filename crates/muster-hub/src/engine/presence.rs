@@ -85,6 +85,8 @@ pub(crate) struct OnlineAgent {
     pub(crate) last_seen: LastSeen,
     /// Heartbeats are late.
     pub(crate) stale: bool,
+    /// It announced the `sessions` capability.
+    pub(crate) sessions: bool,
     /// Closes its connection.
     pub(crate) control: ConnControl,
 }

@@ -157,11 +157,21 @@ impl Engine {
         }
         let mut request = request;
         if let Some(spec) = request.session.as_mut() {
-            if !self.is_online(&request.agent) {
+            let Some(online) = self.presence.get(&request.agent) else {
                 return Err(ApiError::new(
                     ErrorCode::AgentOffline,
                     format!(
                         "agent {:?} is not connected; a session is never queued",
+                        request.agent.as_str()
+                    ),
+                ));
+            };
+            if !online.sessions {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    format!(
+                        "agent {:?} does not run sessions (it does not announce the sessions \
+                         capability; upgrade it)",
                         request.agent.as_str()
                     ),
                 ));

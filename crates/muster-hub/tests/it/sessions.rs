@@ -393,3 +393,38 @@ async fn limits_refuse_or_end_sessions_with_their_codes() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_does_not_announce_sessions_gets_none() {
+    use futures_util::SinkExt as _;
+    let hub = TestHub::start().await;
+    let name = AgentName::new("old-agent").unwrap();
+    let token = hub.hub.agent_token(&name).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(hub.ws_url("/ws/agent"))
+        .await
+        .unwrap();
+    // An agent from before sessions: its hello has no "sessions" capability.
+    let hello = serde_json::json!({"type": "hello", "data": {
+        "token": token.expose(), "name": "old-agent", "max_concurrency": 1,
+        "capabilities": ["exec"],
+    }});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        hello.to_string(),
+    ))
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, hub.hub.wait_online(&name))
+        .await
+        .expect("online");
+    let (client, _events) = hub.client().await;
+    let mut request = RunRequest::new(name, CommandSpec::Shell("exec cat".into()));
+    request.session = Some(Box::new(SessionSpec::new(SessionKind::Pty)));
+    let refused = client.create_run(request, false).await;
+    assert_eq!(
+        refused.as_ref().err().and_then(ClientError::code),
+        Some(ErrorCode::InvalidState),
+        "{refused:?}"
+    );
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("does not run sessions"), "{message}");
+}
