@@ -54,11 +54,31 @@ impl Engine {
         let view = self.view(&principal);
         self.audit(AuditDraft::new(&principal.name, source, "login"), now);
         Ok(ClientWelcome {
-            principal,
+            principal: self.shared_principal(&key_id, principal),
             key_id,
             view,
             agents,
         })
+    }
+
+    /// One `Principal` for every connection of a key: the one held, if it
+    /// is still this, else `principal`, held from now on. (Each connection
+    /// keeps its principal; 15,000 connections of one key share one.)
+    fn shared_principal(&mut self, key_id: &str, principal: Principal) -> Arc<Principal> {
+        match self.principals.get(key_id) {
+            Some(held) if **held == principal => held.clone(),
+            _ => {
+                let shared = Arc::new(principal);
+                self.principals.insert(key_id.to_owned(), shared.clone());
+                shared
+            }
+        }
+    }
+
+    /// Lets go of the principals no connection holds any more.
+    pub(super) fn prune_principals(&mut self) {
+        self.principals
+            .retain(|_, held| Arc::strong_count(held) > 1);
     }
 
     /// Checks a client's credential: an API key, or a browser token issued

@@ -212,8 +212,8 @@ pub struct AgentConn {
 /// The answer to a client's `hello`.
 #[derive(Debug)]
 pub struct ClientWelcome {
-    /// Who the token belongs to.
-    pub principal: Principal,
+    /// Who the token belongs to, shared by the connections of its key.
+    pub principal: Arc<Principal>,
     /// The key id of its token: revoking, rotating or expiring it closes
     /// the connection.
     pub key_id: String,
@@ -270,6 +270,8 @@ pub struct Engine {
     snapshots: HashMap<u64, sessions::PendingSnapshot>,
     /// The token the next snapshot request gets.
     next_snapshot_token: u64,
+    /// The principal of each API key (by key id) that has connections.
+    principals: HashMap<String, Arc<Principal>>,
 }
 
 impl Engine {
@@ -311,6 +313,7 @@ impl Engine {
             refused: None,
             snapshots: HashMap::new(),
             next_snapshot_token: 1,
+            principals: HashMap::new(),
             config,
             hub_id,
         };
@@ -392,6 +395,7 @@ impl Engine {
     pub fn tick(&mut self, now: UnixMillis) {
         self.sweep_runs(now);
         self.expire_snapshots(now);
+        self.prune_principals();
         self.expire_rotations(now);
         self.expire_keys(now);
         self.compact_metrics_if_due(now);

@@ -96,7 +96,7 @@ async fn open(
     subs.subscribe_live(&Channel::Fleet);
     let ack = Engine::ack_template(
         &state.config,
-        welcome.principal.clone(),
+        (*welcome.principal).clone(),
         format!("c{conn_id}"),
     );
     writer

@@ -68,7 +68,7 @@ struct Attachment {
 impl Session {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        principal: Principal,
+        principal: Arc<Principal>,
         view: Option<View>,
         source: IpAddr,
         limits: &RateLimits,
@@ -86,7 +86,7 @@ impl Session {
         });
         Self {
             limit: limits.connection().map(Box::new),
-            principal: Arc::new(principal),
+            principal,
             source,
             fleet,
             attached: None,

@@ -13,6 +13,7 @@ mod fleet;
 mod inputs;
 mod model;
 mod ops;
+mod principals;
 mod properties;
 mod removal;
 mod reports;
