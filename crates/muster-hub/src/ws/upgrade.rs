@@ -288,7 +288,7 @@ mod tests {
     }
 
     /// An idle fleet's memory is mostly these tasks: 15,000 agents hold one
-    /// each. The bounds leave some room over today's sizes (888 and 840
+    /// each. The bounds leave some room over today's sizes (888 and 856
     /// bytes); what passes them should be boxed or kept off the loop.
     #[test]
     fn a_connection_task_stays_small() {
