@@ -428,3 +428,62 @@ async fn an_agent_that_does_not_announce_sessions_gets_none() {
     let message = refused.unwrap_err().to_string();
     assert!(message.contains("does not run sessions"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_key_opens_watches_and_types_into_sessions_of_its_agents_only() {
+    let hub = TestHub::start().await;
+    let _prod = hub.labeled_agent("prod-1", &[("env", "prod")]).await;
+    let _stage = hub.labeled_agent("stage-1", &[("env", "staging")]).await;
+    let (admin, _admin_events) = hub.client().await;
+    let create = serde_json::json!({"type": "key.create", "data":
+        {"name": "ci", "role": "operator", "scope": "env=staging"}});
+    let token = match admin
+        .request(serde_json::from_value(create).unwrap())
+        .await
+        .unwrap()
+    {
+        HubToClient::KeyCreated(created) => created.token,
+        other => panic!("{other:?}"),
+    };
+    let (ci, _ci_events) = Client::connect(&hub.url, &token).await.unwrap();
+    let prod = open(&admin, "prod-1", SessionKind::Pipe, "exec cat").await;
+    let stage = open(&ci, "stage-1", SessionKind::Pipe, "exec cat").await;
+
+    // Outside its scope: not opened, not attached to, not watched, not typed into.
+    let mut request = RunRequest::new(
+        AgentName::new("prod-1").unwrap(),
+        CommandSpec::Shell("exec cat".into()),
+    );
+    request.session = Some(Box::new(SessionSpec::new(SessionKind::Pipe)));
+    let opened = ci.create_run(request, false).await;
+    assert_eq!(
+        opened.as_ref().err().and_then(ClientError::code),
+        Some(ErrorCode::Forbidden),
+        "{opened:?}"
+    );
+    let attach_prod = SessionAttach {
+        run: prod.id,
+        write: true,
+        writer: Some("ci-w".into()),
+    };
+    let attached = ci.request(ClientToHub::SessionAttach(attach_prod)).await;
+    assert_eq!(code(&attached), Some(ErrorCode::Forbidden), "{attached:?}");
+    let typed = type_in(&ci, prod.id, 1, "nope").await;
+    assert_eq!(code(&typed), Some(ErrorCode::Forbidden), "{typed:?}");
+    let watched = ci.subscribe(&format!("session:{}", prod.id), None).await;
+    assert_eq!(
+        watched.as_ref().err().and_then(ClientError::code),
+        Some(ErrorCode::Forbidden),
+        "{watched:?}"
+    );
+    // Inside it: all of that works.
+    assert!(attach(&ci, stage.id, Some("ci-w")).await.write);
+    let acked = type_in(&ci, stage.id, 1, "yes").await.unwrap();
+    assert!(
+        matches!(acked, HubToClient::SessionInputAck(_)),
+        "{acked:?}"
+    );
+    ci.subscribe(&format!("session:{}", stage.id), None)
+        .await
+        .unwrap();
+}

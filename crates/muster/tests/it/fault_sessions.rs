@@ -291,3 +291,44 @@ fn a_read_only_viewer_sees_the_same_output_and_its_input_is_forbidden() {
         control.cancel_run(run).await.unwrap();
     });
 }
+
+#[test]
+fn an_agent_restart_ends_its_sessions_lost_with_their_transcript_kept() {
+    let dir = tempdir();
+    let hub = Server::hub(&path_in(&dir, "hub"), true);
+    let admin = hub.token.clone().expect("token");
+    let token = add_agent(&hub, &admin, "restarted");
+    let state = path_in(&dir, "agent");
+    let agent = Server::agent(&hub.hub, &token, "restarted", &state, &[]);
+    let cli = hub.cli(&admin);
+    cli.wait_agent("restarted", "online");
+    let rt = runtime();
+    let run = rt.block_on(async {
+        let (control, _events) = Client::connect(&hub.hub, &admin).await.unwrap();
+        let run = open(&control, "restarted", SessionKind::Pipe, "exec cat -n").await;
+        let connection = Client::connect(&hub.hub, &admin).await.unwrap();
+        let options = SessionOptions::writer(new_writer_id(), Follow::From(0));
+        let mut session = Session::attach(connection, &hub.hub, &admin, run, options)
+            .await
+            .unwrap()
+            .session;
+        session.input("said before".into()).await.unwrap();
+        let mut next_seq = 0;
+        read_until(&mut session, "said before\n", &mut next_seq).await;
+        run
+    });
+    kill(agent.pid(), Signal::SIGKILL).expect("kill the agent");
+    drop(agent);
+    let _agent = Server::agent(&hub.hub, &token, "restarted", &state, &[]);
+    let id = run.to_string();
+    let ended = cli.wait_shown("runs", &id, "the session to end", |r| {
+        r["state"] != "running" && r["state"] != "dispatched"
+    });
+    assert_eq!(ended["state"], "lost", "{ended}");
+    let out = cli.output(&["runs", "output", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_lines(
+        &String::from_utf8_lossy(&out.stdout),
+        &format!("{:>6}\tsaid before\n", 1),
+    );
+}
