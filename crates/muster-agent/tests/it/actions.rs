@@ -95,7 +95,7 @@ async fn hello_announces_the_actions_and_exec_mode() {
     let harness = Harness::start_with_actions(ExecMode::ActionsOnly, set.clone()).await;
     let (mut ws, hello) = harness.accept_ack().await;
     assert_eq!(hello.exec, ExecMode::ActionsOnly);
-    assert_eq!(hello.capabilities, ["exec", "actions"]);
+    assert_eq!(hello.capabilities, ["exec", "sessions", "actions"]);
     assert_eq!(hello.actions, set.info());
     let names: Vec<_> = hello.actions.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["mark", "pair"]);
@@ -106,7 +106,7 @@ async fn hello_announces_the_actions_and_exec_mode() {
     let plain = Harness::start().await;
     let (mut ws, hello) = plain.accept_ack().await;
     assert_eq!(hello.exec, ExecMode::Any);
-    assert_eq!(hello.capabilities, ["exec"]);
+    assert_eq!(hello.capabilities, ["exec", "sessions"]);
     assert!(hello.actions.is_empty());
     round_trip(&mut ws).await;
     plain.stop(ws).await;
