@@ -65,6 +65,9 @@ pub(crate) struct LiveSession {
     writers: HashMap<String, u64>,
     /// Output bytes the store holds for it, about (exact until a trim).
     pub(crate) stored_bytes: u64,
+    /// Who is attached, and how often: a leave is published only for a
+    /// join that was (a connection whose attach was refused never joined).
+    attached: HashMap<(String, bool), u32>,
 }
 
 impl LiveSession {
@@ -79,6 +82,7 @@ impl LiveSession {
             pending: VecDeque::new(),
             writers: HashMap::new(),
             stored_bytes: 0,
+            attached: HashMap::new(),
         }
     }
 
@@ -209,6 +213,15 @@ impl Engine {
             },
             None => 0,
         };
+        let who = (principal.name.clone(), attach.write);
+        if !session.attached.contains_key(&who) && session.attached.len() >= MAX_WRITERS {
+            let error = ApiError::new(
+                ErrorCode::Conflict,
+                format!("session {id} already has {MAX_WRITERS} keys attached"),
+            );
+            return self.reply_error(to, re, error, None);
+        }
+        *session.attached.entry(who).or_default() += 1;
         let attached = SessionAttached {
             run: id,
             kind: session.kind,
@@ -243,7 +256,19 @@ impl Engine {
             self.batch
                 .reply(to, Reply::to(re, HubToClient::Ok(Default::default())));
         }
-        if self.live_session(id).is_some() {
+        let Some(session) = self.live_session(id) else {
+            return;
+        };
+        let key = (principal.name.clone(), write);
+        let joined = match session.attached.get_mut(&key) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                true
+            }
+            Some(_) => session.attached.remove(&key).is_some(),
+            None => false,
+        };
+        if joined {
             let left = SessionPresence {
                 run: id,
                 who: principal.name.clone(),

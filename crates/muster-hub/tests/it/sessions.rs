@@ -487,3 +487,47 @@ async fn a_scoped_key_opens_watches_and_types_into_sessions_of_its_agents_only()
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_attach_never_joined_so_it_never_leaves() {
+    let hub = TestHub::start().await;
+    let _agent = hub.agent("quiet-host", 1).await;
+    let (admin, _admin_events) = hub.client().await;
+    let session = open(&admin, "quiet-host", SessionKind::Pipe, "exec cat").await;
+    let (observer, mut presence_events) = hub.client().await;
+    observer
+        .subscribe(&format!("session:{}", session.id), None)
+        .await
+        .unwrap();
+    let (viewer, _viewer_events) = connect_as(&hub, "watcher", Role::Viewer).await;
+    let as_writer = SessionAttach {
+        run: session.id,
+        write: true,
+        writer: Some("w".into()),
+    };
+    let refused = viewer.request(ClientToHub::SessionAttach(as_writer)).await;
+    assert_eq!(code(&refused), Some(ErrorCode::Forbidden), "{refused:?}");
+    viewer.close().await;
+    // Then someone who does attach and leave: theirs are the only events.
+    let (ops, _ops_events) = connect_as(&hub, "ops", Role::Operator).await;
+    attach(&ops, session.id, None).await;
+    ops.close().await;
+    let mut presence = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while presence.len() < 2 {
+            if let Event::Message(env) = presence_events.recv().await.unwrap() {
+                match env.msg {
+                    HubToClient::SessionJoined(p) => presence.push(("joined", p.who)),
+                    HubToClient::SessionLeft(p) => presence.push(("left", p.who)),
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("presence: {presence:?}"));
+    assert_eq!(
+        presence,
+        [("joined", "ops".to_owned()), ("left", "ops".to_owned())]
+    );
+}
