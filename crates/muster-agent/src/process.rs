@@ -109,6 +109,14 @@ enum KillReason {
 
 /// Builds and spawns the run's command.
 fn spawn(start: &RunStart) -> Result<Child, String> {
+    piped_command(start, Stdio::null())?
+        .spawn()
+        .map_err(|e| cannot_start(start, &e))
+}
+
+/// The run's command in its own process group, with its environment, its
+/// working directory, `stdin`, and piped stdout and stderr.
+fn piped_command(start: &RunStart, stdin: Stdio) -> Result<Command, String> {
     let mut command = command(start)?;
     command
         .env_clear()
@@ -117,7 +125,7 @@ fn spawn(start: &RunStart) -> Result<Child, String> {
             own_binary(),
             &start.env,
         ))
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -125,7 +133,7 @@ fn spawn(start: &RunStart) -> Result<Child, String> {
     if let Some(cwd) = &start.cwd {
         command.current_dir(cwd);
     }
-    command.spawn().map_err(|e| cannot_start(start, &e))
+    Ok(command)
 }
 
 /// The program and arguments of the run's command.

@@ -132,15 +132,7 @@ impl Client {
     /// timeout: a dead connection is detected by the heartbeat deadline, which
     /// fails every pending request with [`ClientError::Closed`].
     pub async fn request(&self, msg: ClientToHub) -> Result<HubToClient, ClientError> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.command_tx
-            .send(Command::Request {
-                msg: Box::new(msg),
-                reply_tx,
-            })
-            .await
-            .map_err(|_| self.closed_error())?;
-        reply_rx.await.map_err(|_| self.closed_error())?
+        self.enqueue(msg).await?.reply().await
     }
 
     /// Hands `msg` to the connection as a request and returns where its

@@ -48,7 +48,7 @@ use super::idle::{Activity, idle_for};
 use super::terminal::{Terminal, kill_session};
 use super::{
     ProcessGroup, READ_BUFFER_BYTES, cannot_start, command, drain, exited, failed, own_binary,
-    run_environment, sleep_or_forever,
+    piped_command, run_environment, sleep_or_forever,
 };
 use crate::executor::{SessionCommand, SessionInbox};
 use crate::sink::RunSink;
@@ -175,23 +175,9 @@ fn spawn_pty(start: &RunStart, spec: &SessionSpec) -> Result<Spawned, String> {
 }
 
 fn spawn_pipe(start: &RunStart) -> Result<Spawned, String> {
-    let mut command = command(start)?;
-    command
-        .env_clear()
-        .envs(run_environment(
-            std::env::vars_os(),
-            own_binary(),
-            &start.env,
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(cwd) = &start.cwd {
-        command.current_dir(cwd);
-    }
-    let mut child = command.spawn().map_err(|e| cannot_start(start, &e))?;
+    let mut child = piped_command(start, Stdio::piped())?
+        .spawn()
+        .map_err(|e| cannot_start(start, &e))?;
     let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
         return Err("the process's pipes were not set up".into());

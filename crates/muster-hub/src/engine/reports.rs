@@ -95,15 +95,40 @@ impl Engine {
         };
         run.next_seq = next;
         let len = frame.payload.len() as u64;
-        if let Some(session) = run.session.as_deref_mut() {
+        // Bytes of the run's output to keep once this frame is stored (a
+        // session's scrollback); `None` when the frame is not stored.
+        let mut trim_to = None;
+        let stored = match run.session.as_deref_mut() {
             // A session is never cut: its oldest output goes instead.
-            run.info.output_bytes = run.info.output_bytes.saturating_add(len);
-            session.stored_bytes = session.stored_bytes.saturating_add(len);
-            let scrollback = self.config.session_scrollback_bytes;
-            let trim = session.stored_bytes > scrollback;
-            if trim {
-                session.stored_bytes = scrollback / 2;
+            Some(session) => {
+                run.info.output_bytes = run.info.output_bytes.saturating_add(len);
+                session.stored_bytes = session.stored_bytes.saturating_add(len);
+                let scrollback = self.config.session_scrollback_bytes;
+                if session.stored_bytes > scrollback {
+                    session.stored_bytes = scrollback / 2;
+                    trim_to = Some(scrollback / 2);
+                }
+                true
             }
+            // Once one frame is over the cap, none after it is kept either,
+            // so the stored stream never has a hole.
+            None => match run
+                .info
+                .output_bytes
+                .checked_add(len)
+                .filter(|n| *n <= cap && !run.info.output_truncated)
+            {
+                Some(total) => {
+                    run.info.output_bytes = total;
+                    true
+                }
+                None => {
+                    run.info.output_truncated = true;
+                    false
+                }
+            },
+        };
+        if stored {
             let chunk = StoredChunk {
                 seq: header.seq,
                 stream: header.stream,
@@ -113,9 +138,9 @@ impl Engine {
             };
             self.batch
                 .change(crate::store::Change::AppendOutput(id, chunk));
-            if trim {
-                let keep = crate::store::Change::TrimOutput(id, scrollback / 2);
-                self.batch.change(keep);
+            if let Some(keep) = trim_to {
+                self.batch
+                    .change(crate::store::Change::TrimOutput(id, keep));
             }
             self.batch.effect(super::Effect::Raw(Delivery {
                 channel: Channel::Run(id).into(),
@@ -124,37 +149,6 @@ impl Engine {
                 last: false,
                 key: None,
             }));
-            self.batch.run_changed(id);
-            return self.ack_output(link, id);
-        }
-        // Once one frame is over the cap, none after it is kept either, so
-        // the stored stream never has a hole.
-        let fits = run
-            .info
-            .output_bytes
-            .checked_add(len)
-            .filter(|n| *n <= cap && !run.info.output_truncated);
-        match fits {
-            Some(total) => {
-                run.info.output_bytes = total;
-                let chunk = StoredChunk {
-                    seq: header.seq,
-                    stream: header.stream,
-                    offset: header.offset,
-                    at: header.at,
-                    data: frame.payload,
-                };
-                self.batch
-                    .change(crate::store::Change::AppendOutput(id, chunk));
-                self.batch.effect(super::Effect::Raw(Delivery {
-                    channel: Channel::Run(id).into(),
-                    seq: Some(header.seq),
-                    frame: Frame::Binary(raw),
-                    last: false,
-                    key: None,
-                }));
-            }
-            None => run.info.output_truncated = true,
         }
         self.batch.run_changed(id);
         self.ack_output(link, id);
