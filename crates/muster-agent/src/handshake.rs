@@ -37,6 +37,13 @@ const CAPABILITIES: &[&str] = &["exec", muster_proto::sessions::SESSIONS_CAPABIL
 /// The feature an agent that declares actions adds to [`CAPABILITIES`].
 const ACTIONS_CAPABILITY: &str = "actions";
 
+/// Most bytes one read from the socket takes. The codec zeroes this much of
+/// its buffer before every read, and the hub sends an agent small messages
+/// (starts, acknowledgements), so tungstenite's 128 KiB default would cost
+/// a 128 KiB memset per read for nothing; a large `run.start` still arrives,
+/// over several reads.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// The agent endpoint under the hub's base URL (`http://` or `ws://`,
 /// `https://` or `wss://`).
 pub(crate) fn agent_ws_url(hub_url: &str) -> anyhow::Result<String> {
@@ -114,6 +121,7 @@ async fn dial_and_greet(
     limit: Duration,
 ) -> Result<(Ws, Greeting), Ended> {
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let (mut ws, _response) = muster_tls::dial(url, trust, config)

@@ -119,14 +119,17 @@ impl Runs {
             self.sessions.insert(run, handle);
             parts
         });
-        let execution = execute(
+        // Boxed: the execution's future is kilobytes, and the task that
+        // owns it would otherwise be copied whole when it is spawned and
+        // again when it finishes (about 5 KB at this writing).
+        let execution = Box::pin(execute(
             self.executor.clone(),
             start,
             session,
             cancel,
             self.spool.clone(),
             self.ledger.clone(),
-        );
+        ));
         self.tasks.spawn(async move {
             execution.await;
             drop(entry);
