@@ -327,16 +327,8 @@ impl Engine {
             return;
         }
         let room = (job.info.batch_limit as usize).saturating_sub(job.in_progress());
-        let mut pending = job
-            .info
-            .targets
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.state == TargetState::Pending)
-            .map(|(i, _)| i)
-            .take(room);
-        let now_starting: Vec<usize> = pending.by_ref().take(STARTS_PER_BATCH).collect();
-        if pending.next().is_some() {
+        let (now_starting, more) = job.next_pending(room.min(STARTS_PER_BATCH));
+        if more && room > now_starting.len() {
             self.jobs.paced.insert(id);
             self.batch.effect(Effect::ContinueJob(id));
         }

@@ -36,6 +36,13 @@ pub(crate) struct ActiveJob {
     pub(super) dirty_record: bool,
     /// Events numbered since the batch began: stored at its end.
     pub(super) unsaved_events: Vec<(u64, String)>,
+    /// Targets in each state, kept as they move (see [`ActiveJob::set_state`]),
+    /// so that nothing per event counts all the targets again: a job over
+    /// 10,000 agents hears from each of them.
+    tally: JobProgress,
+    /// No target before this index is pending: targets never go back to
+    /// pending, so the search for the next ones to start resumes here.
+    first_pending: usize,
 }
 
 impl ActiveJob {
@@ -46,6 +53,7 @@ impl ActiveJob {
             .enumerate()
             .map(|(i, t)| (t.agent.clone(), i))
             .collect();
+        let tally = JobProgress::count(info.targets.iter().map(|t| t.state));
         Self {
             info,
             index,
@@ -54,7 +62,33 @@ impl ActiveJob {
             dirty_targets: BTreeSet::new(),
             dirty_record: false,
             unsaved_events: Vec::new(),
+            tally,
+            first_pending: 0,
         }
+    }
+
+    /// Moves target `i` to `state`, keeping the tally.
+    fn set_state(&mut self, i: usize, state: TargetState) {
+        let from = std::mem::replace(&mut self.info.targets[i].state, state);
+        *counter(&mut self.tally, from) -= 1;
+        *counter(&mut self.tally, state) += 1;
+    }
+
+    /// Up to `n` pending targets, first to last, and whether more are pending.
+    pub(super) fn next_pending(&mut self, n: usize) -> (Vec<usize>, bool) {
+        let targets = &self.info.targets;
+        while targets
+            .get(self.first_pending)
+            .is_some_and(|t| t.state != TargetState::Pending)
+        {
+            self.first_pending += 1;
+        }
+        let taken: Vec<usize> = (self.first_pending..targets.len())
+            .filter(|&i| targets[i].state == TargetState::Pending)
+            .take(n)
+            .collect();
+        let more = (self.tally.pending as usize) > taken.len();
+        (taken, more)
     }
 
     /// Numbers an event built by `make(job, seq, now)`.
@@ -74,7 +108,11 @@ impl ActiveJob {
 
     /// Recounts targets and numbers a `job.progress` if anything changed.
     pub(super) fn progress(&mut self, now: UnixMillis) -> Option<Numbered> {
-        let progress = JobProgress::count(self.info.targets.iter().map(|t| t.state));
+        let progress = self.tally;
+        debug_assert_eq!(
+            progress,
+            JobProgress::count(self.info.targets.iter().map(|t| t.state))
+        );
         self.info.progress = progress;
         let current = (self.info.state, progress);
         if self.published == Some(current) {
@@ -102,8 +140,8 @@ impl ActiveJob {
         error: Option<String>,
         now: UnixMillis,
     ) -> Numbered {
+        self.set_state(i, state);
         let target = &mut self.info.targets[i];
-        target.state = state;
         target.error = error.clone();
         target.finished_ms = Some(now);
         let agent = target.agent.clone();
@@ -122,27 +160,18 @@ impl ActiveJob {
 
     /// Targets with a run on their agent (queued there or running).
     pub(super) fn in_progress(&self) -> usize {
-        self.info
-            .targets
-            .iter()
-            .filter(|t| matches!(t.state, TargetState::Queued | TargetState::Running))
-            .count()
+        (self.tally.queued + self.tally.running) as usize
     }
 
     /// Whether new targets may start: not cancelled, and not stopped by fail-fast.
     pub(super) fn may_start(&self) -> bool {
-        let failed = self
-            .info
-            .targets
-            .iter()
-            .any(|t| t.state == TargetState::Failed);
+        let failed = self.tally.failed > 0;
         !(self.info.cancel_requested || (self.info.spec.fail_fast && failed))
     }
 
     /// Sets the final state once every target has one; true if it just did.
     pub(super) fn settle(&mut self, now: UnixMillis) -> bool {
-        if self.info.state.is_terminal() || self.info.targets.iter().any(|t| !t.state.is_terminal())
-        {
+        if self.info.state.is_terminal() || self.tally.done() < self.tally.total {
             return false;
         }
         self.info.state = final_state(&self.info);
@@ -203,10 +232,10 @@ impl ActiveJob {
         }
         target.steps.push(StepOutcome::queued(step, run.id));
         target.started_ms.get_or_insert(now);
-        if !target.state.is_terminal() {
-            target.state = TargetState::Queued;
+        let (agent, run, ended) = (target.agent.clone(), run.id, target.state.is_terminal());
+        if !ended {
+            self.set_state(i, TargetState::Queued);
         }
-        let (agent, run) = (target.agent.clone(), run.id);
         self.dirty_targets.insert(i);
         Some(self.event(now, |job, seq, ts_ms| {
             HubToClient::JobStepStarted(StepStartedEvent {
@@ -245,7 +274,7 @@ impl ActiveJob {
         }
         if !run.state.is_terminal() {
             if target.state == TargetState::Queued && run.state != RunState::Queued {
-                target.state = TargetState::Running;
+                self.set_state(i, TargetState::Running);
             }
             return None;
         }
@@ -314,6 +343,19 @@ impl ActiveJob {
             out.push(self.end_target(i, TargetState::Failed, Some(error), now));
         }
         Advance::Ended
+    }
+}
+
+/// The count of `state` in `tally`.
+fn counter(tally: &mut JobProgress, state: TargetState) -> &mut u32 {
+    match state {
+        TargetState::Pending => &mut tally.pending,
+        TargetState::Queued => &mut tally.queued,
+        TargetState::Running => &mut tally.running,
+        TargetState::Succeeded => &mut tally.succeeded,
+        TargetState::Failed => &mut tally.failed,
+        TargetState::Skipped => &mut tally.skipped,
+        TargetState::Cancelled => &mut tally.cancelled,
     }
 }
 
