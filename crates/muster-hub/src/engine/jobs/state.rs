@@ -401,3 +401,107 @@ fn step_failure(name: &str, outcome: &StepOutcome) -> String {
     };
     format!("step {name:?} {how}")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use muster_proto::jobs::{JobSpec, JobTarget, StepSpec};
+    use muster_proto::types::{CommandSpec, RunRequest};
+
+    use super::*;
+
+    fn job(states: &[TargetState]) -> ActiveJob {
+        let targets = states
+            .iter()
+            .enumerate()
+            .map(|(i, &state)| JobTarget {
+                agent: AgentName::new(format!("agent-{i}")).unwrap(),
+                state,
+                steps: Vec::new(),
+                error: None,
+                started_ms: None,
+                finished_ms: None,
+            })
+            .collect::<Vec<_>>();
+        let info = JobInfo {
+            id: JobId::generate(),
+            spec: JobSpec {
+                name: None,
+                selector: "all".into(),
+                steps: vec![StepSpec {
+                    name: "run".into(),
+                    command: CommandSpec::Argv(vec!["true".into()]),
+                    env: BTreeMap::new(),
+                    cwd: None,
+                    timeout_ms: None,
+                    continue_on_failure: false,
+                }],
+                batch: None,
+                fail_fast: true,
+                online_only: false,
+                priority: 0,
+                ttl_ms: None,
+            },
+            state: JobState::Running,
+            progress: JobProgress::count(targets.iter().map(|t| t.state)),
+            batch_limit: 10,
+            requested_by: None,
+            idempotency_key: None,
+            cancel_requested: false,
+            created_ms: 1,
+            finished_ms: None,
+            targets,
+            targets_next_cursor: None,
+        };
+        ActiveJob::new(info, 0)
+    }
+
+    fn start(job: &mut ActiveJob, i: usize) {
+        let agent = job.info.targets[i].agent.clone();
+        let run = RunInfo::queued(
+            RunRequest::new(agent, CommandSpec::Argv(vec!["true".into()])),
+            1,
+        );
+        job.record_step(i, 0, &run, 1);
+    }
+
+    #[test]
+    fn the_tally_and_the_pending_cursor_follow_every_move() {
+        use TargetState::{Failed, Pending, Skipped, Succeeded};
+        let mut job = job(&[Pending, Skipped, Pending, Pending]);
+        assert_eq!(job.next_pending(2), (vec![0, 2], true));
+        assert_eq!(job.next_pending(3), (vec![0, 2, 3], false));
+
+        start(&mut job, 0);
+        assert_eq!(job.in_progress(), 1);
+        assert_eq!(job.next_pending(8), (vec![2, 3], false));
+        assert_eq!(
+            job.first_pending, 2,
+            "the cursor skips what will never be pending again"
+        );
+
+        start(&mut job, 2);
+        job.end_target(0, Succeeded, None, 2);
+        assert_eq!(job.in_progress(), 1);
+        assert!(job.may_start());
+        job.end_target(2, Failed, Some("exit 1".into()), 3);
+        assert!(
+            !job.may_start(),
+            "fail-fast: a failed target stops new starts"
+        );
+        assert!(!job.settle(3), "target 3 is still pending");
+
+        let counted = JobProgress::count(job.info.targets.iter().map(|t| t.state));
+        assert_eq!(job.tally, counted);
+        assert_eq!(
+            (counted.pending, counted.failed, counted.skipped),
+            (1, 1, 1)
+        );
+
+        job.end_target(3, Skipped, None, 4);
+        assert_eq!(job.next_pending(8), (vec![], false));
+        assert!(job.settle(4));
+        assert_eq!(job.info.state, JobState::Failed);
+    }
+}
