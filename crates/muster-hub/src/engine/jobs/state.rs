@@ -70,8 +70,10 @@ impl ActiveJob {
     /// Moves target `i` to `state`, keeping the tally.
     fn set_state(&mut self, i: usize, state: TargetState) {
         let from = std::mem::replace(&mut self.info.targets[i].state, state);
-        *counter(&mut self.tally, from) -= 1;
-        *counter(&mut self.tally, state) += 1;
+        let left = counter(&mut self.tally, from);
+        *left = left.saturating_sub(1);
+        let entered = counter(&mut self.tally, state);
+        *entered = entered.saturating_add(1);
     }
 
     /// Up to `n` pending targets, first to last, and whether more are pending.
