@@ -88,8 +88,16 @@ for entry in "${SCENARIOS[@]}"; do
     echo "$name|$args"
 done >"$OUT/scenarios.txt"
 python3 - "$OUT/meta.json" "$ROUNDS" "$QUICK" "$ROOT" <<'PY'
-import json, os, platform, subprocess, sys, time
+import hashlib, json, os, platform, subprocess, sys, time
 path, rounds, quick, root = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+# How fast one core of this machine is right now, so runs on different days
+# can be compared: SHA-256 of 64 MiB, best of three.
+block = bytes(64 << 20)
+def hash_seconds():
+    start = time.perf_counter()
+    hashlib.sha256(block).digest()
+    return time.perf_counter() - start
+cpu_ref = round(len(block) / 1e6 / min(hash_seconds() for _ in range(3)))
 mem_kib = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal:"))
 def git(*args):
     try:
@@ -102,6 +110,7 @@ json.dump({
     "nproc": os.cpu_count(), "mem_gib": round(mem_kib / 1024 / 1024, 1),
     "kernel": platform.release(), "commit": git("rev-parse", "--short", "HEAD"),
     "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+    "cpu_ref_mb_s": cpu_ref,
     "open_files": int(subprocess.run(["sh", "-c", "ulimit -n"], capture_output=True, text=True).stdout.strip() or 0),
 }, open(path, "w"), indent=2)
 PY

@@ -368,6 +368,14 @@ def header(meta):
         f"- Machine: {meta.get('nproc')} cores, {meta.get('mem_gib')} GiB memory, Linux {meta.get('kernel')}, "
         f"{meta.get('open_files'):,} open files per process; loopback only. Date: {meta.get('date')}; "
         f"commit {meta.get('commit') or 'unknown'}; Node {meta.get('node')}.",
+    ]
+    if meta.get("cpu_ref_mb_s"):
+        lines.append(
+            f"- Speed of one core before the rounds: SHA-256 at {meta['cpu_ref_mb_s']:,} MB/s (best of 3 over "
+            "64 MiB). This machine's speed varies from day to day, and the two hubs do not slow down alike: "
+            "compare two runs' figures, ratios included, only alongside this one."
+        )
+    lines += [
         f"- {meta.get('rounds')} round(s). In each round every scenario runs once against a fresh **Muster** hub "
         "(`muster dev`, release build, a fresh SQLite data directory, which also runs its `local` agent) and once "
         "against a fresh **Node** baseline hub (`../shared/baselines/muster-node-hub/hub.js`), alternating which "
