@@ -233,18 +233,24 @@ impl JobProgress {
     pub fn count(states: impl IntoIterator<Item = TargetState>) -> Self {
         let mut p = Self::default();
         for state in states {
-            p.total += 1;
-            *match state {
-                TargetState::Pending => &mut p.pending,
-                TargetState::Queued => &mut p.queued,
-                TargetState::Running => &mut p.running,
-                TargetState::Succeeded => &mut p.succeeded,
-                TargetState::Failed => &mut p.failed,
-                TargetState::Skipped => &mut p.skipped,
-                TargetState::Cancelled => &mut p.cancelled,
-            } += 1;
+            p.total = p.total.saturating_add(1);
+            let count = p.of_mut(state);
+            *count = count.saturating_add(1);
         }
         p
+    }
+
+    /// The count of targets in `state`, to change.
+    pub fn of_mut(&mut self, state: TargetState) -> &mut u32 {
+        match state {
+            TargetState::Pending => &mut self.pending,
+            TargetState::Queued => &mut self.queued,
+            TargetState::Running => &mut self.running,
+            TargetState::Succeeded => &mut self.succeeded,
+            TargetState::Failed => &mut self.failed,
+            TargetState::Skipped => &mut self.skipped,
+            TargetState::Cancelled => &mut self.cancelled,
+        }
     }
 
     /// Targets that reached a final state.

@@ -603,7 +603,8 @@ async fn events_are_numbered_per_agent(store: &impl Store) {
     assert_eq!(seqs, [(name("a"), 5), (name("b"), 1)]);
 }
 
-fn job(agents: &[&str]) -> JobInfo {
+/// A running job over `agents`, every target pending.
+pub(crate) fn job(agents: &[&str]) -> JobInfo {
     let targets: Vec<JobTarget> = agents
         .iter()
         .map(|a| JobTarget {

@@ -70,9 +70,9 @@ impl ActiveJob {
     /// Moves target `i` to `state`, keeping the tally.
     fn set_state(&mut self, i: usize, state: TargetState) {
         let from = std::mem::replace(&mut self.info.targets[i].state, state);
-        let left = counter(&mut self.tally, from);
+        let left = self.tally.of_mut(from);
         *left = left.saturating_sub(1);
-        let entered = counter(&mut self.tally, state);
+        let entered = self.tally.of_mut(state);
         *entered = entered.saturating_add(1);
     }
 
@@ -348,19 +348,6 @@ impl ActiveJob {
     }
 }
 
-/// The count of `state` in `tally`.
-fn counter(tally: &mut JobProgress, state: TargetState) -> &mut u32 {
-    match state {
-        TargetState::Pending => &mut tally.pending,
-        TargetState::Queued => &mut tally.queued,
-        TargetState::Running => &mut tally.running,
-        TargetState::Succeeded => &mut tally.succeeded,
-        TargetState::Failed => &mut tally.failed,
-        TargetState::Skipped => &mut tally.skipped,
-        TargetState::Cancelled => &mut tally.cancelled,
-    }
-}
-
 /// What a target does after a step ended.
 pub(super) enum Advance {
     /// Start this step next.
@@ -406,56 +393,19 @@ fn step_failure(name: &str, outcome: &StepOutcome) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use muster_proto::jobs::{JobSpec, JobTarget, StepSpec};
     use muster_proto::types::{CommandSpec, RunRequest};
 
     use super::*;
 
     fn job(states: &[TargetState]) -> ActiveJob {
-        let targets = states
-            .iter()
-            .enumerate()
-            .map(|(i, &state)| JobTarget {
-                agent: AgentName::new(format!("agent-{i}")).unwrap(),
-                state,
-                steps: Vec::new(),
-                error: None,
-                started_ms: None,
-                finished_ms: None,
-            })
-            .collect::<Vec<_>>();
-        let info = JobInfo {
-            id: JobId::generate(),
-            spec: JobSpec {
-                name: None,
-                selector: "all".into(),
-                steps: vec![StepSpec {
-                    name: "run".into(),
-                    command: CommandSpec::Argv(vec!["true".into()]),
-                    env: BTreeMap::new(),
-                    cwd: None,
-                    timeout_ms: None,
-                    continue_on_failure: false,
-                }],
-                batch: None,
-                fail_fast: true,
-                online_only: false,
-                priority: 0,
-                ttl_ms: None,
-            },
-            state: JobState::Running,
-            progress: JobProgress::count(targets.iter().map(|t| t.state)),
-            batch_limit: 10,
-            requested_by: None,
-            idempotency_key: None,
-            cancel_requested: false,
-            created_ms: 1,
-            finished_ms: None,
-            targets,
-            targets_next_cursor: None,
-        };
+        let names: Vec<String> = (0..states.len()).map(|i| format!("agent-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut info = crate::store::contract::job(&names);
+        for (target, &state) in info.targets.iter_mut().zip(states) {
+            target.state = state;
+        }
+        info.spec.fail_fast = true;
+        info.batch_limit = 10;
         ActiveJob::new(info, 0)
     }
 
