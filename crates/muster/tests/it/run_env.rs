@@ -87,4 +87,23 @@ fn a_run_sees_no_credential_and_emits_without_muster_on_its_path() {
         text.contains("site.operation") && text.contains("completed"),
         "{text}"
     );
+
+    // A `run.start` far larger than one read of the agent's socket (8 KiB)
+    // arrives whole: five arguments of 60,000 bytes each.
+    let words: Vec<String> = (0..5u8)
+        .map(|i| char::from(b'a' + i).to_string().repeat(60_000))
+        .collect();
+    let mut args = vec![
+        "run",
+        "web-1",
+        "--",
+        "sh",
+        "-c",
+        r#"printf %s "$*" | wc -c"#,
+        "sh",
+    ];
+    args.extend(words.iter().map(String::as_str));
+    let out = cli.output(&args);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300004");
 }
