@@ -38,6 +38,12 @@ const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
 /// How long a closing handshake may take before the socket is just dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most spooled messages sent in one write: what the spool holds ready goes
+/// out together, so a busy agent makes one system call for many reports.
+const MAX_MESSAGES_PER_WRITE: usize = 64;
+/// Bytes after which no further spooled message joins the write.
+const MAX_BYTES_PER_WRITE: usize = 256 * 1024;
+
 /// Why a connection (or an attempt at one) ended.
 #[derive(Debug)]
 pub(crate) enum Ended {
@@ -121,7 +127,7 @@ pub(crate) async fn serve(
             () = sleep_until(stop_by), if conn.stop_by.is_some() => return conn.stop_expired(stop.grace),
             Some(()) = conn.runs.join_next(), if conn.stop_by.is_some() => Ok(()),
             frame = conn.ws.next() => conn.on_frame(frame).await,
-            outgoing = spool.next(&mut cursor) => conn.send(encode(outgoing)).await,
+            outgoing = spool.next(&mut cursor) => conn.send_spooled(outgoing, &spool, &mut cursor).await,
             _ = ticker.tick() => conn.send_heartbeat().await,
             sample = Feed::next(metrics_feed.as_mut()) => conn.send_metrics(sample).await,
             Some(event) = event_rx.recv() => conn.send_text(Envelope::plain(AgentToHub::Event(event))).await,
@@ -303,6 +309,27 @@ impl Connection<'_> {
     async fn send(&mut self, message: Message) -> Result<(), Ended> {
         send(self.ws, message, self.deadline).await
     }
+
+    /// Sends `first` and what else the spool holds ready behind it, within
+    /// bounds, as one write.
+    async fn send_spooled(
+        &mut self,
+        first: Outgoing,
+        spool: &Spool,
+        cursor: &mut Cursor,
+    ) -> Result<(), Ended> {
+        let mut messages = vec![encode(first)];
+        let mut bytes = messages[0].len();
+        while messages.len() < MAX_MESSAGES_PER_WRITE && bytes < MAX_BYTES_PER_WRITE {
+            let Some(next) = spool.try_next(cursor) else {
+                break;
+            };
+            let message = encode(next);
+            bytes += message.len();
+            messages.push(message);
+        }
+        send_all(self.ws, messages, self.deadline).await
+    }
 }
 
 /// The WebSocket message for something a run produced.
@@ -319,7 +346,18 @@ fn encode(outgoing: Outgoing) -> Message {
 
 /// Sends one message, giving up after `limit` so a stuck socket cannot stall the agent.
 pub(crate) async fn send(ws: &mut Ws, message: Message, limit: Duration) -> Result<(), Ended> {
-    match timeout(limit, ws.send(message)).await {
+    send_all(ws, vec![message], limit).await
+}
+
+/// Sends `messages` in order with one flush at the end, giving up after `limit`.
+async fn send_all(ws: &mut Ws, messages: Vec<Message>, limit: Duration) -> Result<(), Ended> {
+    let sending = async {
+        for message in messages {
+            ws.feed(message).await?;
+        }
+        ws.flush().await
+    };
+    match timeout(limit, sending).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Ended::Lost(
             anyhow::Error::new(e).context("sending to the hub"),

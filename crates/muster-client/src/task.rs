@@ -29,6 +29,11 @@ use crate::handshake::Socket;
 /// How long a closing side waits for the hub to answer its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most requests sent in one write, when many are queued.
+const MAX_REQUESTS_PER_WRITE: usize = 64;
+/// Bytes after which no further queued request joins the write.
+const MAX_BYTES_PER_WRITE: usize = 256 * 1024;
+
 /// Where a request's reply goes.
 pub(crate) type ReplyTx = oneshot::Sender<Result<HubToClient, ClientError>>;
 
@@ -227,18 +232,40 @@ impl Connection {
         }
     }
 
+    /// Sends a request, and the ones queued behind it (within bounds) in the
+    /// same write, so a client that pipelines makes one system call for many.
     async fn on_command(&mut self, command: Option<Command>) -> Option<Ending> {
-        match command {
-            Some(Command::Request { msg, reply_tx }) => {
-                let id = RequestId(self.next_request_id.to_string());
-                self.next_request_id += 1;
-                self.pending.insert(id.clone(), reply_tx);
-                self.send(Envelope::request(id, *msg)).await
+        let mut command = command;
+        let (mut requests, mut queued) = (0, 0);
+        loop {
+            match command {
+                Some(Command::Request { msg, reply_tx }) => {
+                    let id = RequestId(self.next_request_id.to_string());
+                    self.next_request_id += 1;
+                    self.pending.insert(id.clone(), reply_tx);
+                    let text = Envelope::request(id, *msg).encode();
+                    requests += 1;
+                    queued += text.len();
+                    if let Err(err) = self.socket.feed(Message::text(text)).await {
+                        return Some(self.sending_failed(err));
+                    }
+                }
+                Some(Command::Close { done_tx }) => {
+                    return Some(local_close("closed by the client", Some(done_tx)));
+                }
+                None => return Some(local_close("every client handle was dropped", None)),
             }
-            Some(Command::Close { done_tx }) => {
-                Some(local_close("closed by the client", Some(done_tx)))
+            if requests >= MAX_REQUESTS_PER_WRITE || queued >= MAX_BYTES_PER_WRITE {
+                break;
             }
-            None => Some(local_close("every client handle was dropped", None)),
+            match self.command_rx.try_recv() {
+                Ok(next) => command = Some(next),
+                Err(_) => break,
+            }
+        }
+        match self.socket.flush().await {
+            Ok(()) => None,
+            Err(err) => Some(self.sending_failed(err)),
         }
     }
 
@@ -272,8 +299,12 @@ impl Connection {
         let text = envelope.encode();
         match self.socket.send(Message::text(text)).await {
             Ok(()) => None,
-            Err(err) => Some(self.remote_ending(format!("sending to the hub failed: {err}"))),
+            Err(err) => Some(self.sending_failed(err)),
         }
+    }
+
+    fn sending_failed(&mut self, err: tungstenite::Error) -> Ending {
+        self.remote_ending(format!("sending to the hub failed: {err}"))
     }
 
     /// Delivers an event, waiting while the channel is full; a dropped
