@@ -25,11 +25,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use muster_proto::messages::{ErrorData, StoredEvent};
-use muster_proto::{Channel, Envelope, ErrorCode, HubToClient, OutputFrame, OutputHeader, RunId};
+use muster_proto::{Channel, Envelope, ErrorCode, HubToClient};
 
 use crate::broker::{Broker, Delivery, Frame, Subscriber, SubscriptionGuard};
 use crate::queue::Skipped;
-use crate::store::{Store, StoredChunk};
+use crate::store::Store;
 
 /// Stored entries read per query while replaying.
 pub const REPLAY_PAGE: u32 = 128;
@@ -69,10 +69,10 @@ impl History {
         Ok(match channel {
             Channel::Run(run) => self
                 .store
-                .output_since(*run, since, limit)
+                .output_frames_since(*run, since, limit)
                 .await?
-                .iter()
-                .map(|chunk| (chunk.seq, output_frame(*run, chunk)))
+                .into_iter()
+                .map(|(seq, frame)| (seq, Frame::Binary(frame)))
                 .collect(),
             Channel::Agent(agent) => self
                 .store
@@ -109,18 +109,6 @@ async fn send_page(sink: &mut dyn FrameSink, page: Vec<(u64, Frame)>) -> Result<
         sink.feed(frame).await.map_err(|_| ReplayError::Closed)?;
     }
     sink.flush().await.map_err(|_| ReplayError::Closed)
-}
-
-/// Re-frames a stored chunk exactly as the agent sent it.
-fn output_frame(run: RunId, chunk: &StoredChunk) -> Frame {
-    let header = OutputHeader {
-        run,
-        stream: chunk.stream,
-        seq: chunk.seq,
-        offset: chunk.offset,
-        at: chunk.at,
-    };
-    Frame::Binary(OutputFrame::encode(&header, &chunk.data))
 }
 
 /// Frames a stored event as the hub published it.

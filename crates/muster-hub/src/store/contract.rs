@@ -455,6 +455,19 @@ async fn output_is_byte_exact_ordered_and_deduplicated(store: &impl Store) {
     assert_eq!(got[1].stream, OutputStream::Stdout);
     assert_eq!(store.output_since(r.id, 0, 100).await.unwrap().len(), 10);
     assert!(store.output_since(r.id, 10, 100).await.unwrap().is_empty());
+    // Framed for replay: the same chunks, as the agent framed them.
+    let frames = store.output_frames_since(r.id, 3, 4).await.unwrap();
+    assert_eq!(frames.len(), got.len());
+    for ((seq, frame), chunk) in frames.into_iter().zip(&got) {
+        let frame = muster_proto::OutputFrame::decode(frame).unwrap();
+        assert_eq!(seq, chunk.seq);
+        assert_eq!(frame.header.run, r.id);
+        assert_eq!(
+            (frame.header.seq, frame.header.stream, frame.header.offset),
+            (chunk.seq, chunk.stream, chunk.offset)
+        );
+        assert_eq!(frame.payload, chunk.data);
+    }
 }
 
 async fn a_batch_is_all_or_nothing(store: &impl Store) {

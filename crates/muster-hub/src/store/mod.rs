@@ -21,6 +21,7 @@ pub(crate) mod contract;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use muster_proto::jobs::{JobInfo, JobState, JobTarget};
 use muster_proto::messages::{AuditEntry, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, RunState, UnixMillis};
@@ -77,6 +78,20 @@ pub trait Store: Send + Sync + 'static {
         since: u64,
         limit: u32,
     ) -> anyhow::Result<Vec<StoredChunk>>;
+    /// The same chunks as [`Store::output_since`], each framed as the agent
+    /// sent it (an [`OutputFrame`](muster_proto::OutputFrame)), for replay.
+    /// A store may build the frames straight from what it reads, saving a
+    /// copy of every chunk.
+    async fn output_frames_since(
+        &self,
+        run: RunId,
+        since: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<(u64, Bytes)>> {
+        let chunks = self.output_since(run, since, limit).await?;
+        let frame = |chunk: &StoredChunk| (chunk.seq, chunk.frame(run, &chunk.data));
+        Ok(chunks.iter().map(frame).collect())
+    }
 
     /// An agent's events with `seq >= since`, in order, at most `limit`.
     async fn events_since(

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use muster_proto::actions::{ActionInfo, ExecMode};
 use muster_proto::jobs::{JobInfo, JobTarget};
 use muster_proto::messages::{MetricsSample, StoredEvent};
-use muster_proto::{AgentName, JobId, OutputStream, RunId, RunInfo, UnixMillis};
+use muster_proto::{
+    AgentName, JobId, OutputFrame, OutputHeader, OutputStream, RunId, RunInfo, UnixMillis,
+};
 use serde::{Deserialize, Serialize};
 
 /// An agent's labels. Shared: the registry hands agents that report the same
@@ -104,6 +106,21 @@ pub struct StoredChunk {
     pub at: Option<UnixMillis>,
     /// Bytes.
     pub data: Bytes,
+}
+
+impl StoredChunk {
+    /// The binary frame of run `run` that carried this chunk, with `data`
+    /// as its payload (the chunk's own bytes, or the same bytes as read).
+    pub fn frame(&self, run: RunId, data: &[u8]) -> Bytes {
+        let header = OutputHeader {
+            run,
+            stream: self.stream,
+            seq: self.seq,
+            offset: self.offset,
+            at: self.at,
+        };
+        OutputFrame::encode(&header, data)
+    }
 }
 
 /// One input a session accepted, as stored.

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use async_trait::async_trait;
+use bytes::Bytes;
 use muster_proto::jobs::{JobInfo, JobState, JobTarget};
 use muster_proto::messages::{AuditEntry, SeriesPoint, StoredEvent};
 use muster_proto::{AgentName, JobId, RunId, RunInfo, UnixMillis};
@@ -294,6 +295,16 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> anyhow::Result<Vec<StoredChunk>> {
         self.read(move |conn| read::output_since(conn, run, since, limit))
+            .await
+    }
+
+    async fn output_frames_since(
+        &self,
+        run: RunId,
+        since: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<(u64, Bytes)>> {
+        self.read(move |conn| read::output_frames_since(conn, run, since, limit))
             .await
     }
 

@@ -349,6 +349,33 @@ pub(super) fn output_since(
     since: u64,
     limit: u32,
 ) -> anyhow::Result<Vec<StoredChunk>> {
+    read_output(conn, run, since, limit, |chunk, data| StoredChunk {
+        data: Bytes::copy_from_slice(data),
+        ..chunk
+    })
+}
+
+/// Output chunks from `since`, each framed straight from the stored bytes.
+pub(super) fn output_frames_since(
+    conn: &Connection,
+    run: RunId,
+    since: u64,
+    limit: u32,
+) -> anyhow::Result<Vec<(u64, Bytes)>> {
+    read_output(conn, run, since, limit, |chunk, data| {
+        (chunk.seq, chunk.frame(run, data))
+    })
+}
+
+/// Reads output chunks from `since`, making each into a `T` with its
+/// bytes as stored (the chunk it gets has none).
+fn read_output<T>(
+    conn: &Connection,
+    run: RunId,
+    since: u64,
+    limit: u32,
+    make: impl Fn(StoredChunk, &[u8]) -> T,
+) -> anyhow::Result<Vec<T>> {
     let mut query = conn.prepare_cached(
         "SELECT seq, stream, offset, data, at_ms FROM output.run_output
          WHERE run_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
@@ -356,14 +383,14 @@ pub(super) fn output_since(
     let mut rows = query.query(params![run.to_string(), since as i64, i64::from(limit)])?;
     let mut chunks = Vec::new();
     while let Some(row) = rows.next()? {
-        let data = row.get_ref(3)?.as_blob()?;
-        chunks.push(StoredChunk {
+        let chunk = StoredChunk {
             seq: row.get::<_, i64>(0)? as u64,
             stream: stream_from_code(row.get(1)?),
             offset: row.get::<_, i64>(2)? as u64,
             at: opt_u64(row.get(4)?),
-            data: Bytes::copy_from_slice(data),
-        });
+            data: Bytes::new(),
+        };
+        chunks.push(make(chunk, row.get_ref(3)?.as_blob()?));
     }
     Ok(chunks)
 }

@@ -224,33 +224,35 @@ fn set_labels(
 
 fn insert_run(tx: &Transaction<'_>, run: &RunInfo) -> anyhow::Result<()> {
     let id = run.id.to_string();
-    tx.prepare_cached(
+    let mut insert = tx.prepare_cached(
         "INSERT INTO runs (id, agent, state, created_ms, requested_by, idempotency_key, doc,
              exit_code, signal, error, error_code, pid, output_bytes, output_truncated,
              dispatched_ms, started_ms, finished_ms, session)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
          ON CONFLICT (id) DO NOTHING",
-    )?
-    .execute(params![
-        id,
-        run.agent.as_str(),
-        run.state.as_str(),
-        run.created_ms as i64,
-        run.requested_by,
-        run.idempotency_key,
-        serde_json::to_string(run)?,
-        run.exit_code,
-        run.signal,
-        run.error,
-        run.error_code.map(|c| c.as_str()),
-        run.pid,
-        run.output_bytes as i64,
-        bool_int(run.output_truncated),
-        opt_i64(run.dispatched_ms),
-        opt_i64(run.started_ms),
-        opt_i64(run.finished_ms),
-        run.session.as_ref().map(|s| s.kind.as_str()),
-    ])
+    )?;
+    muster_proto::json::with_json(run, |doc| {
+        insert.execute(params![
+            id,
+            run.agent.as_str(),
+            run.state.as_str(),
+            run.created_ms as i64,
+            run.requested_by,
+            run.idempotency_key,
+            doc,
+            run.exit_code,
+            run.signal,
+            run.error,
+            run.error_code.map(|c| c.as_str()),
+            run.pid,
+            run.output_bytes as i64,
+            bool_int(run.output_truncated),
+            opt_i64(run.dispatched_ms),
+            opt_i64(run.started_ms),
+            opt_i64(run.finished_ms),
+            run.session.as_ref().map(|s| s.kind.as_str()),
+        ])
+    })
     .with_context(|| format!("inserting run {id}"))?;
     Ok(())
 }
