@@ -97,7 +97,7 @@ impl<M: Message> Envelope<M> {
             re: self.re.as_ref(),
             channel: self.channel.as_deref(),
         };
-        serde_json::to_string(&wire).expect("protocol types always serialize")
+        crate::json::to_string(&wire)
     }
 
     /// Parses the JSON text of one WebSocket text frame.

@@ -10,9 +10,32 @@ use crate::limits::{MAX_AGENT_NAME_LEN, MAX_REQUEST_ID_LEN};
 /// Identifier of one command execution (a run): a ULID such as `01JD3X…`.
 ///
 /// ULIDs sort by creation time, which keeps listings and channel names stable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct RunId(pub ulid::Ulid);
+
+impl<'de> Deserialize<'de> for RunId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(UlidVisitor).map(Self)
+    }
+}
+
+/// Reads a ULID from its text without copying the text first (the `ulid`
+/// crate's own `Deserialize` makes a `String` of it): every report an agent
+/// sends, and every reply a client reads, names a run.
+struct UlidVisitor;
+
+impl serde::de::Visitor<'_> for UlidVisitor {
+    type Value = ulid::Ulid;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a ULID, 26 characters of Crockford base 32")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        ulid::Ulid::from_string(text).map_err(E::custom)
+    }
+}
 
 /// Ids made by this process, in increasing order even within one
 /// millisecond, so that sorting by id sorts by creation.
@@ -53,9 +76,15 @@ impl FromStr for RunId {
 
 /// Identifier of one job (a command, action or workflow fanned out over
 /// agents): a ULID, like [`RunId`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct JobId(pub ulid::Ulid);
+
+impl<'de> Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(UlidVisitor).map(Self)
+    }
+}
 
 impl JobId {
     /// A fresh id for a job created now, after every job this process created.
@@ -86,9 +115,16 @@ impl FromStr for JobId {
 /// The unique name of an agent, such as `web-1`.
 ///
 /// 1 to 64 characters from `[A-Za-z0-9._-]`, starting with a letter or digit.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct AgentName(String);
+
+/// Written as its text, without the copy `#[serde(into = "String")]` makes.
+impl Serialize for AgentName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl AgentName {
     /// Checks `name` against the naming rule.

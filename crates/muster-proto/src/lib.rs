@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod frame;
 pub mod ids;
 pub mod jobs;
+pub mod json;
 pub mod limits;
 pub mod messages;
 pub mod roles;

@@ -51,8 +51,8 @@ mod tests;
 ///
 /// It keeps its source text so it can travel on the wire (and be shown to
 /// people) exactly as written, and serializes as that text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Selector {
     /// The trimmed source text.
     text: String,
@@ -127,6 +127,13 @@ impl TryFrom<String> for Selector {
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Self::parse(&value)
+    }
+}
+
+/// Written as its source text, without copying it first.
+impl Serialize for Selector {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
     }
 }
 

@@ -191,7 +191,7 @@ impl BatchBuilder {
 
     /// Ends the batch. `lookup` gives the latest record of every run that
     /// changed in it, including the runs that ended.
-    pub(crate) fn finish(&mut self, mut lookup: impl FnMut(RunId) -> Option<RunInfo>) -> Batch {
+    pub(crate) fn finish<'a>(&mut self, lookup: impl Fn(RunId) -> Option<&'a RunInfo>) -> Batch {
         let mut batch = Batch {
             changes: std::mem::take(&mut self.changes),
             effects: std::mem::take(&mut self.effects),
@@ -200,14 +200,14 @@ impl BatchBuilder {
         for id in std::mem::take(&mut self.new_runs) {
             self.dirty_runs.remove(&id);
             if let Some(run) = lookup(id) {
-                batch.changes.push(Change::InsertRun(Box::new(run)));
+                batch.changes.push(Change::InsertRun(Box::new(run.clone())));
             }
         }
         for id in std::mem::take(&mut self.dirty_runs) {
             if let Some(run) = lookup(id) {
                 batch
                     .changes
-                    .push(Change::UpdateRun(Box::new(RunUpdate::of(&run))));
+                    .push(Change::UpdateRun(Box::new(RunUpdate::of(run))));
             }
         }
         for (run, (to, next_seq)) in std::mem::take(&mut self.acks) {

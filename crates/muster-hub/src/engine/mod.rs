@@ -414,12 +414,10 @@ impl Engine {
     /// Ends the current batch and returns it.
     pub fn take_batch(&mut self, now: UnixMillis) -> Batch {
         self.flush_jobs(now);
-        let (runs, ended) = (&self.runs, &mut self.ended);
-        let batch = self.batch.finish(|id| {
-            runs.get(&id)
-                .map(|r| r.info.clone())
-                .or_else(|| ended.get(&id).cloned())
-        });
+        let (runs, ended) = (&self.runs, &self.ended);
+        let batch = self
+            .batch
+            .finish(|id| runs.get(&id).map(|r| &r.info).or_else(|| ended.get(&id)));
         self.ended.clear();
         batch
     }

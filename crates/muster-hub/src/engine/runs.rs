@@ -286,8 +286,10 @@ impl Engine {
             run.queue_position = None;
             run.dispatched_ms = Some(now);
         });
-        if let Ok(run) = moved {
-            let start = self.run_start(&run);
+        if moved.is_ok()
+            && let Some(run) = self.runs.get(&id)
+        {
+            let start = self.run_start(&run.info);
             self.batch.send_agent(tx, HubToAgent::RunStart(start));
         }
     }
@@ -335,10 +337,11 @@ impl Engine {
             run.queue_position = None;
             run.finished_ms = Some(now);
         });
-        if let Ok(run) = ended
+        if ended.is_ok()
             && event != RunEvent::Lost
+            && let Some(agent) = self.ended.get(&id).map(|run| run.agent.clone())
         {
-            self.publish_positions(&run.agent);
+            self.publish_positions(&agent);
         }
     }
 
@@ -352,7 +355,7 @@ impl Engine {
         event: RunEvent,
         now: UnixMillis,
         fill: impl FnOnce(&mut RunInfo),
-    ) -> Result<RunInfo, NotAllowed> {
+    ) -> Result<(), NotAllowed> {
         let run = self.runs.get_mut(&id).ok_or(NotAllowed {
             from: RunState::Completed,
         })?;
@@ -360,33 +363,41 @@ impl Engine {
         let to = lifecycle::next(from, event).ok_or(NotAllowed { from })?;
         run.info.state = to;
         fill(&mut run.info);
-        let info = run.info.clone();
         self.batch.run_changed(id);
         self.batch.effect(Effect::Event {
             channel: Channel::Run(id),
-            msg: Box::new(HubToClient::RunStatus(RunEnvelope { run: info.clone() })),
+            msg: Box::new(HubToClient::RunStatus(RunEnvelope {
+                run: run.info.clone(),
+            })),
             last: to.is_terminal(),
         });
-        if to.is_terminal() {
-            self.runs.remove(&id);
-            self.ended.insert(id, info.clone());
-            self.batch.run_ended(id);
-            self.keys.run_ended(&info);
-            match from {
-                RunState::Queued => {
-                    self.scheduler.dequeue(&info.agent, id);
-                }
-                _ => {
-                    self.scheduler.finished(&info.agent, id);
-                    self.dispatch(&info.agent, now);
-                    self.publish_positions(&info.agent);
-                }
+        if !to.is_terminal() {
+            if run.info.job.is_some() {
+                let info = run.info.clone();
+                self.job_run_changed(&info, now);
+            }
+            return Ok(());
+        }
+        let Some(ActiveRun { info, .. }) = self.runs.remove(&id) else {
+            unreachable!("run {id} was just read");
+        };
+        self.batch.run_ended(id);
+        self.keys.run_ended(&info);
+        match from {
+            RunState::Queued => {
+                self.scheduler.dequeue(&info.agent, id);
+            }
+            _ => {
+                self.scheduler.finished(&info.agent, id);
+                self.dispatch(&info.agent, now);
+                self.publish_positions(&info.agent);
             }
         }
         if info.job.is_some() {
             self.job_run_changed(&info, now);
         }
-        Ok(info)
+        self.ended.insert(id, info);
+        Ok(())
     }
 
     /// Answers `error`, dropping the connection's subscription to `channel`
