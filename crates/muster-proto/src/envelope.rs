@@ -6,7 +6,12 @@
 //! `UNKNOWN_TYPE`, and a known type with bad `data` is `INVALID_MESSAGE` naming
 //! the field — each with the request's `id` whenever it could be read.
 
+use std::borrow::Cow;
+
+use serde::de::value::{BorrowedStrDeserializer, StrDeserializer};
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
 use crate::ids::RequestId;
@@ -25,13 +30,20 @@ pub struct Envelope<M> {
     pub msg: M,
 }
 
-/// The fields every envelope has, read before the payload.
+/// An envelope's fields, read in one pass; `data` is only delimited here,
+/// and parsed as the message `type` names.
 #[derive(Deserialize)]
-struct Head {
-    #[serde(rename = "type")]
-    kind: String,
+struct Parts<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     #[serde(default)]
     id: Option<RequestId>,
+    #[serde(default)]
+    re: Option<RequestId>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -44,14 +56,6 @@ struct Wire<'a, M> {
     re: Option<&'a RequestId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     channel: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-struct Routing {
-    #[serde(default)]
-    re: Option<RequestId>,
-    #[serde(default)]
-    channel: Option<String>,
 }
 
 impl<M: Message> Envelope<M> {
@@ -102,33 +106,98 @@ impl<M: Message> Envelope<M> {
 
     /// Parses the JSON text of one WebSocket text frame.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        let head: Head = serde_json::from_str(text).map_err(|e| DecodeError::Malformed {
+        let parts: Parts<'_> = serde_json::from_str(text).map_err(|e| DecodeError::Malformed {
             detail: e.to_string(),
         })?;
-        let id = head.id.filter(RequestId::is_valid);
-        let msg: M = serde_json::from_str(text).map_err(|e| {
-            if M::TYPES.contains(&head.kind.as_str()) {
+        let id = parts.id.filter(RequestId::is_valid);
+        let tagged = Tagged {
+            kind: &parts.kind,
+            data: parts.data,
+        };
+        let msg = M::deserialize(tagged).map_err(|e| {
+            if M::TYPES.contains(&&*parts.kind) {
                 DecodeError::InvalidData {
                     id: id.clone(),
-                    kind: head.kind.clone(),
+                    kind: parts.kind.clone().into_owned(),
                     detail: e.to_string(),
                 }
             } else {
                 DecodeError::UnknownType {
                     id: id.clone(),
-                    kind: head.kind.clone(),
+                    kind: parts.kind.clone().into_owned(),
                 }
             }
         })?;
-        let routing: Routing = serde_json::from_str(text).map_err(|e| DecodeError::Malformed {
-            detail: e.to_string(),
-        })?;
         Ok(Self {
             id,
-            re: routing.re,
-            channel: routing.channel,
+            re: parts.re,
+            channel: parts.channel,
             msg,
         })
+    }
+}
+
+/// A message's `type` and `data`, handed to its (adjacently tagged)
+/// `Deserialize` as the two-entry map it expects, without parsing the
+/// envelope's text again.
+struct Tagged<'a, 'de> {
+    kind: &'a str,
+    data: Option<&'de RawValue>,
+}
+
+impl<'de> serde::Deserializer<'de> for Tagged<'_, 'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(TaggedEntries {
+            kind: Some(self.kind),
+            data: self.data,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+/// The entries of [`Tagged`]: `type`, then `data` if there is one.
+struct TaggedEntries<'a, 'de> {
+    kind: Option<&'a str>,
+    data: Option<&'de RawValue>,
+}
+
+impl<'de> MapAccess<'de> for TaggedEntries<'_, 'de> {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let key = if self.kind.is_some() {
+            "type"
+        } else if self.data.is_some() {
+            "data"
+        } else {
+            return Ok(None);
+        };
+        seed.deserialize(BorrowedStrDeserializer::new(key))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        match (self.kind.take(), self.data.take()) {
+            (Some(kind), data) => {
+                self.data = data;
+                seed.deserialize(StrDeserializer::new(kind))
+            }
+            (None, Some(data)) => seed.deserialize(data),
+            (None, None) => Err(serde::de::Error::custom("no value left")),
+        }
     }
 }
 
