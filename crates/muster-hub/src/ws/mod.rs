@@ -37,8 +37,13 @@ use crate::runtime::EngineHandle;
 /// idle. Small: the socket is read in 16 KiB chunks below it (see
 /// `upgrade::LazyRead`), and the codec only copies out of those.
 const READ_BUFFER_BYTES: usize = 128;
-/// Bytes buffered before a write is forced out.
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes buffered before a write is forced out (a flush writes what is
+/// buffered at once). 64 KiB: a replay or a live stream of 10 KiB output
+/// frames goes out six frames per system call rather than one; the buffer
+/// grows only on connections that send that much, so idle ones do not pay
+/// for it. Against 8 KiB, interleaved, 9 runs each of `muster-bench output`:
+/// replay 785 against 544 MB/s, live 336 against 301 MB/s (medians).
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Where a browser gets a browser token for an API key.
 pub(crate) const BROWSER_TOKEN_PATH: &str = "/v1/browser-token";
