@@ -23,10 +23,23 @@ use crate::clock::now_ms;
 use crate::engine::{AgentConn, AgentLink, ConnControl, Engine, Input, LastSeen, PresenceGuard};
 use crate::outbound::Outbound;
 
-/// Messages queued for one agent: acknowledgements and `run.start`s. An
-/// agent that lets this many pile up has stopped reading, and is dropped as
-/// a slow consumer.
+/// Messages queued for one agent (acknowledgements, `run.start`s, session
+/// input) beyond what its runs account for; see [`agent_queue_capacity`].
 const AGENT_QUEUE: usize = 1024;
+/// The most messages queued for one agent, whatever concurrency it announces.
+const MAX_AGENT_QUEUE: usize = 1 << 20;
+
+/// How many messages may wait for an agent before it counts as a slow
+/// consumer (4008). The hub itself queues up to three per slot at once: a
+/// run's `run.start`, the acknowledgement of its `run.started`, and that of
+/// the exit of the run the slot held before. So the bound grows with the
+/// concurrency the agent announces; otherwise an agent that reports a full
+/// set of runs at once would be dropped for the burst of answers the hub
+/// made. The queue allocates only for what waits in it.
+fn agent_queue_capacity(max_concurrency: u32) -> usize {
+    let per_slot = 3usize.saturating_mul(max_concurrency as usize);
+    AGENT_QUEUE.saturating_add(per_slot).min(MAX_AGENT_QUEUE)
+}
 
 /// The reason of the normal close that follows `enrolled`.
 const ENROLLED_REASON: &str = "enrolled; reconnect with the stored credential";
@@ -102,7 +115,7 @@ async fn open(state: AppState, socket: Socket, conn_id: u64, peer: super::Peer) 
         enroll_agent(&state, &mut writer, hello, source).await;
         return None;
     }
-    let (queue, rx) = crate::queue::bounded(AGENT_QUEUE);
+    let (queue, rx) = crate::queue::bounded(agent_queue_capacity(hello.max_concurrency));
     let control = ConnControl::default();
     let last_seen = LastSeen::default();
     let conn = AgentConn {

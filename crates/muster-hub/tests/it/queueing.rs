@@ -125,3 +125,143 @@ async fn idempotency_key_returns_the_first_run_and_queued_runs_cancel_at_once() 
     assert_eq!(again.code(), Some(muster_proto::ErrorCode::InvalidState));
     std::fs::write(&gate, b"").unwrap();
 }
+
+/// An agent at its full concurrency that reports every run at once gets an
+/// acknowledgement for each and the next `run.start` for each freed slot,
+/// all at once. Its socket here takes few bytes while the hub makes those
+/// answers, so they wait in the hub's queue for it: they must fit there,
+/// and not get the agent dropped as a slow consumer (4008).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reporting_all_its_runs_at_once_is_not_dropped_for_the_answers() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use muster_proto::messages::{AgentHello, RunExited, RunOutcome, RunStarted};
+    use muster_proto::{AgentToHub, Envelope, HubToAgent};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const SLOTS: usize = 1024;
+    // Runs that wait for a slot (under the hub's 1,000 per agent).
+    const WAITING: usize = 900;
+    let hub = TestHub::start_with(|c| {
+        c.rate_messages_per_sec = 0;
+        c.rate_commands_per_min = 0;
+    })
+    .await;
+    let name = AgentName::new("burst").unwrap();
+    let token = hub.hub.agent_token(&name).await.unwrap();
+
+    // A raw agent on a socket with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = hub.url.trim_start_matches("http://").parse().unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(hub.ws_url("/ws/agent"), stream)
+        .await
+        .unwrap();
+    let hello = AgentHello {
+        token: token.expose().to_owned(),
+        name: Some(name.clone()),
+        hostname: "burst".into(),
+        os: String::new(),
+        arch: String::new(),
+        version: String::new(),
+        labels: BTreeMap::new(),
+        capabilities: vec!["exec".into()],
+        exec: Default::default(),
+        actions: Vec::new(),
+        max_concurrency: SLOTS as u32,
+        runs: Vec::new(),
+    };
+    let text = Envelope::plain(AgentToHub::Hello(hello)).encode();
+    ws.send(Message::text(text)).await.unwrap();
+
+    // A run for every slot, and more that wait in the agent's queue, made one
+    // after another. Runs start in the order they were made, and the agent
+    // reports them in that order: the client follows the last one it will
+    // report, to know when the hub has handled every report.
+    let (client, mut events) = hub.client().await;
+    // Each `run.start` carries 16 KiB, so that what the hub then has for the
+    // agent is far more than the sockets between them hold: it waits in the
+    // hub's queue.
+    let padding = "x".repeat(16 * 1024);
+    let mut created = Vec::new();
+    for i in 0..SLOTS + WAITING {
+        let request = shell("burst", format!("echo {i} {padding}"), 0);
+        let accepted = client.create_run(request, i == SLOTS - 1).await.unwrap();
+        created.push(accepted.run.id);
+    }
+    let last_reported = created[SLOTS - 1];
+
+    // Read the first SLOTS starts; answer them all in one write.
+    let mut started = Vec::new();
+    while started.len() < SLOTS {
+        let message = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        let Some(Ok(Message::Text(text))) = message else {
+            panic!("the agent connection ended early: {message:?}");
+        };
+        if let Ok(Envelope {
+            msg: HubToAgent::RunStart(start),
+            ..
+        }) = Envelope::<HubToAgent>::decode(&text)
+        {
+            started.push(start.run);
+        }
+    }
+    let report = |msg| Message::text(Envelope::plain(msg).encode());
+    for &run in &started {
+        ws.feed(report(AgentToHub::RunStarted(RunStarted { run, pid: 1 })))
+            .await
+            .unwrap();
+        let exited = RunExited {
+            run,
+            outcome: RunOutcome::Completed,
+            exit_code: Some(0),
+            signal: None,
+            error: None,
+            error_code: None,
+            output_truncated: false,
+        };
+        ws.feed(report(AgentToHub::RunExited(exited)))
+            .await
+            .unwrap();
+    }
+    ws.flush().await.unwrap();
+
+    // The agent reads nothing until the hub has ended every reported run
+    // (and so made every answer to it).
+    let ended = async {
+        while let Some(event) = events.recv().await {
+            if let Event::Message(envelope) = event
+                && let HubToClient::RunStatus(status) = envelope.msg
+                && status.run.id == last_reported
+                && status.run.state.is_terminal()
+            {
+                return status.run.state;
+            }
+        }
+        panic!("the client's events ended");
+    };
+    let state = tokio::time::timeout(WAIT, ended).await.unwrap();
+    assert_eq!(state, RunState::Completed);
+
+    // Then it gets every answer and the remaining runs' starts, and no close.
+    let mut next_starts = 0;
+    while next_starts < WAITING {
+        let message = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                if let Ok(Envelope {
+                    msg: HubToAgent::RunStart(start),
+                    ..
+                }) = Envelope::<HubToAgent>::decode(&text)
+                {
+                    assert!(created.contains(&start.run));
+                    assert!(!started.contains(&start.run), "{} started twice", start.run);
+                    next_starts += 1;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => panic!("the hub dropped the agent: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("the agent connection ended: {other:?}"),
+        }
+    }
+}
