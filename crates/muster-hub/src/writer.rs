@@ -17,6 +17,7 @@
 //! reads of history go on. When the disk has room again the whole commits
 //! and everything carries on where it stopped.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -195,14 +196,18 @@ fn presence_key(channel: &Channel, msg: &HubToClient) -> Option<Arc<str>> {
 fn carry_out(broker: &dyn Broker, feedback: &mpsc::WeakUnboundedSender<Input>, effect: Effect) {
     match effect {
         Effect::Event { channel, msg, last } => {
-            let name = channel.to_string();
+            // Room for the longest name (`session:` and a ULID, or
+            // `metrics:` and a 64-character agent name) without growing.
+            let mut name = String::with_capacity(80);
+            let _ = write!(name, "{channel}");
             if !broker.wants(&name) {
                 return; // nobody would receive it: not even encoded
             }
             let key = presence_key(&channel, &msg);
-            let text = Envelope::event(&name, *msg).encode();
+            let envelope = Envelope::event(name, *msg);
+            let text = envelope.encode();
             broker.publish(Delivery {
-                channel: name.into(),
+                channel: envelope.channel.unwrap_or_default().into(),
                 seq: None,
                 frame: Frame::text(text),
                 last,
