@@ -44,7 +44,7 @@ if [ "$QUICK" = 1 ]; then
     )
 else
     SCENARIOS=(
-        "roundtrip|300|roundtrip --rate 1000 --rate 2000 --rate 4000 --duration 5s --max-duration 5s --concurrency 1,8,32,128,512"
+        "roundtrip|300|roundtrip --rate 1000 --rate 2000 --rate 4000 --duration 5s --max-duration 5s --concurrency 1,8,32,128,512,1000"
         "output|180|output --bytes 62914560"
         "idle-clients|330|idle --kind client --count 15000 --timeout 240s"
         "idle-agents|390|idle --kind agent --count 15000 --timeout 300s"
