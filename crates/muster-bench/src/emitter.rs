@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
-use muster_proto::messages::{RunExited, RunOutcome, RunStarted};
+use muster_proto::messages::{RunExited, RunStarted};
 use muster_proto::{
     AgentToHub, Envelope, HubToAgent, OutputFrame, OutputHeader, OutputStream, RunId,
 };
@@ -238,15 +238,7 @@ async fn send_due(
         return Ok(());
     };
     let run = done.order.run;
-    let exited = AgentToHub::RunExited(RunExited {
-        run,
-        outcome: RunOutcome::Completed,
-        exit_code: Some(0),
-        signal: None,
-        error: None,
-        error_code: None,
-        output_truncated: false,
-    });
+    let exited = AgentToHub::RunExited(RunExited::completed(run));
     socket
         .send(wire::report(exited))
         .await

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use muster_proto::messages::{RunExited, RunOutcome, RunStarted};
+use muster_proto::messages::{RunExited, RunStarted};
 use muster_proto::{
     AGENT_WS_PATH, AgentName, AgentToHub, CLIENT_WS_PATH, Envelope, HubToAgent, OutputFrame,
     OutputHeader, OutputStream, RunId,
@@ -245,15 +245,7 @@ async fn complete(
             .feed(Message::Binary(OutputFrame::encode(&header, payload)))
             .await?;
     }
-    let exited = AgentToHub::RunExited(RunExited {
-        run,
-        outcome: RunOutcome::Completed,
-        exit_code: Some(0),
-        signal: None,
-        error: None,
-        error_code: None,
-        output_truncated: false,
-    });
+    let exited = AgentToHub::RunExited(RunExited::completed(run));
     socket.feed(wire::report(exited)).await?;
     socket.flush().await
 }

@@ -976,6 +976,21 @@ pub struct RunExited {
     pub output_truncated: bool,
 }
 
+impl RunExited {
+    /// The report of a run whose process exited with 0, all its output kept.
+    pub fn completed(run: RunId) -> Self {
+        Self {
+            run,
+            outcome: RunOutcome::Completed,
+            exit_code: Some(0),
+            signal: None,
+            error: None,
+            error_code: None,
+            output_truncated: false,
+        }
+    }
+}
+
 /// `error`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorData {

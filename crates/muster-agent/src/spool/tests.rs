@@ -4,7 +4,7 @@ use std::pin::pin;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use muster_proto::messages::{RunExited, RunOutcome, RunStarted};
+use muster_proto::messages::{RunExited, RunStarted};
 use muster_proto::{OutputFrame, OutputHeader, OutputStream};
 
 use super::*;
@@ -26,15 +26,7 @@ fn frame(run: RunId, seq: u64, len: usize) -> Outgoing {
 }
 
 fn exited(run: RunId) -> Outgoing {
-    Outgoing::Exited(RunExited {
-        run,
-        outcome: RunOutcome::Completed,
-        exit_code: Some(0),
-        signal: None,
-        error: None,
-        error_code: None,
-        output_truncated: false,
-    })
+    Outgoing::Exited(RunExited::completed(run))
 }
 
 fn ack(run: RunId, next_seq: u64, exited: bool) -> RunAck {

@@ -526,3 +526,16 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_queue_grows_with_its_slots_up_to_a_ceiling() {
+        assert_eq!(agent_queue_capacity(0), AGENT_QUEUE);
+        assert_eq!(agent_queue_capacity(1024), AGENT_QUEUE + 3 * 1024);
+        // An agent that claims any concurrency at all cannot unbound it.
+        assert_eq!(agent_queue_capacity(u32::MAX), MAX_AGENT_QUEUE);
+    }
+}

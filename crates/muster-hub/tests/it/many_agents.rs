@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use muster_agent::{AgentOptions, Executor, RunSink};
 use muster_proto::jobs::{BatchSize, JobSpec, JobState, StepSpec, TargetState};
-use muster_proto::messages::{RunExited, RunOutcome, RunStart};
+use muster_proto::messages::{RunExited, RunStart};
 use muster_proto::{AgentName, CommandSpec, HubToClient, OutputStream, RunState};
 use tokio_util::sync::CancellationToken;
 
@@ -34,15 +34,7 @@ impl Executor for Done {
         sink.started(1).await;
         sink.output(OutputStream::Stdout, OUTPUT).await;
         drop(sink);
-        RunExited {
-            run: start.run,
-            outcome: RunOutcome::Completed,
-            exit_code: Some(0),
-            signal: None,
-            error: None,
-            error_code: None,
-            output_truncated: false,
-        }
+        RunExited::completed(start.run)
     }
 }
 

@@ -134,7 +134,7 @@ async fn idempotency_key_returns_the_first_run_and_queued_runs_cancel_at_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_reporting_all_its_runs_at_once_is_not_dropped_for_the_answers() {
     use futures_util::{SinkExt as _, StreamExt as _};
-    use muster_proto::messages::{AgentHello, RunExited, RunOutcome, RunStarted};
+    use muster_proto::messages::{AgentHello, RunExited, RunStarted};
     use muster_proto::{AgentToHub, Envelope, HubToAgent};
     use tokio_tungstenite::tungstenite::Message;
 
@@ -211,15 +211,7 @@ async fn an_agent_reporting_all_its_runs_at_once_is_not_dropped_for_the_answers(
         ws.feed(report(AgentToHub::RunStarted(RunStarted { run, pid: 1 })))
             .await
             .unwrap();
-        let exited = RunExited {
-            run,
-            outcome: RunOutcome::Completed,
-            exit_code: Some(0),
-            signal: None,
-            error: None,
-            error_code: None,
-            output_truncated: false,
-        };
+        let exited = RunExited::completed(run);
         ws.feed(report(AgentToHub::RunExited(exited)))
             .await
             .unwrap();
